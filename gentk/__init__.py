@@ -1,0 +1,15 @@
+"""gentk: a plugin-based toolkit for latent-variable generative image models.
+
+Models of the PixelGAN autoencoder paper (Makhzani & Frey, NIPS 2017) and its baselines
+are assembled from TOML recipes of registered components and trained by one engine.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from gentk.errors import GentkError, RecipeError, RegistryError
+from gentk.plugins import hookimpl, load_plugins
+from gentk.recipe import Recipe, load_recipe, option
+
+__all__ = ["GentkError", "RecipeError", "RegistryError", "Recipe", "__version__", "hookimpl", "load_plugins", "load_recipe", "option"]

@@ -1,0 +1,625 @@
+"""Recipes: TOML files that assemble and train a model, validated before anything runs.
+
+A recipe is a tree of tables (DESIGN.md §4). A table that picks a component has a
+``name`` key naming a registered component; its other keys are that component's options,
+declared by the component as an attrs class whose fields use `option` (type, default,
+range, one-line doc). The fixed tables (``[data]``, ``[model]``, ``[train]``, ``[eval]``)
+are the attrs classes below.
+
+Reading a recipe:
+1. parse the TOML file; ``extends = "base.toml"`` (or a list) deep-merges the named files
+   first (tables merge, arrays and values replace; paths relative to the recipe);
+2. apply ``--set key.path=VALUE`` overrides (VALUE parsed as TOML; a bare word is a string);
+3. structure the merged tree into `Recipe`, checking every key, type and range.
+
+Every error raised here is a `RecipeError` naming the file the offending key came from,
+its key path, what was expected, what was found and the closest valid key.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+
+from gentk.errors import RecipeError, RegistryError, closest, did_you_mean
+
+REQUIRED = attrs.NOTHING
+
+
+# --------------------------------------------------------------------------- declaring options
+
+
+class OptionValueError(ValueError):
+    """Raised by option validators; the recipe loader adds the file and key path."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def _range_validator(ge=None, gt=None, le=None, lt=None, choices=None):
+    def check(instance, attribute, value):
+        if value is None:
+            return
+        if choices is not None and value not in choices:
+            raise OptionValueError(attribute.name, f"expected one of {', '.join(map(repr, choices))}, found {value!r}.{did_you_mean(str(value), map(str, choices))}")
+        if ge is not None and not value >= ge:
+            raise OptionValueError(attribute.name, f"expected a value >= {ge}, found {value!r}")
+        if gt is not None and not value > gt:
+            raise OptionValueError(attribute.name, f"expected a value > {gt}, found {value!r}")
+        if le is not None and not value <= le:
+            raise OptionValueError(attribute.name, f"expected a value <= {le}, found {value!r}")
+        if lt is not None and not value < lt:
+            raise OptionValueError(attribute.name, f"expected a value < {lt}, found {value!r}")
+
+    return check
+
+
+def option(default: Any = REQUIRED, doc: str = "", *, ge=None, gt=None, le=None, lt=None, choices=None, validator=None, factory=None):
+    """A recipe-settable option of a component or recipe table.
+
+    ``doc`` is the one-line description shown by ``gentk list`` and docs/recipes.md. Range
+    arguments (``ge``, ``gt``, ``le``, ``lt``, ``choices``) are checked on load; without a
+    default the key is required. Element-wise checks (``ge`` on a list) apply to each item.
+    """
+    validators = []
+    if any(v is not None for v in (ge, gt, le, lt, choices)):
+        inner = _range_validator(ge, gt, le, lt, choices)
+
+        def each(instance, attribute, value):
+            if isinstance(value, (list, tuple)):
+                for item in value:
+                    inner(instance, attribute, item)
+            elif isinstance(value, dict):
+                for item in value.values():
+                    inner(instance, attribute, item)
+            else:
+                inner(instance, attribute, value)
+
+        validators.append(each)
+    if validator is not None:
+        validators.append(validator)
+    metadata = {"doc": doc}
+    if factory is not None:
+        return attrs.field(factory=factory, validator=validators, metadata=metadata, kw_only=True)
+    return attrs.field(default=default, validator=validators, metadata=metadata, kw_only=True)
+
+
+@attrs.frozen
+class ComponentSpec:
+    """A validated component table: the registered ``name``, its options and shared options.
+
+    ``config`` is an instance of the component's config class (None when it has none);
+    ``common`` holds the options the host table declares for every component of its slot
+    (for example ``batch_size`` in ``[data]``), or None.
+    """
+
+    kind: str
+    name: str
+    config: Any = None
+    common: Any = None
+
+    def options(self) -> dict[str, Any]:
+        """The component's own options as keyword arguments."""
+        return attrs.asdict(self.config, recurse=False) if self.config is not None else {}
+
+
+def component(kind: str, doc: str = "", *, default: Mapping[str, Any] | None = None, optional: bool = False, common: type | None = None):
+    """A table that picks a registered component of `kind` by ``name``.
+
+    default: the table used when the key is absent (e.g. ``{"name": "none"}``).
+    optional: the key may be absent, leaving None.
+    common: an attrs class of options every component of this slot accepts.
+    """
+    metadata = {"doc": doc, "component": kind, "common": common, "default_table": default, "optional": optional}
+    return attrs.field(default=None, metadata=metadata, kw_only=True)
+
+
+def registered_names(kind: str, doc: str = "", *, default=()):
+    """A list of names that must each be registered in the `kind` registry (e.g. metrics)."""
+    return attrs.field(factory=lambda: list(default), metadata={"doc": doc, "registered": kind}, kw_only=True)
+
+
+def internal(default=None):
+    """A field that is not part of the TOML (bookkeeping such as the source path)."""
+    return attrs.field(default=default, metadata={"internal": True}, kw_only=True, eq=False, repr=False)
+
+
+# --------------------------------------------------------------------------- the recipe tables
+
+PHASES = ("reconstruction", "regularization", "supervised")
+
+
+@attrs.frozen
+class DataOptions:
+    """Options of the ``[data]`` table shared by every dataset."""
+
+    batch_size: int = option(100, "training examples per step (global: split across DDP ranks)", ge=1)
+    labeled: int = option(0, "labeled training examples for semi-supervised runs, balanced across classes (0: unsupervised)", ge=0)
+    labeled_batch_size: int | None = option(None, "examples per labeled batch (default: batch_size)", ge=1)
+    validation: int | None = option(None, "examples held out of train for validation (default: the dataset's own)", ge=0)
+    root: str | None = option(None, "directory holding the dataset files (default: $GENTK_DATA, else the user cache)")
+    download: bool = option(True, "download missing files (with checksums) when a network is available")
+
+
+@attrs.frozen
+class LatentSpec:
+    """One named latent: its size, the encoder head that produces it, its prior and regularizer."""
+
+    size: int = option(REQUIRED, "dimension (Gaussian) or number of categories (categorical)", ge=1)
+    head: Literal["deterministic", "gaussian", "categorical"] = option("deterministic", "encoder output: deterministic (linear), gaussian (mean, log-variance), categorical (softmax)")
+    prior: ComponentSpec = component("priors", "the prior p(z) this latent is matched to", default={"name": "standard_normal"})
+    regularizer: ComponentSpec = component("regularizers", "how q(z) is matched to p(z): kl, adversarial or none", default={"name": "none"})
+    supervised: bool = option(False, "also train this head with cross-entropy on labeled examples (categorical heads)")
+
+
+@attrs.frozen
+class ModelSpec:
+    """The ``[model]`` table: an encoder, named latents and a decoder."""
+
+    encoder: ComponentSpec | None = component("encoders", "the recognition network (absent for a plain PixelCNN)", optional=True)
+    latents: dict[str, LatentSpec] = option(factory=dict, doc="the named latents, each [model.latents.NAME]")
+    decoder: ComponentSpec = component("decoders", "the likelihood model p(x|z)")
+
+
+@attrs.frozen
+class OptimizerOptions:
+    """Options every optimizer table accepts."""
+
+    part_lr: dict[str, float] = option(factory=dict, doc="learning rates for parts of the model, e.g. { encoder = 1e-4 }", gt=0)
+
+
+@attrs.frozen
+class PhaseSpec:
+    """One training phase's optimizer and schedule."""
+
+    optimizer: ComponentSpec = component("optimizers", "the optimizer of this phase", default={"name": "adam"}, common=OptimizerOptions)
+    schedule: ComponentSpec = component("schedules", "the learning-rate schedule", default={"name": "constant"})
+    clip_grad: float | None = option(None, "clip the gradient norm to this value", gt=0)
+
+
+@attrs.frozen
+class TrainSpec:
+    """The ``[train]`` table."""
+
+    steps: int = option(10000, "training steps (each runs every phase once)", ge=1)
+    log_every: int = option(50, "steps between logged scalars", ge=1)
+    checkpoint_every: int = option(1000, "steps between checkpoints", ge=1)
+    keep_last: int = option(3, "periodic checkpoints kept besides latest and best", ge=1)
+    device: str = option("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    amp: Literal["none", "bf16", "fp16"] = option("none", "automatic mixed precision on CUDA")
+    compile: bool = option(False, "torch.compile the model")
+    deterministic: bool = option(False, "use deterministic algorithms (slower on GPU)")
+    ema: float = option(0.0, "decay of an exponential moving average of the weights used for evaluation (0: off)", ge=0.0, lt=1.0)
+    threads: int | None = option(None, "CPU threads for torch (default: torch's choice)", ge=1)
+    phases: dict[Literal["reconstruction", "regularization", "supervised"], PhaseSpec] = option(factory=dict, doc="optimizer and schedule per phase")
+
+
+@attrs.frozen
+class EvalSpec:
+    """The ``[eval]`` table."""
+
+    every: int = option(1000, "steps between evaluations", ge=1)
+    metrics: list[str] = registered_names("metrics", "metrics computed at each evaluation")
+    samples: int = option(64, "images in each sample grid (0: none)", ge=0)
+    max_examples: int | None = option(None, "evaluate on at most this many test examples (default: all)", ge=1)
+
+
+@attrs.frozen
+class Recipe:
+    """A whole recipe, validated."""
+
+    name: str = option(REQUIRED, "the run's name (default: the file's stem)")
+    seed: int = option(0, "seed of every random number generator", ge=0)
+    description: str = option("", "a line saying what this recipe reproduces")
+    data: ComponentSpec = component("datasets", "the dataset and how it is batched", common=DataOptions)
+    model: ModelSpec = option(REQUIRED, "the model's parts")
+    train: TrainSpec = option(factory=TrainSpec, doc="the training budget and optimizers")
+    eval: EvalSpec = option(factory=EvalSpec, doc="what is measured during and after training")
+    source: str | None = internal()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved recipe as plain TOML-ready data (defaults filled, None omitted)."""
+        return unstructure(self)
+
+    def to_toml(self) -> str:
+        import tomli_w
+
+        return tomli_w.dumps(self.to_dict())
+
+
+# --------------------------------------------------------------------------- reading TOML
+
+
+def read_toml(path: str | Path, *, what: str = "recipe") -> dict[str, Any]:
+    """Parse a TOML file; a missing file or a syntax error is a `RecipeError`."""
+    path = Path(path)
+    if not path.is_file():
+        hint = ""
+        if path.parent.is_dir():
+            match = closest(path.name, [p.name for p in path.parent.glob("*.toml")])
+            hint = f" Did you mean '{path.parent / match}'?" if match else ""
+        raise RecipeError(f"{what} file '{path}' does not exist.{hint}")
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"{path}: not valid TOML: {exc}. Fix the syntax there (strings need quotes, tables [name], arrays [1, 2]).") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: not a UTF-8 text file; a recipe is a TOML text file.") from None
+
+
+def _record_origins(tree: Mapping[str, Any], origin: str, prefix: tuple, origins: dict[tuple, str]) -> None:
+    for key, value in tree.items():
+        origins[prefix + (key,)] = origin
+        if isinstance(value, Mapping):
+            _record_origins(value, origin, prefix + (key,), origins)
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge `top` over `base`: tables merge, everything else (arrays too) replaces."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def resolve_extends(path: str | Path, origins: dict[tuple, str] | None = None, _stack: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a recipe and the recipes it extends, merged; fills `origins` (key path -> file)."""
+    path = Path(path)
+    real = path.resolve()
+    if real in _stack:
+        chain = " -> ".join(str(p) for p in _stack + (real,))
+        raise RecipeError(f"{path}: 'extends' forms a cycle: {chain}. Remove one of these 'extends' lines.")
+    origins = {} if origins is None else origins
+    tree = read_toml(path, what="recipe" if not _stack else f"recipe '{_stack[-1]}' extends a")
+    parents = tree.pop("extends", [])
+    if isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise RecipeError(f"{path}: extends: expected a file name or an array of file names, found {parents!r}.")
+    merged: dict[str, Any] = {}
+    for parent in parents:
+        parent_path = (path.parent / parent) if not Path(parent).is_absolute() else Path(parent)
+        if not parent_path.is_file():
+            raise RecipeError(f"{path}: extends: the file '{parent}' (looked for at {parent_path}) does not exist. Paths in 'extends' are relative to the recipe that names them.")
+        merged = _merge(merged, resolve_extends(parent_path, origins, _stack + (real,)))
+    _record_origins(tree, str(path), (), origins)
+    return _merge(merged, tree)
+
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_PLAIN_WORD = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-/]*$")
+
+
+def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
+    """Parse ``key.path=VALUE``; VALUE is TOML, and a plain word is taken as a string."""
+    if "=" not in text:
+        raise RecipeError(f"--set {text}: expected KEY.PATH=VALUE, for example --set train.steps=500.")
+    key, _, raw = text.partition("=")
+    path = tuple(part.strip() for part in key.strip().split("."))
+    if not all(_BARE_KEY.match(p) for p in path):
+        raise RecipeError(f"--set {text}: '{key}' is not a dotted key path such as model.decoder.layers.")
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        if _PLAIN_WORD.match(raw) and raw not in ("true", "false"):
+            value = raw
+        else:
+            raise RecipeError(
+                f"--set {text}: cannot parse '{raw}' as a TOML value. Write numbers as 3 or 1e-3, booleans as true/false, "
+                "strings as a plain word or in quotes ('\"two words\"'), arrays as [1, 2], tables as {a = 1}."
+            ) from None
+    return path, value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: Iterable[str], origins: dict[tuple, str]) -> dict[str, Any]:
+    """Apply ``--set`` overrides to a merged recipe tree (returns a new tree)."""
+    tree = _merge({}, tree)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = tree
+        for depth, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                where = ".".join(path[: depth + 1])
+                raise RecipeError(f"--set {text}: '{where}' is a value ({child!r}), not a table, so it has no key '{path[depth + 1]}'.")
+            else:
+                child = node[part] = dict(child)
+            node = child
+        node[path[-1]] = value
+        origins[path] = f"--set {text}"
+        if isinstance(value, Mapping):
+            _record_origins(value, f"--set {text}", path, origins)
+    return tree
+
+
+def load_recipe(path: str | Path, overrides: Iterable[str] = (), *, plugins=None) -> Recipe:
+    """Read, merge and validate a recipe file. `plugins` defaults to `gentk.load_plugins()`."""
+    origins: dict[tuple, str] = {}
+    tree = resolve_extends(path, origins)
+    tree = apply_overrides(tree, overrides, origins)
+    tree.setdefault("name", Path(path).stem)
+    return recipe_from_dict(tree, plugins=plugins, source=str(path), origins=origins)
+
+
+def recipe_from_dict(tree: Mapping[str, Any], *, plugins=None, source: str | None = None, origins: dict[tuple, str] | None = None) -> Recipe:
+    """Validate a recipe given as a dict (as parsed from TOML)."""
+    if plugins is None:
+        from gentk.plugins import load_plugins
+
+        plugins = load_plugins()
+    ctx = _Context(plugins.registries, origins or {}, source or "<recipe>")
+    recipe = ctx.structure(Recipe, tree, ())
+    recipe = attrs.evolve(recipe, source=source)
+    check_recipe(recipe, ctx)
+    return recipe
+
+
+def check_recipe(recipe: Recipe, ctx: _Context | None = None) -> None:
+    """Checks that span several tables."""
+    ctx = ctx or _Context(None, {}, recipe.source or "<recipe>")
+    model = recipe.model
+    if model.latents and model.encoder is None:
+        ctx.fail(("model", "encoder"), f"the model has latents ({', '.join(model.latents)}) but no encoder. Add a [model.encoder] table, for example name = \"conv\".")
+    if not model.latents and model.encoder is not None:
+        ctx.fail(("model", "latents"), "the model has an encoder but no latents. Add a [model.latents.NAME] table, or remove [model.encoder] for a plain decoder.")
+    for name, latent in model.latents.items():
+        if latent.supervised and latent.head != "categorical":
+            ctx.fail(("model", "latents", name, "supervised"), f"only a categorical head can be supervised by labels; this latent's head is '{latent.head}'.")
+        if latent.supervised and recipe.data.common.labeled == 0:
+            ctx.fail(("data", "labeled"), f"latent '{name}' is supervised but data.labeled is 0. Set data.labeled to the number of labeled examples (e.g. 100).")
+
+
+# --------------------------------------------------------------------------- structuring
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def describe_type(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp in _TYPE_NAMES:
+        return _TYPE_NAMES[tp]
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(describe_type(a) for a in args if a is not type(None))
+    if origin in (list, tuple):
+        return f"an array of {describe_type(args[0]).removeprefix('an ').removeprefix('a ')}s" if args else "an array"
+    if origin is dict:
+        return f"a table of {describe_type(args[1])}" if args else "a table"
+    if attrs.has(tp):
+        return "a table"
+    if tp is ComponentSpec:
+        return "a table with a 'name' key"
+    return getattr(tp, "__name__", str(tp))
+
+
+def describe_value(value: Any) -> str:
+    kinds = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array", dict: "a table"}
+    kind = next((v for k, v in kinds.items() if type(value) is k), type(value).__name__)
+    shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return f"{shown} ({kind})"
+
+
+class _Context:
+    """Carries the registries and key origins through structuring; formats errors."""
+
+    def __init__(self, registries, origins: dict[tuple, str], default_file: str) -> None:
+        self.registries = registries
+        self.origins = origins
+        self.default_file = default_file
+
+    def where(self, path: tuple) -> str:
+        for n in range(len(path), 0, -1):
+            origin = self.origins.get(tuple(path[:n]))
+            if origin is not None:
+                return origin
+        return self.default_file
+
+    def fail(self, path: tuple, message: str) -> typing.NoReturn:
+        dotted = ".".join(str(p) for p in path) or "(top level)"
+        raise RecipeError(f"{self.where(path)}: {dotted}: {message}")
+
+    # -- classes
+
+    def structure(self, cls: type, table: Any, path: tuple, extra_valid: Iterable[str] = ()) -> Any:
+        if not isinstance(table, Mapping):
+            self.fail(path, f"expected a table, found {describe_value(table)}.")
+        fields = {f.name: f for f in attrs.fields(attrs.resolve_types(cls)) if not f.metadata.get("internal")}
+        valid = sorted(set(fields) | set(extra_valid))
+        for key in table:
+            if key not in fields:
+                what = "top-level key" if not path else "key"
+                self.fail(path + (key,), f"unknown {what} '{key}'. Valid keys: {', '.join(valid)}.{did_you_mean(key, valid)}")
+        kwargs = {}
+        for name, field in fields.items():
+            if name in table:
+                kwargs[name] = self.value(table[name], field.type, path + (name,), field)
+            elif "component" in field.metadata:
+                default = field.metadata["default_table"]
+                if default is not None:
+                    kwargs[name] = self.component(dict(default), field.metadata["component"], field.metadata["common"], path + (name,))
+                elif not field.metadata["optional"]:
+                    self.missing(path, name, field)
+            elif field.default is REQUIRED:
+                self.missing(path, name, field)
+        try:
+            return cls(**kwargs)
+        except OptionValueError as exc:
+            self.fail(path + (exc.field,), exc.message)
+
+    def missing(self, path: tuple, name: str, field: attrs.Attribute) -> typing.NoReturn:
+        doc = field.metadata.get("doc", "")
+        self.fail(path + (name,), f"missing required key '{name}' ({describe_type(field.type)}{': ' + doc if doc else ''}).")
+
+    # -- components
+
+    def component(self, table: Any, kind: str, common: type | None, path: tuple) -> ComponentSpec:
+        if not isinstance(table, Mapping):
+            self.fail(path, f"expected a table naming a {kind[:-1]}, such as {{ name = \"...\" }}, found {describe_value(table)}.")
+        known = self.registries[kind].names() if self.registries is not None else []
+        if "name" not in table:
+            self.fail(path + ("name",), f"missing required key 'name': which {kind[:-1]} to use. Known {kind}: {', '.join(known) or '(none)'}.")
+        name = table["name"]
+        if not isinstance(name, str):
+            self.fail(path + ("name",), f"expected the name of a {kind[:-1]} (a string), found {describe_value(name)}.")
+        try:
+            entry = self.registries[kind].get(name)
+        except RegistryError as exc:
+            self.fail(path + ("name",), str(exc))
+        own_fields = [f.name for f in attrs.fields(entry.config)] if entry.config is not None else []
+        common_fields = [f.name for f in attrs.fields(common)] if common is not None else []
+        rest = {k: v for k, v in table.items() if k != "name"}
+        valid = sorted(set(own_fields) | set(common_fields) | {"name"})
+        for key in rest:
+            if key not in own_fields and key not in common_fields:
+                self.fail(path + (key,), f"unknown key '{key}' for {kind[:-1]} '{name}'. Valid keys: {', '.join(valid)}.{did_you_mean(key, valid)}")
+        shared = self.structure(common, {k: v for k, v in rest.items() if k in common_fields}, path) if common is not None else None
+        config = self.structure(entry.config, {k: v for k, v in rest.items() if k in own_fields}, path) if entry.config is not None else None
+        return ComponentSpec(kind=kind, name=name, config=config, common=shared)
+
+    # -- values
+
+    def value(self, value: Any, tp: Any, path: tuple, field: attrs.Attribute | None = None) -> Any:
+        meta = field.metadata if field is not None else {}
+        if "component" in meta:
+            return self.component(value, meta["component"], meta["common"], path)
+        if "registered" in meta:
+            names = self.value(value, list[str], path)
+            if self.registries is not None:
+                registry = self.registries[meta["registered"]]
+                for i, item in enumerate(names):
+                    if item not in registry:
+                        known = ", ".join(registry.names()) or "(none registered)"
+                        self.fail(path + (i,), f"unknown {meta['registered'][:-1]} '{item}'. Known: {known}.{did_you_mean(item, registry.names())}")
+            return names
+        return self.convert(value, tp, path)
+
+    def convert(self, value: Any, tp: Any, path: tuple) -> Any:
+        origin = typing.get_origin(tp)
+        args = typing.get_args(tp)
+        if tp is Any:
+            return value
+        if origin in (types.UnionType, typing.Union):
+            options = [a for a in args if a is not type(None)]
+            errors = []
+            for option_type in options:
+                try:
+                    return self.convert(value, option_type, path)
+                except RecipeError as exc:
+                    errors.append(exc)
+            if len(options) == 1:
+                raise errors[0]
+            self.fail(path, f"expected {describe_type(tp)}, found {describe_value(value)}.")
+        if origin is Literal:
+            if value not in args or type(value) is bool:
+                self.fail(path, f"expected one of {', '.join(map(repr, args))}, found {describe_value(value)}.{did_you_mean(str(value), map(str, args))}")
+            return value
+        if tp is bool:
+            if type(value) is not bool:
+                self.fail(path, f"expected true or false, found {describe_value(value)}.")
+            return value
+        if tp is int:
+            if type(value) is not int:
+                hint = " Write whole numbers without a decimal point." if isinstance(value, float) and value.is_integer() else ""
+                self.fail(path, f"expected an integer, found {describe_value(value)}.{hint}")
+            return value
+        if tp is float:
+            if type(value) not in (int, float):
+                self.fail(path, f"expected a number, found {describe_value(value)}.")
+            return float(value)
+        if tp is str:
+            if type(value) is not str:
+                self.fail(path, f"expected a string, found {describe_value(value)}. Put strings in quotes.")
+            return value
+        if origin in (list, tuple):
+            if not isinstance(value, list):
+                self.fail(path, f"expected {describe_type(tp)}, found {describe_value(value)}.")
+            item_type = args[0] if args else Any
+            items = [self.convert(v, item_type, path + (i,)) for i, v in enumerate(value)]
+            return tuple(items) if origin is tuple else items
+        if origin is dict:
+            if not isinstance(value, Mapping):
+                self.fail(path, f"expected {describe_type(tp)}, found {describe_value(value)}.")
+            key_type, item_type = args if args else (str, Any)
+            out = {}
+            for k, v in value.items():
+                if typing.get_origin(key_type) is Literal and k not in typing.get_args(key_type):
+                    valid = typing.get_args(key_type)
+                    self.fail(path + (k,), f"unknown key '{k}'. Valid keys: {', '.join(valid)}.{did_you_mean(k, valid)}")
+                out[k] = self.value(v, item_type, path + (k,))
+            return out
+        if attrs.has(tp):
+            return self.structure(tp, value, path)
+        raise TypeError(f"gentk.recipe cannot check values of type {tp!r} (at {'.'.join(map(str, path))}); use int, float, str, bool, list, dict, Literal or an attrs class")
+
+
+# --------------------------------------------------------------------------- back to TOML
+
+
+def unstructure(obj: Any) -> Any:
+    """Recipe objects to plain TOML-ready data: attrs -> tables, None omitted, tuples -> arrays."""
+    if isinstance(obj, ComponentSpec):
+        out = {"name": obj.name}
+        if obj.common is not None:
+            out.update(unstructure(obj.common))
+        if obj.config is not None:
+            out.update(unstructure(obj.config))
+        return out
+    if attrs.has(type(obj)):
+        out = {}
+        for field in attrs.fields(type(obj)):
+            if field.metadata.get("internal"):
+                continue
+            value = getattr(obj, field.name)
+            if value is not None:
+                out[field.name] = unstructure(value)
+        return out
+    if isinstance(obj, Mapping):
+        return {str(k): unstructure(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, (list, tuple)):
+        return [unstructure(v) for v in obj]
+    return obj
+
+
+def option_docs(config: type | None) -> list[tuple[str, str, str, str]]:
+    """(name, type, default, doc) for each option of a config class, for `gentk list` and docs."""
+    if config is None:
+        return []
+    rows = []
+    for field in attrs.fields(attrs.resolve_types(config)):
+        if field.metadata.get("internal"):
+            continue
+        if "component" in field.metadata:
+            tp = f"{field.metadata['component'][:-1]} table"
+        else:
+            tp = describe_type(field.type)
+        if field.default is REQUIRED:
+            default = "required"
+        elif isinstance(field.default, attrs.Factory):
+            default = repr(unstructure(field.default.factory())) if not field.default.takes_self else "-"
+        elif "default_table" in field.metadata and field.metadata["default_table"]:
+            default = repr(dict(field.metadata["default_table"]))
+        else:
+            default = repr(field.default)
+        rows.append((field.name, tp, default, field.metadata.get("doc", "")))
+    return rows
