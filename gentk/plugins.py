@@ -103,7 +103,7 @@ def load_plugins(
     disable: Iterable[str] = (),
     autoload: bool | None = None,
     strict: bool | None = None,
-    builtin: Iterable[str] = BUILTIN,
+    builtin: Iterable[str] | None = None,
 ) -> Plugins:
     """Build a fresh plugin manager and fill fresh registries.
 
@@ -112,6 +112,7 @@ def load_plugins(
         name, or a built-in module's name (``gentk.pixelcnn`` or just ``pixelcnn``).
     autoload: load the ``gentk`` entry points; default: unless GENTK_DISABLE_PLUGIN_AUTOLOAD.
     strict: raise `PluginError` on the first failure; default: GENTK_STRICT_PLUGINS.
+    builtin: the built-in modules to register (default: `BUILTIN`).
     """
     autoload = not _env_flag("GENTK_DISABLE_PLUGIN_AUTOLOAD") if autoload is None else autoload
     strict = _env_flag("GENTK_STRICT_PLUGINS") if strict is None else strict
@@ -129,7 +130,7 @@ def load_plugins(
         host.failures.append(failure)
 
     candidates: list[tuple[PluginInfo, Any]] = []  # (info, loader)
-    for module in builtin:
+    for module in BUILTIN if builtin is None else builtin:
         short = module.rsplit(".", 1)[-1]
         if module in off or short in off:
             continue

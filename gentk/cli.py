@@ -1,0 +1,185 @@
+"""The ``gentk`` command line: run, check, show, list, plugins, data.
+
+Each subcommand is a small function taking the parsed arguments and the loaded plugins.
+User errors (`GentkError`) print one paragraph and exit with code 2, without a traceback;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from collections.abc import Sequence
+
+from gentk import __version__
+from gentk.errors import GentkError
+from gentk.plugins import Plugins, load_plugins
+from gentk.recipe import load_recipe, option_docs
+from gentk.registry import KINDS
+
+
+def _add_recipe_args(p: argparse.ArgumentParser, many: bool = False) -> None:
+    p.add_argument("recipe", nargs="+" if many else None, help="recipe TOML file" + ("s" if many else ""))
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a recipe value; VALUE is TOML (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gentk",
+        description="Latent-variable generative image models (PixelGAN autoencoders and baselines) from TOML recipes.",
+    )
+    parser.add_argument("--version", action="version", version=f"gentk {__version__}")
+    parser.add_argument("-p", dest="plugin_args", action="append", default=[], metavar="NAME", help="load plugin module NAME, or disable a plugin with no:NAME (repeatable)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("run", help="train a recipe and write a run directory")
+    _add_recipe_args(p)
+    p.add_argument("--out", default="runs", help="directory that holds run directories (default: runs)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (default: the recipe's train.device)")
+    p.add_argument("--resume", default=None, metavar="auto|PATH", help="continue the latest run of this recipe (auto) or the run directory / checkpoint PATH")
+    p.add_argument("--force", action="store_true", help="resume even if the recipe changed")
+    p.add_argument("--offline", action="store_true", help="never download data; say which files are missing instead")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check", help="validate recipes and build their models; trains nothing")
+    _add_recipe_args(p, many=True)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("show", help="print the fully resolved recipe (extends, --set and defaults applied)")
+    _add_recipe_args(p)
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("list", help="list registered components by kind, with their plugin")
+    p.add_argument("kind", nargs="?", help=f"one of: {', '.join(KINDS)}")
+    p.add_argument("name", nargs="?", help="a component name: show its options")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("plugins", help="list loaded plugins, their versions and failures")
+    p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks of failed plugins")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("data", help="datasets: what is registered and present, and preparing them")
+    data_sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    q = data_sub.add_parser("list", help="registered datasets, where their files are and the cache state")
+    q.add_argument("--root", default=None, help="data directory (default: $GENTK_DATA, else the user cache)")
+    q.set_defaults(func=cmd_data_list)
+    q = data_sub.add_parser("prepare", help="download (if allowed), verify and convert a dataset")
+    q.add_argument("name")
+    q.add_argument("--root", default=None, help="data directory (default: $GENTK_DATA, else the user cache)")
+    q.add_argument("--offline", action="store_true", help="never download; say which files are missing")
+    q.set_defaults(func=cmd_data_prepare)
+    return parser
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
+    recipe = load_recipe(args.recipe, args.overrides, plugins=plugins)
+    from gentk.train import train
+
+    result = train(recipe, plugins=plugins, out=args.out, device=args.device, resume=args.resume, force=args.force, offline=args.offline)
+    print(f"run directory: {result.run_dir}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace, plugins: Plugins) -> int:
+    for path in args.recipe:
+        recipe = load_recipe(path, args.overrides, plugins=plugins)
+        from gentk.model import check_model
+
+        summary = check_model(recipe, plugins=plugins)
+        print(f"{path}: ok ({summary})")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, plugins: Plugins) -> int:
+    recipe = load_recipe(args.recipe, args.overrides, plugins=plugins)
+    sys.stdout.write(f"# resolved from {args.recipe}\n" + recipe.to_toml())
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, plugins: Plugins) -> int:
+    kinds = [plugins.registries[args.kind].kind] if args.kind else plugins.registries.kinds()
+    if args.name:
+        entry = plugins.registries[args.kind].get(args.name)
+        print(f"{entry.kind[:-1]} '{entry.name}' (plugin {entry.plugin}): {entry.doc}")
+        rows = option_docs(entry.config)
+        if not rows:
+            print("  no options")
+        for name, tp, default, doc in rows:
+            print(f"  {name:<20} {tp:<28} default {default:<14} {doc}")
+        return 0
+    for kind in kinds:
+        registry = plugins.registries[kind]
+        print(f"{kind}:")
+        if not len(registry):
+            print("  (none)")
+        width = max((len(e.name) for e in registry), default=0)
+        plugin_width = max((len(e.plugin) for e in registry), default=0)
+        for entry in registry:
+            print(f"  {entry.name:<{width}}  [{entry.plugin:<{plugin_width}}]  {entry.doc}")
+    if not args.kind:
+        print("\n`gentk list KIND NAME` shows a component's options.")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace, plugins: Plugins) -> int:
+    print("loaded plugins:")
+    for info in plugins.loaded:
+        print(f"  {info.name:<24} {info.package} {info.version} ({info.source})")
+    if plugins.failures:
+        print("failed plugins (disabled):")
+        for failure in plugins.failures:
+            print("  " + failure.describe())
+            if args.verbose:
+                print(textwrap.indent(failure.details.rstrip(), "    "))
+    return 0
+
+
+def cmd_data_list(args: argparse.Namespace, plugins: Plugins) -> int:
+    from gentk.data import describe_datasets
+
+    print(describe_datasets(plugins, root=args.root))
+    return 0
+
+
+def cmd_data_prepare(args: argparse.Namespace, plugins: Plugins) -> int:
+    from gentk.data import prepare_dataset
+
+    print(prepare_dataset(args.name, plugins, root=args.root, offline=args.offline))
+    return 0
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _plugin_options(values: Sequence[str]) -> tuple[list[str], list[str]]:
+    load = [v for v in values if not v.startswith("no:")]
+    disable = [v for v in values if v.startswith("no:")]
+    return load, disable
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        load, disable = _plugin_options(args.plugin_args)
+        plugins = load_plugins(plugins=load, disable=disable)
+        if args.func is not cmd_plugins:
+            for failure in plugins.failures:
+                print(f"gentk: warning: {failure.describe()}; it is disabled (`gentk plugins -v` shows why).", file=sys.stderr)
+        return args.func(args, plugins)
+    except GentkError as exc:
+        print(f"gentk: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("gentk: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

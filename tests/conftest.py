@@ -1,0 +1,40 @@
+"""Shared fixtures: fresh plugin managers and toy components for foundation tests.
+
+Tests never share a plugin manager: each builds its own with `gentk.load_plugins`.
+GENTK_DATA points at ../shared/data when it exists (as in CI), so data tests find real
+MNIST; tests that need an absent file skip and say which.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+if "GENTK_DATA" not in os.environ and SHARED_DATA.is_dir():
+    os.environ["GENTK_DATA"] = str(SHARED_DATA)
+# Tests must not depend on whatever third-party plugins the environment has installed.
+os.environ.setdefault("GENTK_DISABLE_PLUGIN_AUTOLOAD", "1")
+
+
+@pytest.fixture
+def toy_plugins():
+    from gentk.plugins import load_plugins
+
+    return load_plugins(builtin=("gentk.optim",), plugins=["toyplugin"], autoload=False)
+
+
+@pytest.fixture
+def write(tmp_path):
+    """write("name.toml", text) -> path of a file in tmp_path."""
+
+    def _write(name: str, text: str) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+
+    return _write

@@ -1,0 +1,170 @@
+"""The plugin path, for real: entry points found through importlib.metadata, failures
+isolated and reported by package name, duplicates refused, plugins disabled by name."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from gentk.errors import DuplicateNameError, PluginError, RegistryError
+from gentk.plugins import load_plugins
+from gentk.registry import Registry
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_dist(site: Path, package: str, module: str, source: str, ep_name: str | None = None) -> None:
+    """Write an installed distribution (module + dist-info with a gentk entry point) into `site`,
+    exactly as pip lays one out, so importlib.metadata finds it."""
+    (site / f"{module}.py").write_text(textwrap.dedent(source))
+    info = site / f"{package.replace('-', '_')}-1.2.3.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: 1.2.3\n")
+    (info / "entry_points.txt").write_text(f"[gentk]\n{ep_name or module} = {module}\n")
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delenv("GENTK_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    monkeypatch.delenv("GENTK_STRICT_PLUGINS", raising=False)
+    yield site
+    for name in list(sys.modules):
+        if name.startswith("gtk_test_"):
+            del sys.modules[name]
+
+
+GOOD_PLUGIN = """
+    import attrs, gentk
+    from gentk.recipe import option
+
+    class Tiny:
+        '''A tiny third-party optimizer.'''
+        @attrs.frozen
+        class Config:
+            lr: float = option(0.5, "learning rate", gt=0)
+        def __init__(self, params, lr):
+            self.lr = lr
+
+    @gentk.hookimpl
+    def gentk_register_optimizers(register):
+        register("tiny", Tiny)
+"""
+
+
+def test_entry_point_plugin_adds_component_usable_from_recipe(site, toy_plugins, write):
+    make_dist(site, "gentk-tiny", "gtk_test_tiny", GOOD_PLUGIN)
+    plugins = load_plugins(autoload=True)
+    entry = plugins.registries.optimizers.get("tiny")
+    assert entry.plugin == "gentk-tiny" and entry.doc == "A tiny third-party optimizer."
+    assert any(p.package == "gentk-tiny" and p.version == "1.2.3" for p in plugins.loaded)
+
+    from gentk.recipe import load_recipe
+    plugins = load_plugins(builtin=("gentk.optim",), plugins=["toyplugin"], autoload=True)
+    path = write("r.toml", '[data]\nname = "toyset"\n[model.decoder]\nname = "toydec"\n[train.phases.reconstruction]\noptimizer = { name = "tiny", lr = 0.25 }\n')
+    recipe = load_recipe(path, plugins=plugins)
+    assert recipe.train.phases["reconstruction"].optimizer.config.lr == 0.25
+
+
+def test_broken_plugin_is_reported_and_isolated(site):
+    make_dist(site, "gentk-broken", "gtk_test_broken", "raise RuntimeError('boom at import')\n")
+    make_dist(site, "gentk-tiny", "gtk_test_tiny2", GOOD_PLUGIN)
+    plugins = load_plugins(autoload=True)
+    assert "tiny" in plugins.registries.optimizers and "adam" in plugins.registries.optimizers
+    [failure] = plugins.failures
+    assert failure.package == "gentk-broken" and failure.stage == "import" and "boom at import" in failure.error
+    with pytest.raises(PluginError, match="gentk-broken"):
+        load_plugins(autoload=True, strict=True)
+
+
+def test_plugin_failing_inside_its_hook_is_rolled_back(site):
+    make_dist(site, "gentk-half", "gtk_test_half", """
+        def gentk_register_optimizers(register):
+            register("half", object)
+            raise ValueError("second registration failed")
+    """)
+    plugins = load_plugins(autoload=True)
+    assert "half" not in plugins.registries.optimizers  # nothing half-registered stays behind
+    [failure] = plugins.failures
+    assert failure.package == "gentk-half" and failure.stage == "gentk_register_optimizers"
+
+
+def test_misspelled_hook_is_an_error(site):
+    make_dist(site, "gentk-typo", "gtk_test_typo", """
+        def gentk_register_optimisers(register):
+            register("typo", object)
+    """)
+    plugins = load_plugins(autoload=True)
+    [failure] = plugins.failures
+    assert failure.package == "gentk-typo" and failure.stage == "validation"
+    assert "gentk_register_optimisers" in failure.error
+
+
+def test_duplicate_name_names_both_packages(site):
+    make_dist(site, "gentk-one", "gtk_test_one", GOOD_PLUGIN)
+    make_dist(site, "gentk-two", "gtk_test_two", GOOD_PLUGIN)
+    with pytest.raises(DuplicateNameError) as info:
+        load_plugins(autoload=True)
+    assert "gentk-one" in str(info.value) and "gentk-two" in str(info.value) and "no:" in str(info.value)
+    # disabling one of them by package name resolves the clash, as `gentk -p no:gentk-two` does
+    plugins = load_plugins(autoload=True, disable=["no:gentk-two"])
+    assert plugins.registries.optimizers.get("tiny").plugin == "gentk-one"
+
+
+def test_autoload_can_be_disabled(site, monkeypatch):
+    make_dist(site, "gentk-tiny", "gtk_test_tiny3", GOOD_PLUGIN)
+    monkeypatch.setenv("GENTK_DISABLE_PLUGIN_AUTOLOAD", "1")
+    assert "tiny" not in load_plugins().registries.optimizers
+    monkeypatch.setenv("GENTK_PLUGINS", "gtk_test_tiny3")  # explicit loading still works
+    assert "tiny" in load_plugins().registries.optimizers
+
+
+def test_builtins_register_through_hooks_and_can_be_disabled():
+    plugins = load_plugins(autoload=False)
+    assert plugins.registries.optimizers.get("adam").plugin == "gentk.optim"
+    assert "adam" not in load_plugins(autoload=False, disable=["no:optim"]).registries.optimizers
+
+
+def test_fresh_managers_share_nothing():
+    a, b = load_plugins(autoload=False), load_plugins(autoload=False)
+    assert a.pm is not b.pm and a.registries.optimizers is not b.registries.optimizers
+
+
+def test_registry_errors():
+    registry = Registry("priors")
+    registry.register("categorical", object, plugin="pkg-a")
+    with pytest.raises(DuplicateNameError, match="pkg-a.*pkg-b"):
+        registry.register("categorical", object, plugin="pkg-b")
+    with pytest.raises(RegistryError, match="Did you mean 'categorical'"):
+        registry.get("categorcal")
+    with pytest.raises(RegistryError, match="not an attrs class"):
+        registry.register("bad", object, plugin="pkg", config=dict)
+
+
+@pytest.mark.slow
+def test_real_package_installs_and_registers(tmp_path):
+    """pip-install plugins/gentk-swissroll into a fresh target and ask a new gentk process."""
+    target = tmp_path / "target"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(REPO / "plugins" / "gentk-swissroll")],
+        check=True,
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("GENTK_DISABLE_PLUGIN_AUTOLOAD", "GENTK_PLUGINS")}
+    env["PYTHONPATH"] = os.pathsep.join([str(target), str(REPO)])
+    out = subprocess.run([sys.executable, "-m", "gentk", "list", "priors"], env=env, capture_output=True, text=True, check=True).stdout
+    assert "swiss_roll" in out and "gentk-swissroll" in out
+    code = (
+        "import gentk, torch; p = gentk.load_plugins(); e = p.registries.priors.get('swiss_roll');"
+        "prior = e.build(e.config(turns=1.0, noise=0.0), size=2); z = prior.sample(4096, generator=torch.Generator().manual_seed(0));"
+        "r = z.norm(dim=1); print(float(r.max()), float(r.mean()))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert float(out[0]) <= 3.0 + 1e-5  # inside the radius; radius * sqrt(u) has mean 2/3 * radius
+    assert abs(float(out[1]) - 2.0) < 0.1
