@@ -1,0 +1,34 @@
+# Set-up, main job and tests. `make run` and `make test` each create .venv on first use.
+# TORCH_SPEC picks the torch build: CI sets torch==2.13.0 (the CPU build on its disk);
+# on a GPU machine use the build that matches your CUDA, e.g. TORCH_SPEC="torch==2.13.0".
+PYTHON     ?= python3
+VENV       ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+RECIPE     ?= recipes/pixelgan_categorical.toml
+ARGS       ?=
+GENTK_DATA ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
+export GENTK_DATA
+
+.PHONY: install run test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(VENV)/bin/python -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/gentk run $(RECIPE) $(ARGS)
+
+test: install
+	$(VENV)/bin/python -m pytest -q $(ARGS)
+
+bench: install
+	$(VENV)/bin/python bench/pixelcnn.py
+	$(VENV)/bin/python bench/train.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
