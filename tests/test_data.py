@@ -1,0 +1,229 @@
+"""Batches, binarization, labeled subsets, resumption and DDP shards, on the synthetic set.
+
+The synthetic dataset is generated (no files), so these tests run anywhere and fast.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from gentk.data import Batch, balanced_subset, build_data, static_binarize
+from gentk.download import DataError
+from gentk.plugins import load_plugins
+from gentk.recipe import ComponentSpec, DataOptions, recipe_from_dict
+
+
+@pytest.fixture(scope="module")
+def plugins():
+    return load_plugins(autoload=False)
+
+
+def synthetic(plugins, *, seed=0, common=None, **options):
+    entry = plugins.get("datasets", "synthetic")
+    spec = ComponentSpec("datasets", "synthetic", entry.config(**options), common or DataOptions())
+    return build_data(spec, plugins, seed=seed)
+
+
+def take(iterator, n):
+    return [next(iterator) for _ in range(n)]
+
+
+def test_synthetic_shapes_range_and_splits(plugins):
+    data = synthetic(plugins)
+    assert data.image_shape == (1, 8, 8)
+    assert data.num_classes == 10
+    assert data.split_sizes == {"train": 320, "validation": 80, "test": 100}
+    batch = next(data.train_batches(32, seed=0))
+    assert isinstance(batch, Batch)
+    assert batch.x.shape == (32, 1, 8, 8) and batch.x.dtype == torch.float32
+    assert batch.y.shape == (32,) and batch.y.dtype == torch.int64
+    assert 0.0 <= batch.x.min() and batch.x.max() <= 1.0
+    levels = batch.x * 255
+    assert torch.equal(levels, levels.round()), "8-bit data must be exactly k/255"
+    assert set(batch.y.tolist()) <= set(range(10))
+    assert batch.to("cpu").x is not None and len(batch) == 32
+
+
+def test_synthetic_is_seeded_and_options_change_it(plugins):
+    a = next(synthetic(plugins).eval_batches("test", 100))
+    b = next(synthetic(plugins).eval_batches("test", 100))
+    c = next(synthetic(plugins, generator_seed=1).eval_batches("test", 100))
+    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+    assert not torch.equal(a.x, c.x)
+    big = synthetic(plugins, size=28, channels=3, classes=4, train=50, test=20)
+    assert big.image_shape == (3, 28, 28) and big.num_classes == 4
+    assert big.split_sizes == {"train": 40, "validation": 10, "test": 20}
+
+
+def test_train_stream_covers_each_epoch_once_and_reshuffles(plugins):
+    data = synthetic(plugins, train=100, test=10, common=DataOptions(validation=20))
+    it = data.train_batches(16, seed=3)
+    seen = torch.cat([b.x.flatten(1) for b in take(it, 10)])  # 160 examples: 2 epochs of 80
+    reference = torch.cat([b.x.flatten(1) for b in data.eval_batches("train", 80)])
+    first = {tuple(r.tolist()) for r in seen[:80]}
+    assert first == {tuple(r.tolist()) for r in reference}, "one epoch visits every training example once"
+    assert not torch.equal(seen[:80], seen[80:160]), "each epoch is reshuffled"
+    again = torch.cat([b.x.flatten(1) for b in take(data.train_batches(16, seed=3), 10)])
+    assert torch.equal(seen, again), "same seed, same stream"
+    other = torch.cat([b.x.flatten(1) for b in take(data.train_batches(16, seed=4), 10)])
+    assert not torch.equal(seen, other)
+
+
+def test_resume_gives_the_batches_of_an_uninterrupted_run(plugins):
+    data = synthetic(plugins, binarize="dynamic")
+    straight = take(data.train_batches(48, seed=1), 12)
+    it = data.train_batches(48, seed=1)
+    take(it, 5)
+    state = it.state_dict()
+    resumed = data.train_batches(48, seed=1)
+    resumed.load_state_dict(state)
+    for a, b in zip(straight[5:], take(resumed, 7)):
+        assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+
+
+def test_resume_with_another_recipe_is_an_error(plugins):
+    data = synthetic(plugins)
+    state = data.train_batches(32, seed=1).state_dict()
+    other = data.train_batches(64, seed=1)
+    with pytest.raises(DataError, match="batch_size is 32 but this run's is 64"):
+        other.load_state_dict(state)
+
+
+def test_ddp_shards_partition_the_global_batch(plugins):
+    data = synthetic(plugins, binarize="dynamic")
+    single = take(data.train_batches(40, seed=2), 3)
+    ranks = [take(data.train_batches(40, seed=2, rank=r, world_size=4), 3) for r in range(4)]
+    for step in range(3):
+        joined = torch.cat([ranks[r][step].x for r in range(4)])
+        assert torch.equal(joined, single[step].x)
+    with pytest.raises(DataError, match="multiple of 3"):
+        data.train_batches(40, seed=2, rank=0, world_size=3)
+
+
+def test_eval_batches_are_ordered_finite_and_sharded(plugins):
+    data = synthetic(plugins)
+    full = list(data.eval_batches("test", 30))
+    assert [len(b) for b in full] == [30, 30, 30, 10]
+    x = torch.cat([b.x for b in full])
+    shards = [torch.cat([b.x for b in data.eval_batches("test", 7, rank=r, world_size=3)]) for r in range(3)]
+    assert torch.equal(torch.cat(shards), x)
+    limited = list(data.eval_batches("validation", 50, max_examples=60))
+    assert sum(len(b) for b in limited) == 60
+    with pytest.raises(DataError, match="unknown split 'valid'"):
+        list(data.eval_batches("valid", 10))
+
+
+def test_dynamic_binarization_draws_fresh_values_each_batch(plugins):
+    data = synthetic(plugins, binarize="dynamic", train=8, test=8, common=DataOptions(validation=0))
+    it = data.train_batches(8, seed=0)
+    a, b = next(it), next(it)
+    assert set(a.x.unique().tolist()) <= {0.0, 1.0}
+    order_a, order_b = a.y.argsort(), b.y.argsort()  # same 8 examples, another order and draw
+    assert not torch.equal(a.x[order_a], b.x[order_b])
+    # Evaluation uses one fixed static binarization, identical every time.
+    t1 = torch.cat([b.x for b in data.eval_batches("test", 8)])
+    t2 = torch.cat([b.x for b in data.eval_batches("test", 8)])
+    assert torch.equal(t1, t2) and set(t1.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_dynamic_draws_average_to_the_pixel_intensities(plugins):
+    common = DataOptions(validation=0)
+    data = synthetic(plugins, binarize="dynamic", train=100, common=common)
+    probs = synthetic(plugins, train=100, common=common)._splits["train"][0].float() / 255
+    total = torch.zeros_like(probs)
+    it = data.train_batches(100, seed=0)  # one batch = one whole epoch, in that epoch's order
+    for _ in range(300):
+        rows = torch.from_numpy(it.indices[it._permutation()])
+        total[rows] += next(it).x
+    assert ((total / 300) - probs).abs().max() < 0.15
+    assert ((total / 300) - probs).abs().mean() < 0.03
+
+
+def test_static_and_threshold_binarization(plugins):
+    static = synthetic(plugins, binarize="static")
+    again = synthetic(plugins, binarize="static")
+    other_seed = synthetic(plugins, binarize="static", binarize_seed=5)
+    a = next(static.train_batches(64, seed=0)).x
+    assert set(a.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(a, next(again.train_batches(64, seed=0)).x)
+    assert not torch.equal(a, next(other_seed.train_batches(64, seed=0)).x)
+    plain = next(synthetic(plugins).eval_batches("test", 100)).x
+    thresholded = next(synthetic(plugins, binarize="threshold", threshold=0.5).eval_batches("test", 100)).x
+    assert torch.equal(thresholded, (plain > 0.5).float())
+
+
+def test_static_binarize_is_bernoulli_of_the_intensity():
+    images = np.full((2000, 1, 4, 4), 64, np.uint8)
+    bits = static_binarize(images, 255, seed=0, stream=0)
+    assert set(np.unique(bits)) <= {0, 1}
+    assert abs(bits.mean() - 64 / 255) < 0.01
+    assert np.array_equal(bits, static_binarize(images, 255, seed=0, stream=0))
+
+
+def test_balanced_subset_exact_counts_and_seed():
+    labels = np.repeat(np.arange(10), 50)
+    np.random.default_rng(0).shuffle(labels)
+    chosen = balanced_subset(labels, 100, 10, seed=7)
+    assert len(chosen) == 100 and len(set(chosen.tolist())) == 100
+    assert np.bincount(labels[chosen], minlength=10).tolist() == [10] * 10
+    assert np.array_equal(chosen, balanced_subset(labels, 100, 10, seed=7))
+    assert not np.array_equal(chosen, balanced_subset(labels, 100, 10, seed=8))
+    odd = balanced_subset(labels, 23, 10, seed=1)
+    counts = np.bincount(labels[odd], minlength=10)
+    assert sorted(counts.tolist()) == [2] * 7 + [3] * 3
+    with pytest.raises(DataError, match="class 0"):
+        balanced_subset(labels, 600, 10, seed=0)
+
+
+def test_labeled_batches_come_from_the_subset_and_other_labels_are_hidden(plugins, tmp_path):
+    data = synthetic(plugins, seed=5, common=DataOptions(labeled=20))
+    assert np.bincount(data._splits["train"][1].numpy()[data.labeled_indices], minlength=10).tolist() == [2] * 10
+    labeled = take(data.train_batches(50, seed=5, labeled=True), 2)  # batches larger than the subset work
+    subset_x = {tuple(r.tolist()) for r in next(data.eval_batches("train", 400)).x[torch.from_numpy(data.labeled_indices)].flatten(1)}
+    for batch in labeled:
+        assert (batch.y >= 0).all()
+        assert {tuple(r.tolist()) for r in batch.x.flatten(1)} <= subset_x
+    unlabeled = torch.cat([b.y for b in take(data.train_batches(64, seed=5), 5)])
+    assert (unlabeled == -1).sum() == 320 - 20 and (unlabeled >= 0).sum() == 20
+    assert np.array_equal(synthetic(plugins, seed=5, common=DataOptions(labeled=20)).labeled_indices, data.labeled_indices)
+
+    data.write_manifest(tmp_path)
+    rows = list(csv.reader((tmp_path / "labeled_indices.csv").open()))
+    assert rows[0] == ["train_index", "label"] and len(rows) == 21
+    assert [int(r[0]) for r in rows[1:]] == data.labeled_indices.tolist()
+    facts = json.loads((tmp_path / "data.json").read_text())
+    assert facts["dataset"] == "synthetic" and facts["synthetic"] is True
+    assert facts["split_sizes"] == data.split_sizes and facts["labeled_per_class"] == [2] * 10
+
+
+def test_unsupervised_batches_keep_labels_and_labeled_stream_needs_a_subset(plugins):
+    data = synthetic(plugins)
+    assert (next(data.train_batches(64, seed=0)).y >= 0).all()
+    assert data.labeled_indices.size == 0
+    with pytest.raises(DataError, match="labeled subset is empty"):
+        data.train_batches(10, seed=0, labeled=True)
+
+
+def test_validation_option(plugins):
+    assert synthetic(plugins, common=DataOptions(validation=0)).split_sizes["validation"] == 0
+    assert synthetic(plugins, common=DataOptions(validation=150)).split_sizes == {"train": 250, "validation": 150, "test": 100}
+    with pytest.raises(DataError, match="leaves no training examples"):
+        synthetic(plugins, common=DataOptions(validation=400))
+
+
+def test_recipe_data_table_validates_dataset_options(plugins):
+    tree = {"name": "t", "data": {"name": "synthetic", "binarize": "dynamic", "batch_size": 20, "labeled": 10}, "model": {"decoder": {"name": "x"}}}
+    from gentk.errors import RecipeError
+
+    with pytest.raises(RecipeError) as err:
+        recipe_from_dict({**tree, "data": {**tree["data"], "binarize": "dynamc"}}, plugins=plugins)
+    assert "data.binarize" in str(err.value) and "dynamic" in str(err.value)
+    entry = plugins.get("datasets", "synthetic")
+    spec = ComponentSpec("datasets", "synthetic", entry.config(binarize="dynamic"), DataOptions(batch_size=20, labeled=10))
+    data = build_data(spec, plugins, seed=0)
+    assert data.binarize == "dynamic" and len(data.labeled_indices) == 10
