@@ -1,0 +1,276 @@
+"""The one Model: an encoder, named latents (prior and regularizer each) and a decoder.
+
+PixelGAN autoencoders (Makhzani & Frey 2017), the VAE, the AAE and PixelVAE are all this
+class; they differ only in their recipes (DESIGN.md §3, §7.4):
+
+    x --encoder--> {latent: head outputs} --concat codes--> c --decoder--> log p(x|c)
+                        |                                     ^
+                        +-- regularizer vs prior per latent   +-- prior samples at sampling time
+
+The model turns its parts into the training steps of DESIGN.md §3, so the engine never
+looks inside it:
+
+1. ``reconstruction`` (phase reconstruction): -log p(x|c) plus the penalties of
+   KL-regularized latents (the (Pixel)VAE's negative ELBO), updating encoder and decoder;
+2. for each adversarially regularized latent NAME, ``discriminator.NAME`` (prior samples
+   vs detached codes) then ``generator.NAME`` (the encoder fools it), phase regularization;
+3. for each supervised latent NAME, ``supervised.NAME``: cross-entropy of its head's logits
+   on the labeled batch (phase supervised), updating the encoder.
+
+The decoder is conditioned on the concatenation of every latent's code in recipe order:
+the reparameterized sample of a Gaussian head, the softmax of a categorical head (during
+training) or the prior's samples (when sampling). Every trainable part (encoder, decoder,
+each discriminator) is called through ``__call__`` only, so the engine may wrap parts
+(e.g. in DDP) with `Model.wrap_parts`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gentk.errors import GentkError
+from gentk.recipe import PHASES, LatentSpec, Recipe
+
+
+@attrs.frozen
+class TrainingStep:
+    """One optimizer update of a training step.
+
+    name: e.g. "reconstruction", "discriminator.y", "generator.y", "supervised.y".
+    phase: the recipe's ``train.phases`` entry that configures its optimizer.
+    parts: part name -> parameters it updates ({"encoder": [...], "decoder": [...]}).
+    loss: batch -> (scalar loss to minimise, floats to log). The supervised phase gets the
+        labeled batch, the others the unlabeled one; a batch has ``.x`` (B, C, H, W) and
+        ``.y`` (B,) int64.
+    """
+
+    name: str
+    phase: str
+    parts: dict[str, list[nn.Parameter]]
+    loss: Callable[[Any], tuple[Tensor, dict[str, float]]]
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for params in self.parts.values() for p in params]
+
+
+class Model(nn.Module):
+    """Encoder + latents + decoder; see the module docstring. Build it with `build_model`."""
+
+    def __init__(self, encoder: nn.Module | None, decoder: nn.Module, latents: Mapping[str, LatentSpec], priors: Mapping[str, nn.Module], regularizers: Mapping[str, nn.Module]) -> None:
+        super().__init__()
+        if bool(latents) != (encoder is not None):
+            raise ValueError("a model has an encoder exactly when it has latents")
+        for name, spec in latents.items():
+            support = getattr(priors[name], "support", "real")
+            if support == "simplex" and spec.head != "categorical":
+                raise GentkError(f"latent '{name}': its prior samples one-hot vectors but its head is '{spec.head}'; use head = \"categorical\".")
+            if spec.supervised and spec.head != "categorical":
+                raise GentkError(f"latent '{name}': only a categorical head can be supervised by labels.")
+        self.encoder = encoder
+        self.decoder = decoder
+        self.latents = dict(latents)
+        self.priors = nn.ModuleDict(dict(priors))
+        self.regularizers = nn.ModuleDict(dict(regularizers))
+        # Training steps taken (reconstruction updates), for KL warm-up; saved with the weights.
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, image_shape: Sequence[int], plugins) -> Model:
+        """Build every part from the registries (contexts as in gentk.hookspecs)."""
+        registries = plugins.registries
+        spec = recipe.model
+        priors, regularizers = {}, {}
+        for name, latent in spec.latents.items():
+            try:
+                priors[name] = registries.priors.get(latent.prior.name).build(latent.prior.config, size=latent.size)
+                regularizers[name] = registries.regularizers.get(latent.regularizer.name).build(latent.regularizer.config, size=latent.size, prior=priors[name], head=latent.head)
+            except ValueError as exc:
+                raise GentkError(f"model.latents.{name}: {exc}") from None
+        encoder = None
+        if spec.encoder is not None:
+            encoder = registries.encoders.get(spec.encoder.name).build(spec.encoder.config, input_shape=tuple(image_shape), latents=dict(spec.latents))
+        cond_size = sum(latent.size for latent in spec.latents.values())
+        decoder = registries.decoders.get(spec.decoder.name).build(spec.decoder.config, image_shape=tuple(image_shape), cond_size=cond_size)
+        return cls(encoder, decoder, spec.latents, priors, regularizers)
+
+    # ----------------------------------------------------------------------- parts and phases
+
+    def parts(self) -> dict[str, nn.Module]:
+        """Every trainable part by name: encoder, decoder, discriminator.NAME, ..."""
+        parts = {"decoder": self.decoder} if self.encoder is None else {"encoder": self.encoder, "decoder": self.decoder}
+        for name, reg in self.regularizers.items():
+            for key, module in reg.parts().items() if hasattr(reg, "parts") else ():
+                parts[f"{key}.{name}"] = module
+        return parts
+
+    def wrap_parts(self, wrap: Callable[[str, nn.Module], nn.Module]) -> None:
+        """Replace each part by ``wrap(name, part)`` (e.g. DDP); the model then calls the wrapper."""
+        for name, module in self.parts().items():
+            self._set_part(name, wrap(name, module))
+
+    def unwrap_parts(self) -> None:
+        """Undo `wrap_parts` for wrappers that keep the part as ``.module`` (DDP does)."""
+        for name, module in self.parts().items():
+            self._set_part(name, getattr(module, "module", module))
+
+    def _set_part(self, name: str, module: nn.Module) -> None:
+        if name in ("encoder", "decoder"):
+            setattr(self, name, module)
+        else:
+            key, latent = name.split(".", 1)
+            setattr(self.regularizers[latent], key, module)
+
+    def phases(self) -> list[str]:
+        """The phases this model trains in, in the order of DESIGN.md §3."""
+        used = {step.phase for step in self.training_steps()}
+        return [phase for phase in PHASES if phase in used]
+
+    def training_steps(self) -> list[TrainingStep]:
+        """The optimizer updates of one training step, in order (see the module docstring)."""
+        def params(name: str) -> list[nn.Parameter]:
+            return [p for p in self.parts()[name].parameters() if p.requires_grad]
+
+        recon_parts = {name: params(name) for name in ("encoder", "decoder") if name in self.parts()}
+        steps = [TrainingStep("reconstruction", "reconstruction", recon_parts, self.reconstruction_loss)]
+        for name, reg in self.regularizers.items():
+            if reg.phase == "regularization":
+                steps.append(TrainingStep(f"discriminator.{name}", "regularization", {f"discriminator.{name}": params(f"discriminator.{name}")}, _bind(self.discriminator_loss, name)))
+                steps.append(TrainingStep(f"generator.{name}", "regularization", {"encoder": params("encoder")}, _bind(self.generator_loss, name)))
+        for name, spec in self.latents.items():
+            if spec.supervised:
+                steps.append(TrainingStep(f"supervised.{name}", "supervised", {"encoder": params("encoder")}, _bind(self.supervised_loss, name)))
+        return steps
+
+    # ----------------------------------------------------------------------- losses
+
+    def _condition(self, heads: Mapping[str, Mapping[str, Tensor]]) -> Tensor | None:
+        return torch.cat([heads[name]["code"] for name in self.latents], dim=-1) if self.latents else None
+
+    def reconstruction_loss(self, batch) -> tuple[Tensor, dict[str, float]]:
+        """-log p(x|c) (nats per image) plus the KL penalties; counts a training step when training."""
+        heads = self.encoder(batch.x) if self.encoder is not None else {}
+        nll = -self.decoder(batch.x, self._condition(heads)).mean()
+        loss, logs = nll, {"nll": nll.item()}
+        step = int(self.step)
+        for name, reg in self.regularizers.items():
+            if reg.phase == "reconstruction":
+                penalty, reg_logs = reg.penalty(heads[name], step)
+                loss = loss + penalty
+                logs.update({f"{key}.{name}": value for key, value in reg_logs.items()})
+        if self.training and torch.is_grad_enabled():
+            self.step += 1
+        logs["loss"] = loss.item()
+        return loss, logs
+
+    def discriminator_loss(self, name: str, batch) -> tuple[Tensor, dict[str, float]]:
+        """Discriminator of latent `name`: prior samples ("real") vs detached codes ("fake")."""
+        with torch.no_grad():
+            fake = self.encoder(batch.x)[name]["code"]
+        real = self.priors[name].sample(len(fake)).to(fake.dtype)
+        return self.regularizers[name].discriminator_loss(real, fake)
+
+    def generator_loss(self, name: str, batch) -> tuple[Tensor, dict[str, float]]:
+        """The encoder's loss for fooling the discriminator of latent `name`."""
+        return self.regularizers[name].generator_loss(self.encoder(batch.x)[name]["code"])
+
+    def supervised_loss(self, name: str, batch) -> tuple[Tensor, dict[str, float]]:
+        """Cross-entropy of latent `name`'s logits against the labels, plus the accuracy."""
+        logits = self.encoder(batch.x)[name]["logits"]
+        loss = F.cross_entropy(logits, batch.y)
+        return loss, {"xent": loss.item(), "accuracy": (logits.argmax(-1) == batch.y).float().mean().item()}
+
+    @torch.no_grad()
+    def eval_losses(self, batch) -> dict[str, float]:
+        """Every training step's logged losses on `batch`, as "STEP/KEY", without updating anything."""
+        out = {}
+        for step in self.training_steps():
+            _, logs = step.loss(batch)
+            out.update({f"{step.name}/{key}": value for key, value in logs.items()})
+        return out
+
+    # ----------------------------------------------------------------------- using the model
+
+    def encode(self, x: Tensor, *, sample: bool = False) -> dict[str, Tensor]:
+        """Codes per latent (B, size): the mean of a Gaussian head (its sample if `sample`),
+        the softmax of a categorical head, the output of a deterministic one."""
+        if self.encoder is None:
+            raise GentkError("this model has no encoder (no latents): there is nothing to encode.")
+        heads = self.encoder(x)
+        return {name: heads[name]["code"] if sample or "mean" not in heads[name] else heads[name]["mean"] for name in self.latents}
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor, *, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
+        """A sample of p(x | encode(x)): same shape as x."""
+        codes = self.encode(x)
+        return self.decoder.sample(len(x), torch.cat([codes[name] for name in self.latents], -1), generator=generator, temperature=temperature)
+
+    @torch.no_grad()
+    def sample(self, n: int, *, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
+        """n images: each latent from its prior, then the decoder (a PixelCNN uses its cached sampler)."""
+        codes = [self.priors[name].sample(n, generator) for name in self.latents]
+        return self.decoder.sample(n, torch.cat(codes, -1) if codes else None, generator=generator, temperature=temperature)
+
+    @torch.no_grad()
+    def sample_per_category(self, n_per_row: int, latent: str | None = None, *, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
+        """K * n_per_row images, row k (n_per_row images) with categorical `latent` set to class k.
+
+        The other latents come from their priors: rows show what the category holds and
+        columns the style the decoder adds (PixelGAN paper, Fig. 6).
+        """
+        categorical = [name for name, spec in self.latents.items() if spec.head == "categorical"]
+        if latent is None:
+            if len(categorical) != 1:
+                raise GentkError(f"sample_per_category needs latent=NAME: this model has {len(categorical)} categorical latents ({', '.join(categorical) or 'none'}).")
+            latent = categorical[0]
+        elif latent not in categorical:
+            raise GentkError(f"'{latent}' is not a categorical latent of this model; categorical latents: {', '.join(categorical) or 'none'}.")
+        k = self.latents[latent].size
+        n = k * n_per_row
+        device = self.step.device
+        one_hot = F.one_hot(torch.arange(k, device=device).repeat_interleave(n_per_row), k).float()
+        codes = [one_hot if name == latent else self.priors[name].sample(n, generator) for name in self.latents]
+        return self.decoder.sample(n, torch.cat(codes, -1), generator=generator, temperature=temperature)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Exact log p(x) per image (B,), in nats; defined for a model without latents (a PixelCNN)."""
+        if self.latents:
+            raise GentkError("log p(x) is intractable for a model with latents; use elbo(x) (KL-regularized latents) or an importance-weighted bound.")
+        return self.decoder(x, None)
+
+    def elbo(self, x: Tensor) -> Tensor:
+        """The evidence lower bound per image (B,), in nats: E_q log p(x|z) - KL(q(z|x) || p(z)), one sample.
+
+        Defined when every latent is KL-regularized (VAE, PixelVAE); for a model without
+        latents it is log p(x) itself.
+        """
+        if not self.latents:
+            return self.log_prob(x)
+        other = [name for name, reg in self.regularizers.items() if not hasattr(reg, "kl")]
+        if other:
+            raise GentkError(f"the ELBO needs a KL regularizer on every latent; {', '.join(other)} {'is' if len(other) == 1 else 'are'} not KL-regularized (an adversarial latent has no q(z|x) density term).")
+        heads = self.encoder(x)
+        kl = sum(self.regularizers[name].kl(heads[name]) for name in self.latents)
+        return self.decoder(x, self._condition(heads)) - kl
+
+
+def _bind(method: Callable[..., Any], name: str) -> Callable[[Any], tuple[Tensor, dict[str, float]]]:
+    def loss(batch):
+        return method(name, batch)
+
+    loss.__name__ = f"{method.__name__}[{name}]"
+    return loss
+
+
+def build_model(recipe: Recipe, image_shape: Sequence[int], plugins=None) -> Model:
+    """The Model of a recipe for images of shape (C, H, W). `plugins` defaults to `gentk.load_plugins()`."""
+    if plugins is None:
+        from gentk.plugins import load_plugins
+
+        plugins = load_plugins()
+    return Model.from_recipe(recipe, image_shape, plugins)

@@ -1,0 +1,54 @@
+"""Shared layers: MLP stacks, activations and output-size arithmetic for strided convolutions.
+
+The AAE paper (Makhzani et al. 2016, §2) builds its encoder, decoder and discriminators from
+the same block, fully connected layers of 1000 ReLU units; `mlp` is that block with the
+widths and activation as arguments.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from torch import nn
+
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "leaky_relu": lambda: nn.LeakyReLU(0.2),
+    "elu": nn.ELU,
+    "tanh": nn.Tanh,
+    "softplus": nn.Softplus,
+}
+
+
+def activation(name: str) -> nn.Module:
+    """A fresh activation module by name (one of `ACTIVATIONS`)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation '{name}'; expected one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+def mlp(sizes: Sequence[int], act: str = "relu", *, final_activation: bool = False) -> nn.Sequential:
+    """Linear layers of widths ``sizes[0] -> sizes[1] -> ... -> sizes[-1]``.
+
+    An activation follows every layer but the last (and the last too if `final_activation`).
+    ``mlp([784, 1000, 1000, 8])`` is the AAE paper's encoder body plus an 8-unit output.
+    """
+    if len(sizes) < 2:
+        raise ValueError(f"an MLP needs an input and an output width, got {list(sizes)}")
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2 or final_activation:
+            layers.append(activation(act))
+    return nn.Sequential(*layers)
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Spatial size after a convolution: floor((size + 2 padding - kernel) / stride) + 1."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def upsampled_start_size(size: int, doublings: int) -> int:
+    """The smallest start size that reaches at least `size` after `doublings` x2 upsamplings."""
+    return max(1, math.ceil(size / 2**doublings))
