@@ -384,10 +384,13 @@ FASHION_SOURCES = _idx_sources({n: (Checksum("sha256", s), Checksum("md5", m)) f
 
 
 def _convert_idx(files: Mapping[str, Path]) -> dict[str, Arrays]:
-    return {
-        "train": Arrays(read_idx(files["train-images-idx3-ubyte"], images=True), read_idx(files["train-labels-idx1-ubyte"], images=False)),
-        "test": Arrays(read_idx(files["t10k-images-idx3-ubyte"], images=True), read_idx(files["t10k-labels-idx1-ubyte"], images=False)),
-    }
+    out = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        image_path, label_path = files[f"{prefix}-images-idx3-ubyte"], files[f"{prefix}-labels-idx1-ubyte"]
+        images, labels = read_idx(image_path, images=True), read_idx(label_path, images=False)
+        _check_counts(f"{image_path} and {label_path}", images, labels)
+        out[split] = Arrays(images, labels)
+    return out
 
 
 def _check_counts(path_hint: str, images: np.ndarray, labels: np.ndarray) -> None:
