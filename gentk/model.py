@@ -274,3 +274,42 @@ def build_model(recipe: Recipe, image_shape: Sequence[int], plugins=None) -> Mod
 
         plugins = load_plugins()
     return Model.from_recipe(recipe, image_shape, plugins)
+
+
+def check_model(recipe: Recipe, plugins=None, *, image_shape: Sequence[int] | None = None, batch_size: int = 2) -> str:
+    """Build a recipe's model and run every training step's loss and backward pass once on a
+    fake batch (binary images, random labels), updating nothing; returns a one-line summary.
+
+    The image shape is the dataset factory's ``image_shape`` attribute when it declares one,
+    else the dataset is built (from local files only). Raises `GentkError` when a step's loss
+    is not finite or leaves one of its parts without gradient.
+    """
+    if plugins is None:
+        from gentk.plugins import load_plugins
+
+        plugins = load_plugins()
+    from gentk.data import Batch, build_data
+
+    if image_shape is None:
+        image_shape = getattr(plugins.registries.datasets.get(recipe.data.name).factory, "image_shape", None)
+    if image_shape is None:
+        image_shape = build_data(recipe.data, plugins, seed=recipe.seed, offline=True).image_shape
+    model = build_model(recipe, image_shape, plugins)
+    generator = torch.Generator().manual_seed(recipe.seed)
+    x = torch.bernoulli(torch.full((batch_size, *image_shape), 0.5), generator=generator)
+    classes = max([spec.size for spec in model.latents.values() if spec.supervised], default=1)
+    batch = Batch(x, torch.randint(0, classes, (batch_size,), generator=generator))
+    for step in model.training_steps():
+        model.zero_grad(set_to_none=True)
+        loss, _ = step.loss(batch)
+        if not torch.isfinite(loss):
+            raise GentkError(f"training step '{step.name}': the loss on a fake batch is {loss.item()}, not finite.")
+        loss.backward()
+        for part, params in step.parts.items():
+            if params and all(p.grad is None for p in params):
+                raise GentkError(f"training step '{step.name}': its loss gives no gradient to part '{part}'.")
+    model.zero_grad(set_to_none=True)
+    model.step.zero_()
+    count = sum(p.numel() for p in model.parameters())
+    steps = ", ".join(step.name for step in model.training_steps())
+    return f"{count:,} parameters for images {tuple(image_shape)}; steps: {steps}"
