@@ -44,3 +44,18 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     """' Did you mean 'x'?' or an empty string."""
     match = closest(word, candidates)
     return f" Did you mean '{match}'?" if match else ""
+
+
+class TrainingError(GentkError):
+    """A run that cannot start or go on: a bad device, a resume that does not fit, a NaN loss."""
+
+
+class TrainingInterrupted(GentkError):
+    """A run stopped by SIGINT or SIGTERM after saving a checkpoint; the message says how to resume."""
+
+    exit_code = 130
+
+    def __init__(self, message: str, *, run_dir=None, step: int = 0) -> None:
+        super().__init__(message)
+        self.run_dir = run_dir
+        self.step = step

@@ -86,3 +86,29 @@ def gentk_register_schedules(register):
     Context: ``optimizer`` and ``total_steps``. Returns a ``torch.optim.lr_scheduler.LRScheduler``
     stepped once per training step.
     """
+
+
+# --------------------------------------------------------------------------- run callbacks
+# Called by the engine (gentk.train) on rank 0 only, after the run directory has the
+# values written; a log sink (a dashboard, a remote tracker) needs nothing else.
+
+
+@hookspec
+def gentk_log(run_dir, step, scalars):
+    """Scalars were logged at training step ``step`` (every ``train.log_every`` steps).
+
+    ``run_dir`` is the run directory (a ``pathlib.Path``); ``scalars`` maps names such as
+    ``train/reconstruction/loss``, ``lr/reconstruction`` or ``speed/images_per_s`` to floats
+    (means over the interval, averaged over ranks). The return value is ignored.
+    """
+
+
+@hookspec
+def gentk_after_eval(run_dir, step, metrics):
+    """An evaluation finished at training step ``step``.
+
+    ``metrics`` maps names such as ``eval/validation/reconstruction/loss`` to floats (the held-out losses
+    of ``Model.eval_losses`` and the recipe's ``eval.metrics``); the sample grid of this
+    evaluation is ``run_dir / "samples" / f"step-{step:08d}.png"`` when ``eval.samples`` > 0.
+    The return value is ignored.
+    """

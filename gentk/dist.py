@@ -1,0 +1,267 @@
+"""Devices and data-parallel training: one process, or many under ``torchrun``.
+
+A run is distributed when ``torchrun`` has set ``WORLD_SIZE`` > 1 in the environment.
+Each rank then holds a full copy of the model and a shard of every batch (the recipe's
+``data.batch_size`` is the global batch; `gentk.data` hands each rank its slice), and
+every optimizer step sees the gradients averaged over ranks (NCCL on CUDA, gloo on CPU).
+
+Each trainable part of the Model (encoder, decoder, each discriminator) is wrapped in
+its own ``DistributedDataParallel`` (`Model.wrap_parts`), so an adversarial step needs
+no ``find_unused_parameters``: in a training step, the parts it does not train run under
+``no_sync`` (the encoder in a discriminator step, the discriminator in a generator
+step), and the parts it trains use every one of their parameters. DDP's one assumption,
+"every parameter of a synchronized part gets a gradient", is checked rather than hoped
+for: the first execution of each training step runs all parts under ``no_sync`` and
+averages the step's gradients with one explicit all-reduce; a part whose parameters all
+received gradients is synchronized by DDP from then on, any other part (one head of a
+multi-head encoder trained by a supervised step, say) keeps the explicit all-reduce.
+Both average the same numbers (for two ranks, bit for bit the same).
+
+The step's loss travels in the explicit all-reduce too, so every rank sees the global
+mean loss and a NaN on any rank stops all ranks at the same step.
+
+Every helper here is a no-op on a single process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import attrs
+import torch
+import torch.distributed as tdist
+
+from gentk.errors import TrainingError
+
+
+@attrs.frozen
+class DistInfo:
+    """Where this process stands: its rank among `world_size` and its local GPU index."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes files and prints; the others compute."""
+        return self.rank == 0
+
+
+def from_environment() -> DistInfo:
+    """The rank and world size that ``torchrun`` put in the environment (1 process without it)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    return DistInfo(rank=int(os.environ.get("RANK", "0")), world_size=world_size, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def choose_device(choice: str, info: DistInfo = DistInfo()) -> torch.device:
+    """Resolve ``auto`` (cuda, then mps, then cpu) or check an explicit choice.
+
+    Under torchrun each rank takes the GPU of its local rank. A device that is not
+    available is an error, not a silent fall-back to the CPU.
+    """
+    if choice == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", info.local_rank % torch.cuda.device_count())
+        if torch.backends.mps.is_available() and not info.distributed:
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(choice)
+    except RuntimeError:
+        raise TrainingError(f"unknown device '{choice}'. Use auto, cpu, cuda, cuda:N or mps.") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TrainingError(f"device '{choice}' was asked for but CUDA is not available here. Use --device cpu (or auto).")
+        if device.index is None:
+            device = torch.device("cuda", info.local_rank % torch.cuda.device_count())
+        elif device.index >= torch.cuda.device_count():
+            raise TrainingError(f"device '{choice}' does not exist: this machine has {torch.cuda.device_count()} CUDA device(s).")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise TrainingError(f"device '{choice}' was asked for but MPS is not available here. Use --device cpu (or auto).")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise TrainingError(f"unsupported device '{choice}'. Use auto, cpu, cuda, cuda:N or mps.")
+    return device
+
+
+def init(info: DistInfo, device: torch.device) -> None:
+    """Join the process group torchrun prepared: NCCL for CUDA, gloo otherwise."""
+    if not info.distributed or tdist.is_initialized():
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    kwargs: dict[str, Any] = {"backend": backend, "timeout": datetime.timedelta(minutes=30)}
+    if backend == "nccl":
+        kwargs["device_id"] = device  # binds the communicator to this rank's GPU up front
+    tdist.init_process_group(**kwargs)
+
+
+def shutdown() -> None:
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        tdist.barrier()
+
+
+def broadcast_object(value: Any, info: DistInfo) -> Any:
+    """Rank 0's `value` on every rank (a run directory's name, for example)."""
+    if not info.distributed:
+        return value
+    box = [value]
+    tdist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(value: Any, info: DistInfo) -> list[Any]:
+    """Every rank's `value`, in rank order, on every rank (RNG states, data positions)."""
+    if not info.distributed:
+        return [value]
+    out: list[Any] = [None] * info.world_size
+    tdist.all_gather_object(out, value)
+    return out
+
+
+def broadcast_parameters(module: torch.nn.Module, info: DistInfo) -> None:
+    """Make every rank start from rank 0's weights and buffers, as DDP does at wrap time."""
+    if not info.distributed:
+        return
+    with torch.no_grad():
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            tdist.broadcast(tensor.data, src=0)
+
+
+def average_gradients(params: Sequence[torch.nn.Parameter], loss: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Average the gradients of `params` and the value of `loss` over all ranks.
+
+    One flat buffer, one all-reduce. A parameter without a gradient on this step counts
+    as a zero gradient (it keeps ``grad=None`` if it had none, on every rank alike).
+    Returns the global mean loss (detached), which is non-finite if any rank's was.
+    """
+    loss = loss.detach().float().reshape(1)
+    if not info.distributed:
+        return loss[0]
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([g.reshape(-1).float() for g in grads] + [loss])
+    tdist.all_reduce(flat, op=tdist.ReduceOp.SUM)
+    flat /= info.world_size
+    offset = 0
+    for g in grads:
+        n = g.numel()
+        g.copy_(flat[offset : offset + n].view_as(g))
+        offset += n
+    return flat[-1]
+
+
+def mean_scalars(scalars: dict[str, float], info: DistInfo, device: torch.device) -> dict[str, float]:
+    """Average a dict of floats (same keys on every rank) over ranks."""
+    if not info.distributed or not scalars:
+        return scalars
+    keys = sorted(scalars)
+    values = torch.tensor([float(scalars[k]) for k in keys], dtype=torch.float64, device=device)
+    tdist.all_reduce(values, op=tdist.ReduceOp.SUM)
+    values /= info.world_size
+    return dict(zip(keys, values.tolist()))
+
+
+def sum_tensor(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum a tensor over ranks (in place; returned for convenience)."""
+    if info.distributed:
+        tdist.all_reduce(values, op=tdist.ReduceOp.SUM)
+    return values
+
+
+def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """True on every rank when `flag` is true on at least one (a stop request, for example)."""
+    if not info.distributed:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    tdist.all_reduce(value, op=tdist.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
+def params_of(groups: Iterable[Iterable[torch.nn.Parameter]]) -> list[torch.nn.Parameter]:
+    """The distinct parameters of several lists, in first-seen order."""
+    seen: set[int] = set()
+    out = []
+    for group in groups:
+        for p in group:
+            if id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out
+
+
+class PartSync:
+    """Keeps the gradients of a model's parts equal on every rank (see the module docstring).
+
+    Use per training step ``ts``: run its forward and backward inside ``sync.step(ts)``,
+    then ``loss = sync.reduce(ts, loss)``. ``sync.unwrapped(model)`` gives the plain parts
+    back (for evaluation, sampling and state_dicts without ``module.`` prefixes).
+    """
+
+    def __init__(self, model: torch.nn.Module, info: DistInfo, device: torch.device) -> None:
+        self.info = info
+        self.device = device
+        self.wrappers: dict[str, torch.nn.Module] = {}
+        self.ddp_parts: dict[str, set[str]] = {}  # training step -> parts DDP synchronizes
+        if info.distributed and hasattr(model, "wrap_parts"):
+            model.wrap_parts(self._wrap)
+
+    def _wrap(self, name: str, module: torch.nn.Module) -> torch.nn.Module:
+        if name in self.wrappers:
+            return self.wrappers[name]
+        if not any(p.requires_grad for p in module.parameters()):
+            return module  # DDP refuses modules with nothing to train
+        from torch.nn.parallel import DistributedDataParallel
+
+        self.wrappers[name] = DistributedDataParallel(
+            module,
+            device_ids=[self.device] if self.device.type == "cuda" else None,
+            broadcast_buffers=False,  # buffers here are constants (PixelCNN masks); no collective per forward
+        )
+        return self.wrappers[name]
+
+    @contextlib.contextmanager
+    def step(self, ts) -> Iterator[None]:
+        synced = self.ddp_parts.get(ts.name, set())
+        with contextlib.ExitStack() as stack:
+            for name, wrapper in self.wrappers.items():
+                if name not in synced:
+                    stack.enter_context(wrapper.no_sync())
+            yield
+
+    def reduce(self, ts, loss: torch.Tensor) -> torch.Tensor:
+        """After backward: all-reduce what DDP did not, with the loss; returns the global mean loss."""
+        synced = self.ddp_parts.get(ts.name)
+        manual = [p for part, params in ts.parts.items() if synced is None or part not in synced for p in params]
+        value = average_gradients(manual, loss, self.info)
+        if synced is None and self.wrappers:
+            self.ddp_parts[ts.name] = {part for part, params in ts.parts.items() if part in self.wrappers and all(p.grad is not None for p in params) and len(params) == _trainable(self.wrappers[part])}
+        return value
+
+    @contextlib.contextmanager
+    def unwrapped(self, model: torch.nn.Module) -> Iterator[None]:
+        if not self.wrappers:
+            yield
+            return
+        model.unwrap_parts()
+        try:
+            yield
+        finally:
+            model.wrap_parts(self._wrap)
+
+
+def _trainable(module: torch.nn.Module) -> int:
+    return sum(1 for p in module.parameters() if p.requires_grad)
