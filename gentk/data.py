@@ -43,6 +43,7 @@ import filelock
 import h5py
 import numpy as np
 import torch
+from einops import rearrange, reduce
 
 from gentk.download import (
     Checksum,
@@ -146,7 +147,7 @@ def read_idx(path: Path, *, images: bool) -> np.ndarray:
             "it is truncated or damaged. Delete it and download it again."
         )
     if images:
-        return payload.reshape(dims[0], 1, dims[1], dims[2]).copy()
+        return rearrange(payload, "(n h w) -> n 1 h w", h=dims[1], w=dims[2]).copy()
     return payload.astype(np.int64)
 
 
@@ -197,7 +198,7 @@ def read_svhn(path: Path) -> Arrays:
     x, y = mat["X"], mat["y"].reshape(-1)
     if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.shape[3] != y.shape[0]:
         raise CorruptFileError(f"{path}: X has shape {x.shape} and y {mat['y'].shape}; SVHN's are (32, 32, 3, N) and (N, 1).")
-    images = np.ascontiguousarray(np.transpose(x, (3, 2, 0, 1))).astype(np.uint8)  # (H, W, C, N) -> (N, C, H, W)
+    images = np.ascontiguousarray(rearrange(x, "h w c n -> n c h w")).astype(np.uint8)
     labels = y.astype(np.int64) % 10  # 10 -> 0
     return Arrays(images, labels)
 
@@ -560,9 +561,9 @@ def downsample(images: np.ndarray, factor: int, chunk: int = 2048) -> np.ndarray
     n, c, h, w = images.shape
     out = np.empty((n, c, h // factor, w // factor), np.uint8)
     area = factor * factor
-    for start in range(0, n, chunk):  # in chunks: a float copy of all 24300 pairs would need GBs
-        block = images[start : start + chunk].reshape(-1, c, h // factor, factor, w // factor, factor)
-        total = block.sum(axis=(3, 5), dtype=np.uint32)
+    for start in range(0, n, chunk):  # in chunks: a wide copy of all 24300 pairs would need GBs
+        block = images[start : start + chunk].astype(np.uint32)
+        total = reduce(block, "n c (h fh) (w fw) -> n c h w", "sum", fh=factor, fw=factor)
         out[start : start + chunk] = ((total + area // 2) // area).astype(np.uint8)
     return out
 
@@ -616,7 +617,7 @@ class _ArrayFile:
         if images.ndim == 3:
             images = images[:, None]
         elif images.ndim == 4 and self.options.layout == "NHWC":
-            images = np.ascontiguousarray(np.transpose(images, (0, 3, 1, 2)))
+            images = np.ascontiguousarray(rearrange(images, "n h w c -> n c h w"))
         elif images.ndim != 4:
             raise DataError(f"{path}: {split} images have shape {images.shape}; expected (N, H, W) or (N, C, H, W). {self.schema_hint}")
         if self.options.max_value == 1 and images.max(initial=0) > 1:
@@ -889,15 +890,21 @@ class Data:
         """
         if split not in SPLITS:
             raise DataError(f"unknown split '{split}'; choose one of {', '.join(SPLITS)}.")
+        if batch_size < 1 or not 0 <= rank < world_size:
+            raise DataError(f"eval_batches needs batch_size >= 1 and 0 <= rank < world_size; got {batch_size}, {rank}, {world_size}.")
         levels, labels, scale = self._splits[split]
         if split == "train" and self.binarize == "dynamic":
             levels, scale = self._static_train(), 1
         n = levels.shape[0] if max_examples is None else min(max_examples, levels.shape[0])
-        chunk = np.array_split(np.arange(n), world_size)[rank]
-        for start in range(0, len(chunk), batch_size):
-            rows = chunk[start : start + batch_size]
-            lo, hi = int(rows[0]), int(rows[-1]) + 1
-            yield Batch(levels[lo:hi].to(torch.float32).div_(scale), labels[lo:hi])
+        mine = np.array_split(np.arange(n), world_size)[rank]
+        lo, hi = (int(mine[0]), int(mine[-1]) + 1) if len(mine) else (0, 0)
+
+        def batches() -> Iterator[Batch]:
+            for start in range(lo, hi, batch_size):
+                stop = min(start + batch_size, hi)
+                yield Batch(levels[start:stop].to(torch.float32).div_(scale), labels[start:stop])
+
+        return batches()
 
     def _static_train(self) -> torch.Tensor:
         if not hasattr(self, "_static_train_levels"):
