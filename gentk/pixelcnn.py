@@ -1,0 +1,556 @@
+"""Gated PixelCNN decoder: exact likelihoods, latent conditioning and a cached sampler.
+
+References:
+- van den Oord, Kalchbrenner, Vinyals, Espeholt, Graves, Kavukcuoglu (2016),
+  "Conditional Image Generation with PixelCNN Decoders" (gated layers, vertical and
+  horizontal stacks without blind spot, conditioning biases);
+- Salimans, Karpathy, Chen, Kingma (2017), "PixelCNN++" (discretized mixture of logistics);
+- Ramachandran, Paine, Khorrami, Babaeizadeh, Chang, Zhang, Hasegawa-Johnson, Campbell,
+  Huang (2017), "Fast Generation for Convolutional Autoregressive Models" (cached sampling);
+- Makhzani & Frey (2017), "PixelGAN Autoencoders" (adaptive and location-dependent biases);
+- Gulrajani et al. (2017), "PixelVAE" (the upsampled latent concatenated at the input).
+
+The model factorises p(x | c) = prod_i p(x_i | x_<i, c) over sub-pixels in raster order
+(rows top to bottom, columns left to right, then channels R -> G -> B). Axis legend used
+in comments and einops patterns: b batch, c image channel (sub-pixel), k parameters of one
+sub-pixel's distribution, f feature channel, h row, w column, t kernel tap, l layer.
+
+How a position sees its past (x = the pixel being predicted, o = visible, . = hidden):
+
+    vertical stack at row i         horizontal stack          what the output at x sees
+    (kernel k//2+1 by k, covers     (kernel 1 by k//2+1,
+     rows i-k//2 .. i)               columns j-k//2 .. j)
+      o o o o o                                                 o o o o o o o
+      o o o o o   rows <= i                                     o o o o o o o
+      o o x o o   (incl. row i)        o o x                    o o o x . . .
+                                                                . . . . . . .
+
+The vertical stack at row i sees whole rows up to and including i, so it must never feed
+the horizontal stack of row i: its pre-activation reaches the horizontal stack shifted
+down one row (the link, paper Fig. 2: 1x1 conv, added before the gate). The horizontal
+stack sees the current row up to and including the current column; the first layer uses
+mask A (the current pixel hidden), every later layer mask B (the current pixel's features
+visible, since they carry only its past). Together the stacks cover every earlier pixel:
+no blind spot (the original PixelCNN's masked 3x3 kernels miss a growing wedge to the
+upper right).
+
+Channel masks at the current pixel (RGB, paper sec. 2 of van den Oord et al. 2016a):
+feature channels are split into C contiguous groups, group g serving sub-pixel g:
+
+    mask A (first layer, from the image)      mask B (later layers, feature to feature)
+              in: R  G  B                               in: R  G  B
+        out R     .  .  .                         out R     o  .  .
+        out G     o  .  .                         out G     o  o  .
+        out B     o  o  .                         out B     o  o  o
+
+Earlier positions are visible to every group; these masks apply to the kernel tap of the
+current column only (and to every 1x1 conv of the horizontal stack and the head).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import attrs
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from gentk.errors import GentkError
+from gentk.plugins import hookimpl
+from gentk.recipe import OptionValueError, option
+
+Conditioning = Literal["adaptive_bias", "location_dependent", "input_concat", "none"]
+Likelihood = Literal["bernoulli", "categorical256", "logistic_mixture"]
+CONDITIONINGS = ("adaptive_bias", "location_dependent", "input_concat", "none")
+LIKELIHOODS = ("bernoulli", "categorical256", "logistic_mixture")
+
+
+def _odd(instance, attribute, value):
+    if value % 2 != 1:
+        raise OptionValueError(attribute.name, f"expected an odd kernel size (the kernel is centred on a column), found {value}")
+
+
+@attrs.frozen
+class PixelCNNConfig:
+    """Options of the ``pixelcnn`` decoder (see docs/pixelcnn.md)."""
+
+    layers: int = option(10, "gated layers; the first is the mask-A layer, the others mask-B", ge=1)
+    channels: int = option(64, "feature channels of each stack (the gates see twice as many pre-activations)", ge=1)
+    first_kernel: int = option(7, "kernel size of the mask-A first layer (odd)", ge=1, validator=_odd)
+    kernel: int = option(3, "kernel size of the mask-B gated layers (odd)", ge=1, validator=_odd)
+    conditioning: Conditioning = option("adaptive_bias", "how the code c enters: adaptive_bias, location_dependent, input_concat or none", choices=CONDITIONINGS)
+    likelihood: Likelihood = option("bernoulli", "per sub-pixel distribution: bernoulli, categorical256 or logistic_mixture", choices=LIKELIHOODS)
+    mixtures: int = option(5, "logistic components per sub-pixel (logistic_mixture)", ge=1)
+    map_channels: int = option(16, "channels of the spatial map made from c (location_dependent, input_concat)", ge=1)
+
+
+# --------------------------------------------------------------------------- likelihoods
+
+
+def bits_per_dim(log_prob: Tensor, image_shape: tuple[int, ...]) -> Tensor:
+    """Negative log-likelihood in bits per sub-pixel: -log p(x) / (C*H*W * ln 2).
+
+    log_prob: natural-log likelihood per image, any shape; image_shape: (C, H, W).
+    """
+    return -log_prob / (math.prod(image_shape) * math.log(2.0))
+
+
+def params_per_subpixel(likelihood: str, mixtures: int) -> int:
+    """How many network outputs parametrise one sub-pixel's distribution."""
+    return {"bernoulli": 1, "categorical256": 256, "logistic_mixture": 3 * mixtures}[likelihood]
+
+
+def bernoulli_log_prob(logits: Tensor, x: Tensor) -> Tensor:
+    """log p(x) of binary x under Bernoulli(sigmoid(logits)), element-wise.
+
+    logits: (..., 1) one logit per sub-pixel; x: (...) in {0, 1}. Returns (...).
+    """
+    return -F.binary_cross_entropy_with_logits(logits.squeeze(-1), x, reduction="none")
+
+
+def categorical256_log_prob(logits: Tensor, x: Tensor) -> Tensor:
+    """log p(x) under a 256-way softmax per sub-pixel, element-wise.
+
+    logits: (..., 256); x: (...) 8-bit data k/255 in [0, 1]. Returns (...).
+    """
+    level = torch.round(x * 255).long()
+    return torch.log_softmax(logits, dim=-1).gather(-1, level.unsqueeze(-1)).squeeze(-1)
+
+
+def _split_logistic(params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(..., 3K) -> mixture logits, means in [-1, 1] units, log scales (clamped as PixelCNN++)."""
+    logit_pi, mean, log_scale = params.chunk(3, dim=-1)
+    return logit_pi, mean, log_scale.clamp(min=-7.0)
+
+
+def logistic_mixture_log_prob(params: Tensor, x: Tensor) -> Tensor:
+    """Exact log p(x) under a discretized mixture of logistics (PixelCNN++ eq. 2), element-wise.
+
+    params: (..., 3K) = K mixture logits, K means, K log scales, on the [-1, 1] scale of
+    x' = 2 x - 1; x: (...) 8-bit data k/255. Level k owns the bin [x'_k - 1/255, x'_k + 1/255],
+    the extreme bins extend to -inf / +inf. The bin mass sigma(a) - sigma(b) is computed as
+    log sigma(a) + log sigma(-b) + log(1 - exp(b - a)), exact and stable for any scale
+    (PixelCNN++'s code switches to a density approximation for tiny masses; we do not).
+    """
+    logit_pi, mean, log_scale = _split_logistic(params)
+    xs = (2.0 * x - 1.0).unsqueeze(-1)
+    inv_scale = torch.exp(-log_scale)
+    plus = inv_scale * (xs - mean + 1.0 / 255)
+    minus = inv_scale * (xs - mean - 1.0 / 255)
+    log_cdf_plus = -F.softplus(-plus)  # log sigma(plus): mass of the lowest bin
+    log_one_minus_cdf_minus = -F.softplus(minus)  # log(1 - sigma(minus)): mass of the highest bin
+    log_mid = log_cdf_plus + log_one_minus_cdf_minus + torch.log(-torch.expm1(minus - plus))
+    level = torch.round(x * 255).unsqueeze(-1)
+    log_bin = torch.where(level <= 0, log_cdf_plus, torch.where(level >= 255, log_one_minus_cdf_minus, log_mid))
+    return torch.logsumexp(torch.log_softmax(logit_pi, dim=-1) + log_bin, dim=-1)
+
+
+LOG_PROBS = {"bernoulli": bernoulli_log_prob, "categorical256": categorical256_log_prob, "logistic_mixture": logistic_mixture_log_prob}
+
+
+def _inverse_cdf(logits: Tensor, u: Tensor) -> Tensor:
+    """Index drawn from softmax(logits) (n, K) with uniforms u (n,): the first k with CDF > u."""
+    cdf = torch.cumsum(torch.softmax(logits, dim=-1), dim=-1)
+    return (cdf <= u.unsqueeze(-1)).sum(-1).clamp(max=logits.shape[-1] - 1)
+
+
+def sample_subpixel(likelihood: str, params: Tensor, generator: torch.Generator | None, temperature: float) -> Tensor:
+    """Draw one sub-pixel for each of n images from its distribution's parameters.
+
+    params: (n, K). Returns (n,) in the data range ({0, 1} or k/255). Both samplers call this
+    with the same shapes in the same order, so one seed gives both the same random numbers.
+    Temperature divides the logits (and multiplies the logistic scales).
+    """
+    n = params.shape[0]
+    u = torch.rand(n, generator=generator, device=params.device, dtype=params.dtype)
+    if likelihood == "bernoulli":
+        return (u < torch.sigmoid(params[:, 0] / temperature)).to(params.dtype)
+    if likelihood == "categorical256":
+        return _inverse_cdf(params / temperature, u).to(params.dtype) / 255
+    logit_pi, mean, log_scale = _split_logistic(params)
+    component = _inverse_cdf(logit_pi / temperature, u).unsqueeze(-1)
+    v = torch.rand(n, generator=generator, device=params.device, dtype=params.dtype).clamp(1e-5, 1 - 1e-5)
+    # A continuous logistic draw falls in level k's bin with exactly that bin's mass.
+    y = mean.gather(-1, component).squeeze(-1) + temperature * torch.exp(log_scale.gather(-1, component).squeeze(-1)) * (torch.log(v) - torch.log1p(-v))
+    return torch.round((y + 1) * 127.5).clamp(0, 255) / 255
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def feature_groups(channels: int, groups: int) -> Tensor:
+    """Sub-pixel group of each of `channels` features: contiguous blocks, group g serves channel g."""
+    return torch.arange(channels) * groups // channels
+
+
+def channel_mask(out_groups: Tensor, in_groups: Tensor, *, strict: bool) -> Tensor:
+    """(out, in) 0/1 mask: an output of group g may see inputs of groups < g (mask A) or <= g (mask B)."""
+    allowed = in_groups.unsqueeze(0) < out_groups.unsqueeze(1) if strict else in_groups.unsqueeze(0) <= out_groups.unsqueeze(1)
+    return allowed.float()
+
+
+class MaskedConv2d(nn.Conv2d):
+    """A convolution whose weight is multiplied by a fixed 0/1 mask (None: no mask)."""
+
+    def __init__(self, *args, mask: Tensor | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.register_buffer("mask", mask, persistent=False)
+
+    def masked_weight(self) -> Tensor:
+        return self.weight if self.mask is None else self.weight * self.mask
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.masked_weight(), self.bias)
+
+
+def _conv1x1(in_groups: Tensor, out_groups: Tensor, groups: int, bias: bool = True) -> MaskedConv2d:
+    """A 1x1 conv at the current pixel: mask B between channel groups (no mask for one group)."""
+    mask = None if groups == 1 else channel_mask(out_groups, in_groups, strict=False)[:, :, None, None]
+    return MaskedConv2d(len(in_groups), len(out_groups), 1, bias=bias, mask=mask)
+
+
+def gate(pre: Tensor, dim: int = 1) -> Tensor:
+    """The gated activation tanh(a) * sigmoid(b) of pre = [a, b] (paper eq. 2)."""
+    a, b = pre.chunk(2, dim=dim)
+    return torch.tanh(a) * torch.sigmoid(b)
+
+
+class GatedLayer(nn.Module):
+    """One gated layer of both stacks (van den Oord et al. 2016, Fig. 2).
+
+    vertical:   v_pre = conv_{k//2+1 x k}(v) + cond_v;  v' = gate(v_pre)
+    horizontal: h_pre = conv_{1 x k//2+1}(h) + 1x1(shift_down(v_pre)) + cond_h
+                g = gate(h_pre);  h' = h + 1x1(g) (no residual in the first layer);
+                skip = 1x1(g)
+    """
+
+    def __init__(self, in_channels: int, channels: int, kernel: int, *, in_groups: Tensor, groups: int, first: bool) -> None:
+        super().__init__()
+        self.kernel, self.first = kernel, first
+        self.v_rows, self.h_cols = kernel // 2 + 1, kernel // 2 + 1
+        features = feature_groups(channels, groups)
+        pre_groups = torch.cat([features, features])  # a and b halves of the gate share groups
+        self.v_conv = nn.Conv2d(in_channels, 2 * channels, (self.v_rows, kernel))
+        h_mask = torch.ones(2 * channels, in_channels, 1, self.h_cols)
+        h_mask[:, :, 0, -1] = channel_mask(pre_groups, in_groups, strict=first)  # current column only
+        self.h_conv = MaskedConv2d(in_channels, 2 * channels, (1, self.h_cols), mask=None if h_mask.all() else h_mask)
+        self.link = nn.Conv2d(2 * channels, 2 * channels, 1)
+        self.res = _conv1x1(features, features, groups)
+        self.skip = _conv1x1(features, features, groups)
+
+    def forward(self, v: Tensor, h: Tensor, cond_v: Tensor | None, cond_h: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        v_pre = self.v_conv(F.pad(v, (self.kernel // 2, self.kernel // 2, self.v_rows - 1, 0)))
+        if cond_v is not None:
+            v_pre = v_pre + cond_v
+        h_pre = self.h_conv(F.pad(h, (self.h_cols - 1, 0, 0, 0)))
+        if cond_h is not None:
+            h_pre = h_pre + cond_h
+        # Row i of the horizontal stack may use vertical rows <= i-1 only: shift down one row.
+        # The last vertical row is never used, so the 1x1 link skips it.
+        if v_pre.shape[2] > 1:
+            link = self.link(v_pre[:, :, :-1])
+            h_pre = h_pre + F.pad(link, (0, 0, 1, 0))
+        g = gate(h_pre)
+        h_out = self.res(g) if self.first else h + self.res(g)
+        return gate(v_pre), h_out, self.skip(g)
+
+
+class SpatialMap(nn.Module):
+    """c -> linear -> (map_channels, H/4, W/4) -> deconv -> ReLU -> deconv -> (map_channels, H, W).
+
+    The location-dependent conditioning of PixelGAN (sec. 2.1) and PixelVAE's upsampled code.
+    """
+
+    def __init__(self, cond_size: int, map_channels: int, height: int, width: int) -> None:
+        super().__init__()
+        self.height, self.width = height, width
+        self.h0, self.w0 = math.ceil(height / 4), math.ceil(width / 4)
+        self.linear = nn.Linear(cond_size, map_channels * self.h0 * self.w0)
+        self.up1 = nn.ConvTranspose2d(map_channels, map_channels, 4, stride=2, padding=1)
+        self.up2 = nn.ConvTranspose2d(map_channels, map_channels, 4, stride=2, padding=1)
+        for up in (self.up1, self.up2):
+            # Each output of a stride-2, 4x4 deconvolution sums 2x2 taps per input channel: He
+            # init for that fan-in keeps the map at the scale of c (the default shrinks it ~10x).
+            nn.init.normal_(up.weight, std=math.sqrt(2.0 / (4 * map_channels)))
+            nn.init.zeros_(up.bias)
+
+    def forward(self, c: Tensor) -> Tensor:
+        m = rearrange(self.linear(c), "b (f h w) -> b f h w", h=self.h0, w=self.w0)
+        m = self.up2(F.relu(self.up1(m)))
+        return m[:, :, : self.height, : self.width]
+
+
+# --------------------------------------------------------------------------- the decoder
+
+
+class PixelCNNDecoder(nn.Module):
+    """Gated PixelCNN p(x | c) with exact log-likelihoods and an exact cached sampler.
+
+    Build it as gentk does, ``PixelCNNDecoder(image_shape=(C, H, W), cond_size=K, **options)``
+    with the options of `PixelCNNConfig`; ``cond_size=0`` (unconditional) needs
+    ``conditioning="none"`` and the reverse.
+    """
+
+    Config = PixelCNNConfig
+
+    def __init__(self, *, image_shape: tuple[int, int, int], cond_size: int = 0, **options) -> None:
+        super().__init__()
+        try:
+            cfg = PixelCNNConfig(**options)
+        except OptionValueError as exc:
+            raise GentkError(f"pixelcnn option {exc}") from None
+        self.config = cfg
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.cond_size = int(cond_size)
+        n_channels, height, width = self.image_shape
+        if (cfg.conditioning == "none") != (self.cond_size == 0):
+            raise GentkError(
+                f"pixelcnn: conditioning='{cfg.conditioning}' with cond_size={self.cond_size}: an unconditional decoder "
+                "(no latents) needs conditioning = \"none\", a conditional one one of adaptive_bias, location_dependent, input_concat."
+            )
+        if cfg.channels < n_channels:
+            raise GentkError(f"pixelcnn: channels={cfg.channels} is fewer than the image's {n_channels} channels; each channel needs its own feature group.")
+        self.n_params = params_per_subpixel(cfg.likelihood, cfg.mixtures)
+        p = cfg.channels
+        image_groups = torch.arange(n_channels)
+        input_groups = image_groups
+        if cfg.conditioning == "input_concat":
+            # The map is a function of c alone, so the current pixel may see it: group -1.
+            input_groups = torch.cat([image_groups, torch.full((cfg.map_channels,), -1)])
+        if cfg.conditioning in ("location_dependent", "input_concat"):
+            self.spatial = SpatialMap(self.cond_size, cfg.map_channels, height, width)
+        if cfg.conditioning == "adaptive_bias":
+            # One linear map gives every layer's vertical and horizontal gate biases.
+            self.cond_bias = nn.Linear(self.cond_size, cfg.layers * 2 * 2 * p)
+        if cfg.conditioning == "location_dependent":
+            self.cond_proj = nn.ModuleList(nn.Conv2d(cfg.map_channels, 2 * 2 * p, 1) for _ in range(cfg.layers))
+        features = feature_groups(p, n_channels)
+        self.layers = nn.ModuleList(
+            GatedLayer(len(input_groups) if i == 0 else p, p, cfg.first_kernel if i == 0 else cfg.kernel, in_groups=input_groups if i == 0 else features, groups=n_channels, first=i == 0)
+            for i in range(cfg.layers)
+        )
+        out_groups = torch.arange(n_channels).repeat_interleave(self.n_params)
+        self.head1 = _conv1x1(features, features, n_channels)
+        self.head2 = _conv1x1(features, out_groups, n_channels)
+
+    # -- the network
+
+    def _check(self, x: Tensor | None, c: Tensor | None, n: int | None = None) -> None:
+        if x is not None and tuple(x.shape[1:]) != self.image_shape:
+            raise ValueError(f"pixelcnn: expected images of shape (B, {', '.join(map(str, self.image_shape))}), got {tuple(x.shape)}")
+        n = x.shape[0] if x is not None else n
+        if self.cond_size == 0:
+            if c is not None:
+                raise ValueError("pixelcnn: this decoder is unconditional (cond_size=0) but a code c was given")
+        elif c is None or tuple(c.shape) != (n, self.cond_size):
+            raise ValueError(f"pixelcnn: expected a code c of shape ({n}, {self.cond_size}), got {None if c is None else tuple(c.shape)}")
+
+    def _conditioning(self, c: Tensor | None):
+        """The per-sample conditioning, computed once: (biases (b, l, 4p) or None, map or None)."""
+        kind = self.config.conditioning
+        bias = rearrange(self.cond_bias(c), "b (l f) -> b l f", l=self.config.layers) if kind == "adaptive_bias" else None
+        cmap = self.spatial(c) if kind in ("location_dependent", "input_concat") else None
+        return bias, cmap
+
+    def _layer_cond(self, i: int, bias: Tensor | None, cmap: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+        """Layer i's additive conditioning of the vertical and horizontal pre-activations."""
+        if bias is not None:
+            cond = bias[:, i, :, None, None]
+        elif self.config.conditioning == "location_dependent":
+            cond = self.cond_proj[i](cmap)
+        else:
+            return None, None
+        return cond.chunk(2, dim=1)
+
+    def logits(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        """The distribution parameters of every sub-pixel: (b, C, K, H, W)."""
+        self._check(x, c)
+        bias, cmap = self._conditioning(c)
+        inp = 2 * x - 1  # centre the input
+        if self.config.conditioning == "input_concat":
+            inp = torch.cat([inp, cmap], dim=1)
+        v = h = inp
+        skip = None
+        for i, layer in enumerate(self.layers):
+            cond_v, cond_h = self._layer_cond(i, bias, cmap)
+            v, h, s = layer(v, h, cond_v, cond_h)
+            skip = s if skip is None else skip + s
+        out = self.head2(F.relu(self.head1(F.relu(skip))))
+        return rearrange(out, "b (c k) h w -> b c k h w", c=self.image_shape[0])
+
+    def forward(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        """Exact log p(x | c) in nats per image, shape (b,)."""
+        params = rearrange(self.logits(x, c), "b c k h w -> b c h w k")
+        return LOG_PROBS[self.config.likelihood](params, x).sum(dim=(1, 2, 3))
+
+    def log_prob(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        """Exact log p(x | c) in nats per image, shape (b,); x in the data range."""
+        return self(x, c)
+
+    # -- sampling
+
+    @torch.no_grad()
+    def sample_naive(self, n: int, c: Tensor | None = None, *, generator: torch.Generator | None = None, temperature: float = 1.0, return_params: bool = False):
+        """Reference sampler: one full forward pass per sub-pixel (C*H*W passes).
+
+        Returns (n, C, H, W) in the data range; with return_params also the parameters
+        (n, C, K, H, W) each sub-pixel was drawn from.
+        """
+        self._check(None, c, n)
+        if temperature <= 0:
+            raise ValueError(f"pixelcnn: temperature must be > 0, got {temperature}")
+        n_channels, height, width = self.image_shape
+        device, dtype = self.head2.weight.device, self.head2.weight.dtype
+        x = torch.zeros(n, *self.image_shape, device=device, dtype=dtype)
+        used = torch.zeros(n, n_channels, self.n_params, height, width, device=device, dtype=dtype)
+        for i in range(height):
+            for j in range(width):
+                for ch in range(n_channels):
+                    params = self.logits(x, c)[:, ch, :, i, j]
+                    used[:, ch, :, i, j] = params
+                    x[:, ch, i, j] = sample_subpixel(self.config.likelihood, params, generator, temperature)
+        return (x, used) if return_params else x
+
+    @torch.no_grad()
+    def sample(self, n: int, c: Tensor | None = None, *, generator: torch.Generator | None = None, temperature: float = 1.0, return_params: bool = False):
+        """Cached sampler (Ramachandran et al. 2017): exactly the naive sampler's samples, fast.
+
+        Each layer keeps the rows of its vertical-stack input and the current row of its
+        horizontal-stack input. After row i is drawn, the vertical stack runs once on row i
+        for all layers, giving each layer's link for row i+1; then the horizontal stack and
+        the head run once per sub-pixel of row i+1 on the cached columns it needs. The
+        random numbers are drawn in the same order as `sample_naive`.
+        Returns (n, C, H, W) in the data range (and, with return_params, the parameters
+        (n, C, K, H, W) each sub-pixel was drawn from).
+        """
+        self._check(None, c, n)
+        if temperature <= 0:
+            raise ValueError(f"pixelcnn: temperature must be > 0, got {temperature}")
+        return _CachedSampler(self, n, c).run(generator, temperature, return_params)
+
+
+class _CachedSampler:
+    """State of one cached sampling run: per-layer input caches and per-row biases.
+
+    Buffers (per layer l, kernel k_l, input channels f_l):
+      vbuf[l]  (n, f_l, H + k_l//2, W + 2 (k_l//2))  the layer's vertical input, zero-padded
+               exactly as `GatedLayer.forward` pads it;
+      hbuf[l]  (n, W + k_l//2, f_l)  the layer's horizontal input on the current row,
+               column-major so that a pixel's window is one contiguous (taps, features) block;
+      hbias[l] (n, W, 2p)  horizontal pre-activation terms fixed for the row: conv bias +
+               link from the row above + conditioning.
+    """
+
+    def __init__(self, model: PixelCNNDecoder, n: int, c: Tensor | None) -> None:
+        self.m, self.n = model, n
+        ref = model.head2.weight
+        self.device, self.dtype = ref.device, ref.dtype
+        self.C, self.H, self.W = model.image_shape
+        self.p = model.config.channels
+        self.bias, self.cmap = model._conditioning(c)
+        self.vbuf, self.hbuf, self.hmat = [], [], []
+        for layer in model.layers:
+            f_in = layer.v_conv.in_channels
+            half = layer.kernel // 2
+            self.vbuf.append(torch.zeros(n, f_in, self.H + layer.v_rows - 1, self.W + 2 * half, device=self.device, dtype=self.dtype))
+            self.hbuf.append(torch.zeros(n, self.W + layer.h_cols - 1, f_in, device=self.device, dtype=self.dtype))
+            # (2p, f, 1, t) -> (t f, 2p): one matmul with the flattened (taps, features) window.
+            self.hmat.append(rearrange(layer.h_conv.masked_weight(), "o f 1 t -> (t f) o").contiguous())
+        self.res = [(layer.res.masked_weight()[:, :, 0, 0].t().contiguous(), layer.res.bias) for layer in model.layers]
+        self.skip = [(layer.skip.masked_weight()[:, :, 0, 0].t().contiguous(), layer.skip.bias) for layer in model.layers]
+        self.head1 = (model.head1.masked_weight()[:, :, 0, 0].t().contiguous(), model.head1.bias)
+        self.head2 = (model.head2.masked_weight()[:, :, 0, 0].t().contiguous(), model.head2.bias)
+        self.skip_bias = sum(b for _, b in self.skip)
+        if self.cmap is not None and model.config.conditioning == "input_concat":
+            # The map is known in advance: fill its channels of the first layer's caches.
+            layer = model.layers[0]
+            self.vbuf[0][:, self.C :, layer.v_rows - 1 :, layer.kernel // 2 : layer.kernel // 2 + self.W] = self.cmap
+        self.link = [None] * len(model.layers)  # link for the current row, (n, 2p, 1, W)
+
+    def _row_cond(self, i: int, row: int) -> tuple[Tensor | None, Tensor | None]:
+        """Layer i's conditioning on one row: (n, 2p, 1, W or 1) each, or None."""
+        m = self.m
+        if self.bias is not None:
+            return self.bias[:, i, :, None, None].chunk(2, dim=1)
+        if m.config.conditioning == "location_dependent":
+            return m.cond_proj[i](self.cmap[:, :, row : row + 1]).chunk(2, dim=1)
+        return None, None
+
+    def _vertical_row(self, row: int, conds) -> None:
+        """Run the vertical stack on a finished row: fills the next layer's caches and the links."""
+        for i, layer in enumerate(self.m.layers):
+            v_pre = layer.v_conv(self.vbuf[i][:, :, row : row + layer.v_rows])
+            if conds[i][0] is not None:
+                v_pre = v_pre + conds[i][0]
+            self.link[i] = layer.link(v_pre)
+            if i + 1 < len(self.m.layers):
+                nxt = self.m.layers[i + 1]
+                half = nxt.kernel // 2
+                self.vbuf[i + 1][:, :, row + nxt.v_rows - 1 : row + nxt.v_rows, half : half + self.W] = gate(v_pre)
+
+    def _row_biases(self, row: int, conds) -> list[Tensor]:
+        """The fixed part of each layer's horizontal pre-activation on this row, (n, W, 2p)."""
+        out = []
+        for i, layer in enumerate(self.m.layers):
+            b = layer.h_conv.bias.view(1, -1, 1, 1).expand(self.n, -1, 1, self.W)
+            if conds[i][1] is not None:
+                b = b + conds[i][1]
+            if row > 0:
+                b = b + self.link[i]
+            out.append(rearrange(b, "n f 1 w -> n w f").contiguous())
+        return out
+
+    def _pixel(self, j: int, hbias: list[Tensor]) -> Tensor:
+        """Horizontal stack + head at column j of the current row: parameters (n, C, K)."""
+        skip = None
+        last = len(self.m.layers) - 1
+        for i, layer in enumerate(self.m.layers):
+            window = self.hbuf[i][:, j : j + layer.h_cols].reshape(self.n, -1)
+            pre = torch.addmm(hbias[i][:, j], window, self.hmat[i])
+            g = gate(pre, dim=-1)
+            w_res, b_res = self.res[i]
+            if i < last:
+                out = torch.addmm(b_res, g, w_res)
+                if not layer.first:
+                    out += self.hbuf[i][:, j + layer.h_cols - 1]
+                self.hbuf[i + 1][:, j + self.m.layers[i + 1].h_cols - 1] = out
+            w_skip, _ = self.skip[i]
+            skip = g @ w_skip if skip is None else skip.addmm_(g, w_skip)
+        skip += self.skip_bias
+        hidden = torch.relu(torch.addmm(self.head1[1], torch.relu(skip), self.head1[0]))
+        out = torch.addmm(self.head2[1], hidden, self.head2[0])
+        return rearrange(out, "n (c k) -> n c k", c=self.C)
+
+    def run(self, generator, temperature: float, return_params: bool):
+        m, n = self.m, self.n
+        likelihood = m.config.likelihood
+        x = torch.zeros(n, self.C, self.H, self.W, device=self.device, dtype=self.dtype)
+        used = torch.zeros(n, self.C, m.n_params, self.H, self.W, device=self.device, dtype=self.dtype) if return_params else None
+        first = m.layers[0]
+        h_off = first.h_cols - 1
+        for row in range(self.H):
+            conds = [self._row_cond(i, row) for i in range(len(m.layers))]
+            hbias = self._row_biases(row, conds)
+            if m.config.conditioning == "input_concat":
+                self.hbuf[0][:, h_off:, self.C :] = rearrange(self.cmap[:, :, row], "n f w -> n w f")
+            for j in range(self.W):
+                for ch in range(self.C):
+                    params = self._pixel(j, hbias)[:, ch]
+                    if used is not None:
+                        used[:, ch, :, row, j] = params
+                    value = sample_subpixel(likelihood, params, generator, temperature)
+                    x[:, ch, row, j] = value
+                    self.hbuf[0][:, h_off + j, ch] = 2 * value - 1
+            # The row is complete: cache it for the vertical stack and run that stack once.
+            half = first.kernel // 2
+            self.vbuf[0][:, : self.C, row + first.v_rows - 1, half : half + self.W] = 2 * x[:, :, row] - 1
+            self._vertical_row(row, conds)
+        return (x, used) if return_params else x
+
+
+@hookimpl
+def gentk_register_decoders(register):
+    register("pixelcnn", PixelCNNDecoder)
