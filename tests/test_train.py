@@ -1,0 +1,243 @@
+"""The engine end to end on the synthetic dataset: run directory, exact resume, NaN, options.
+
+Every run here is a tiny MLP model on 8x8 synthetic images, a few steps on the CPU.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import signal
+
+import attrs
+import h5py
+import pytest
+import torch
+from PIL import Image
+
+import gentk
+from gentk import checkpoint
+from gentk.errors import TrainingError, TrainingInterrupted
+from gentk.train import EMA, train
+
+# A semi-supervised adversarial autoencoder: every phase, and every source of randomness
+# the engine must restore (input noise, prior samples, dynamic binarization, two batch
+# streams, a cosine schedule, an EMA).
+SEMISUP = """
+name = "tiny_semisup"
+seed = 3
+[data]
+name = "synthetic"
+binarize = "dynamic"
+batch_size = 20
+labeled = 20
+labeled_batch_size = 10
+classes = 4
+[model.encoder]
+name = "mlp"
+hidden = [16]
+input_noise = 0.3
+[model.latents.y]
+size = 4
+head = "categorical"
+supervised = true
+prior = { name = "categorical" }
+regularizer = { name = "adversarial", discriminator = [16] }
+[model.decoder]
+name = "bernoulli"
+body = "mlp"
+hidden = [16]
+[train]
+steps = 12
+log_every = 1
+checkpoint_every = 4
+ema = 0.9
+[train.phases.reconstruction]
+optimizer = { name = "adam", lr = 1e-3, part_lr = { encoder = 3e-4 } }
+schedule = { name = "cosine" }
+[train.phases.regularization]
+optimizer = { name = "adam", lr = 1e-4 }
+[train.phases.supervised]
+optimizer = { name = "sgd", lr = 0.01 }
+clip_grad = 1.0
+[eval]
+every = 6
+samples = 8
+max_examples = 40
+"""
+
+
+@pytest.fixture
+def plugins():
+    return gentk.load_plugins(autoload=False)
+
+
+@pytest.fixture
+def recipe_file(tmp_path):
+    path = tmp_path / "tiny_semisup.toml"
+    path.write_text(SEMISUP)
+    return path
+
+
+def load(path, plugins, *overrides):
+    return gentk.load_recipe(path, list(overrides), plugins=plugins)
+
+
+def weights(run_dir, name="latest.pt"):
+    return checkpoint.load(run_dir / "checkpoints" / name)
+
+
+def losses(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_run_fills_the_run_directory(tmp_path, plugins, recipe_file):
+    recipe = load(recipe_file, plugins, "train.keep_last=2")
+    result = train(recipe, plugins=plugins, out=tmp_path / "runs")
+    run = result.run_dir
+    assert run.parent == tmp_path / "runs" and run.name.startswith("tiny_semisup-")
+    assert result.step == 12 and math.isfinite(result.metrics["eval/validation/reconstruction/loss"])
+
+    # resolved recipe, environment, final evaluation
+    assert gentk.load_recipe(run / "recipe.toml", plugins=plugins).to_dict() == recipe.to_dict()
+    env = json.loads((run / "env.json").read_text())
+    assert env["device"] == "cpu" and env["world_size"] == 1 and env["packages"]["torch"] == torch.__version__
+    assert json.loads((run / "eval.json").read_text())["step"] == 12
+
+    # one HDF5 dataset per scalar with its steps; the jsonl has the same numbers
+    with h5py.File(run / "metrics.h5", "r", locking=False) as f:
+        rec = f["train/reconstruction/loss"][()]
+        assert rec["step"].tolist() == list(range(1, 13))
+        assert set(f["train"]) == {"reconstruction", "discriminator.y", "generator.y", "supervised.y"}
+        assert f["eval/validation/reconstruction/loss"]["step"].tolist() == [6, 12]
+        lr = f["lr/reconstruction"][()]["value"]
+    lines = losses(run)
+    assert [e["train/reconstruction/loss"] for e in lines if "train/reconstruction/loss" in e] == rec["value"].tolist()
+    assert lr[0] == pytest.approx(3e-4 * 0.5 * (1 + math.cos(math.pi / 12)))  # cosine, encoder group first
+
+    # checkpoints: keep-last-2 periodic files, latest and best
+    ckpts = run / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("step-*.pt")) == ["step-00000008.pt", "step-00000012.pt"]
+    assert weights(run)["step"] == 12
+    best = weights(run, "best.pt")
+    assert best["best"]["name"] == "eval/validation/reconstruction/loss" and best["step"] in (6, 12)
+
+    # samples: one PNG per evaluation, one row per category (4 categories x 2 per row)
+    grid = Image.open(run / "samples" / "step-00000012.png")
+    assert grid.mode == "L" and grid.size == (2 * (8 + 2) + 2, 4 * (8 + 2) + 2)
+    assert (run / "samples" / "step-00000006.png").exists()
+    assert (run / "data.json").exists()
+
+
+def test_resume_after_sigint_equals_uninterrupted_training(tmp_path, plugins, recipe_file):
+    recipe = load(recipe_file, plugins)
+    whole = train(recipe, plugins=plugins, out=tmp_path / "whole").run_dir
+
+    class InterruptAtStep5:  # a SIGINT arriving during step 5: the engine saves after it
+        @gentk.hookimpl
+        def gentk_log(self, run_dir, step, scalars):
+            if step == 5:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    stopping = gentk.load_plugins(autoload=False, plugins=[InterruptAtStep5()])
+    with pytest.raises(TrainingInterrupted) as stop:
+        train(recipe, plugins=stopping, out=tmp_path / "parts")
+    assert stop.value.step == 5 and "SIGINT at step 5 of 12" in str(stop.value) and f"--resume {stop.value.run_dir}" in str(stop.value)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    part = stop.value.run_dir
+    assert weights(part)["step"] == 5
+
+    resumed = train(recipe, plugins=plugins, out=tmp_path / "parts", resume=part)
+    assert resumed.run_dir == part and resumed.step == 12
+
+    a, b = weights(whole), weights(part)
+    for section in ("model", "ema"):
+        assert a[section].keys() == b[section].keys()
+        for key in a[section]:
+            assert torch.equal(a[section][key], b[section][key]), f"{section}.{key} differs after resuming"
+    for name in a["optimizers"]:
+        for pid, state in a["optimizers"][name]["state"].items():
+            for key, value in state.items():
+                assert torch.equal(value, b["optimizers"][name]["state"][pid][key])
+    for stream in ("train", "labeled"):
+        for key, value in a["data"][0][stream].items():
+            same = torch.equal(value, b["data"][0][stream][key]) if torch.is_tensor(value) else value == b["data"][0][stream][key]
+            assert same, f"data position {stream}.{key} differs"
+    # the logged scalars agree step for step (the resumed run's log was cut at step 5 and continued)
+    def logged(run):
+        return [{k: v for k, v in e.items() if not k.startswith("speed/")} for e in losses(run)]
+
+    assert logged(whole) == logged(part)
+
+
+def test_resume_auto_and_changed_recipe(tmp_path, plugins, recipe_file):
+    first = train(load(recipe_file, plugins, "train.steps=4"), plugins=plugins, out=tmp_path).run_dir
+    # auto: the newest run of this recipe; a changed recipe is refused with the key path
+    with pytest.raises(TrainingError, match=r"train\.steps: 4 -> 6.*--force"):
+        train(load(recipe_file, plugins, "train.steps=6"), plugins=plugins, out=tmp_path, resume="auto")
+    longer = train(load(recipe_file, plugins, "train.steps=6"), plugins=plugins, out=tmp_path, resume="auto", force=True)
+    assert longer.run_dir == first and longer.step == 6 and weights(first)["step"] == 6
+    # auto with no earlier run starts a new one; a wrong path says what to pass
+    other = train(load(recipe_file, plugins, "name=other", "train.steps=2"), plugins=plugins, out=tmp_path, resume="auto")
+    assert other.run_dir.name.startswith("other-")
+    with pytest.raises(TrainingError, match="no such file or directory"):
+        train(load(recipe_file, plugins), plugins=plugins, out=tmp_path, resume=tmp_path / "nope")
+
+
+def test_nan_loss_stops_with_phase_and_step_and_keeps_last_checkpoint(tmp_path, plugins, recipe_file):
+    from gentk.data import build_data
+    from gentk.model import build_model
+
+    recipe = load(recipe_file, plugins, "train.checkpoint_every=2", "eval.every=100")
+    data = build_data(recipe.data, plugins, seed=recipe.seed)
+    model = build_model(recipe, image_shape=data.image_shape, plugins=plugins)
+    steps = model.training_steps()
+    calls = itertools.count(1)
+
+    def poisoned(batch, loss=steps[2].loss):  # generator.y goes NaN at its 3rd call
+        value, logs = loss(batch)
+        return (value * math.nan if next(calls) == 3 else value), logs
+
+    model.training_steps = lambda: [steps[0], steps[1], attrs.evolve(steps[2], loss=poisoned), steps[3]]
+    with pytest.raises(TrainingError) as error:
+        train(recipe, plugins=plugins, out=tmp_path, model=model, data=data)
+    message = str(error.value)
+    assert "regularization phase (training step 'generator.y')" in message and "at step 3" in message
+    assert "last good checkpoint (step 2)" in message and "clip_grad" in message
+    run = next(tmp_path.glob("tiny_semisup-*"))
+    assert weights(run)["step"] == 2 and not (run / "checkpoints" / "step-00000003.pt").exists()
+
+
+def test_bad_options_are_errors_that_say_what_to_do(tmp_path, plugins, recipe_file):
+    with pytest.raises(TrainingError, match=r"part_lr: unknown part 'encodr'.*Did you mean 'encoder'"):
+        train(load(recipe_file, plugins, "train.phases.reconstruction.optimizer.part_lr={encodr = 1e-4}"), plugins=plugins, out=tmp_path)
+    with pytest.raises(TrainingError, match="needs a CUDA device"):
+        train(load(recipe_file, plugins, "train.amp=bf16"), plugins=plugins, out=tmp_path, device="cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainingError, match="CUDA is not available"):
+            train(load(recipe_file, plugins), plugins=plugins, out=tmp_path, device="cuda")
+
+
+def test_part_lr_and_step_schedule(tmp_path, plugins, recipe_file):
+    recipe = load(recipe_file, plugins, "train.steps=4", "train.phases.reconstruction.schedule={name = \"step\", every = 2, factor = 0.5}")
+    run = train(recipe, plugins=plugins, out=tmp_path).run_dir
+    groups = weights(run)["optimizers"]["reconstruction"]["param_groups"]
+    assert [(g["part"], g["lr"]) for g in groups] == [("encoder", 3e-4 * 0.25), ("decoder", 1e-3 * 0.25)]
+    with h5py.File(run / "metrics.h5", "r", locking=False) as f:
+        assert f["lr/reconstruction"][()]["value"].tolist() == pytest.approx([3e-4, 1.5e-4, 1.5e-4, 7.5e-5])
+
+
+def test_ema_averages_and_evaluates_with_the_average():
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema = EMA(model, 0.5)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    ema.update(model)
+    assert ema.state_dict()["weight"].tolist() == [[2.0, 2.0]]
+    with ema.applied(model):
+        assert model.weight.tolist() == [[2.0, 2.0]]
+    assert model.weight.tolist() == [[3.0, 3.0]]
