@@ -1,0 +1,158 @@
+"""Regularizers: known KL values, analytic = Monte Carlo, warm-up and free bits, GAN losses, and the
+adversarial game pulling codes to the prior on a toy 2-D problem."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from gentk.distributions import categorical_kl, normal_kl, normal_log_prob
+from gentk.priors import CategoricalPrior, GaussianMixturePrior, StandardNormalPrior
+from gentk.regularizers import AdversarialRegularizer, KLRegularizer, free_bits_kl, gan_discriminator_loss, gan_generator_loss, r1_penalty
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks run faster on one thread, and the machine is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_kl_of_identical_gaussians_is_zero():
+    mean, logvar = torch.randn(4, 3), torch.randn(4, 3)
+    torch.testing.assert_close(normal_kl(mean, logvar, mean, logvar), torch.zeros(4, 3))
+
+
+def test_analytic_kl_matches_a_monte_carlo_estimate():
+    g = torch.Generator().manual_seed(0)
+    mean1, logvar1 = torch.tensor([0.5, -1.0, 2.0]), torch.tensor([-0.5, 0.3, 0.0])
+    mean2, logvar2 = torch.tensor([0.0, 0.5, 1.0]), torch.tensor([0.2, -0.4, 0.7])
+    z = mean1 + torch.exp(0.5 * logvar1) * torch.randn(200000, 3, generator=g)
+    mc = (normal_log_prob(z, mean1, logvar1) - normal_log_prob(z, mean2, logvar2)).mean(0)
+    torch.testing.assert_close(mc, normal_kl(mean1, logvar1, mean2, logvar2), atol=0.01, rtol=0.01)
+
+
+def test_categorical_kl_to_uniform_is_log_k_minus_entropy():
+    logits = torch.randn(5, 7)
+    q = logits.softmax(-1)
+    entropy = -(q * q.log()).sum(-1)
+    torch.testing.assert_close(categorical_kl(logits, torch.full((7,), -math.log(7))), math.log(7) - entropy)
+
+
+def gaussian_head(batch=4, size=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mean, logvar = torch.randn(batch, size, generator=g), torch.randn(batch, size, generator=g) * 0.3
+    return {"mean": mean, "logvar": logvar, "code": mean + torch.exp(0.5 * logvar) * torch.randn(batch, size, generator=g)}
+
+
+def test_kl_regularizer_estimators_agree():
+    head = gaussian_head(batch=1, size=2)
+    head = {k: v.expand(100000, 2) for k, v in head.items() if k != "code"}
+    head["code"] = head["mean"] + torch.exp(0.5 * head["logvar"]) * torch.randn(100000, 2)
+    prior = StandardNormalPrior(size=2)
+    analytic = KLRegularizer(size=2, prior=prior, head="gaussian")
+    monte_carlo = KLRegularizer(size=2, prior=prior, head="gaussian", estimator="monte_carlo")
+    assert analytic.kl_terms(head).shape == (100000, 2) and monte_carlo.kl_terms(head).shape == (100000, 1)
+    torch.testing.assert_close(monte_carlo.kl(head).mean(), analytic.kl(head).mean(), atol=0.02, rtol=0.01)
+
+
+def test_kl_regularizer_falls_back_to_monte_carlo_for_a_mixture_prior():
+    prior = GaussianMixturePrior(size=2)
+    reg = KLRegularizer(size=2, prior=prior, head="gaussian")
+    head = gaussian_head(size=2)
+    expected = normal_log_prob(head["code"], head["mean"], head["logvar"]).sum(-1) - prior.log_prob(head["code"])
+    torch.testing.assert_close(reg.kl(head), expected)
+    with pytest.raises(ValueError, match="no analytic KL"):
+        KLRegularizer(size=2, prior=prior, head="gaussian", estimator="analytic")
+
+
+def test_kl_regularizer_on_a_categorical_head_is_exact():
+    logits = torch.randn(3, 4)
+    reg = KLRegularizer(size=4, prior=CategoricalPrior(size=4), head="categorical")
+    torch.testing.assert_close(reg.kl({"logits": logits, "code": logits.softmax(-1)}), categorical_kl(logits, torch.full((4,), -math.log(4))))
+
+
+def test_kl_needs_a_stochastic_head():
+    with pytest.raises(ValueError, match="deterministic"):
+        KLRegularizer(size=2, prior=StandardNormalPrior(size=2), head="deterministic")
+
+
+def test_warmup_raises_the_weight_linearly():
+    reg = KLRegularizer(size=3, prior=StandardNormalPrior(size=3), head="gaussian", weight=2.0, warmup=10)
+    head = gaussian_head()
+    full = reg.kl(head).mean()
+    for step, factor in [(0, 0.0), (5, 1.0), (10, 2.0), (50, 2.0)]:
+        penalty, logs = reg.penalty(head, step)
+        torch.testing.assert_close(penalty, factor * full)
+        assert logs["kl_weight"] == factor
+
+
+def test_free_bits_clamp_each_dimension_s_batch_mean():
+    terms = torch.tensor([[0.1, 2.0], [0.3, 4.0]])  # dimension means 0.2 and 3.0
+    torch.testing.assert_close(free_bits_kl(terms, 0.5), torch.tensor(0.5 + 3.0))
+    reg = KLRegularizer(size=3, prior=StandardNormalPrior(size=3), head="gaussian", free_bits=100.0)
+    penalty, logs = reg.penalty(gaussian_head(), 0)
+    torch.testing.assert_close(penalty, torch.tensor(300.0))
+    assert logs["kl"] < 300  # the logged KL is the true one
+
+
+def test_gan_losses_at_an_undecided_discriminator():
+    zero = torch.zeros(8)
+    torch.testing.assert_close(gan_discriminator_loss(zero, zero), torch.tensor(2 * math.log(2)))
+    torch.testing.assert_close(gan_generator_loss(zero), torch.tensor(math.log(2)))
+    # a confident, right discriminator has a small loss; its generator a large one
+    assert gan_discriminator_loss(zero + 10, zero - 10) < 1e-3 and gan_generator_loss(zero - 10) > 9
+
+
+def test_r1_penalty_of_a_linear_discriminator_is_its_squared_weight_norm():
+    w = torch.tensor([3.0, -4.0])
+    real = torch.randn(5, 2, requires_grad=True)
+    torch.testing.assert_close(r1_penalty(real @ w, real), torch.tensor(25.0))
+
+
+def test_gradient_penalty_is_added_in_training_and_skipped_without_grad():
+    torch.manual_seed(0)
+    reg = AdversarialRegularizer(size=2, prior=StandardNormalPrior(size=2), head="deterministic", discriminator=[8], gradient_penalty=1.0)
+    real, fake = torch.randn(6, 2), torch.randn(6, 2)
+    loss, logs = reg.discriminator_loss(real, fake)
+    torch.testing.assert_close(loss, torch.tensor(logs["d_loss"] + logs["r1"]))
+    loss.backward()
+    with torch.no_grad():
+        _, logs = reg.discriminator_loss(real, fake)
+    assert "r1" not in logs
+
+
+def test_adversarial_regularizer_refuses_a_real_head_for_a_one_hot_prior():
+    with pytest.raises(ValueError, match="simplex"):
+        AdversarialRegularizer(size=3, prior=CategoricalPrior(size=3), head="gaussian")
+
+
+def test_adversarial_game_moves_far_codes_to_the_prior():
+    """Codes start at mean (4, -3) with covariance diag(0.09, 2.25); after 400 steps of
+    discriminator / generator updates their moments are close to N(0, I)'s."""
+    torch.manual_seed(0)
+    encoder = nn.Linear(2, 2)
+    with torch.no_grad():
+        encoder.weight.copy_(torch.diag(torch.tensor([0.3, 1.5])))
+        encoder.bias.copy_(torch.tensor([4.0, -3.0]))
+    prior = StandardNormalPrior(size=2)
+    reg = AdversarialRegularizer(size=2, prior=prior, head="deterministic", discriminator=[64, 64])
+    d_opt = torch.optim.Adam(reg.discriminator.parameters(), lr=1e-3, betas=(0.5, 0.999))
+    g_opt = torch.optim.Adam(encoder.parameters(), lr=2e-2, betas=(0.5, 0.999))
+    for _ in range(400):
+        x = torch.randn(256, 2)
+        d_opt.zero_grad()
+        reg.discriminator_loss(prior.sample(256), encoder(x).detach())[0].backward()
+        d_opt.step()
+        g_opt.zero_grad()
+        reg.generator_loss(encoder(x))[0].backward()
+        g_opt.step()
+    with torch.no_grad():
+        z = encoder(torch.randn(20000, 2))
+    assert z.mean(0).abs().max() < 0.25, z.mean(0)
+    assert (torch.cov(z.T) - torch.eye(2)).abs().max() < 0.3, torch.cov(z.T)
