@@ -1,0 +1,186 @@
+"""The one Model: phases follow the parts, steps cover every parameter once, the losses are the
+ELBO / GAN / cross-entropy they claim, and sampling, encoding and wrapping work for every family."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import gentk
+from gentk.data import Batch
+from gentk.errors import GentkError
+from gentk.model import Model, build_model
+from gentk.recipe import recipe_from_dict
+
+SHAPE = (1, 8, 8)
+GAUSS_KL = {"size": 3, "head": "gaussian", "regularizer": {"name": "kl"}}
+CAT_ADV = {"size": 4, "head": "categorical", "prior": {"name": "categorical"}, "regularizer": {"name": "adversarial", "discriminator": [8]}}
+GAUSS_ADV = {"size": 2, "head": "deterministic", "regularizer": {"name": "adversarial", "discriminator": [8]}}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def plugins():
+    return gentk.load_plugins(autoload=False)
+
+
+def make(plugins, latents, *, labeled=0, decoder=None, encoder=True) -> Model:
+    tree = {"name": "t", "data": {"name": "synthetic", "labeled": labeled}, "model": {"latents": latents, "decoder": decoder or {"name": "bernoulli", "hidden": [8]}}}
+    if encoder:
+        tree["model"]["encoder"] = {"name": "mlp", "hidden": [8]}
+    torch.manual_seed(0)
+    return build_model(recipe_from_dict(tree, plugins=plugins), SHAPE, plugins)
+
+
+def batch(n=6, seed=0, classes=4):
+    g = torch.Generator().manual_seed(seed)
+    return Batch(torch.bernoulli(torch.full((n, *SHAPE), 0.5), generator=g), torch.randint(0, classes, (n,), generator=g))
+
+
+def test_phases_follow_the_parts(plugins):
+    assert make(plugins, {"z": GAUSS_KL}).phases() == ["reconstruction"]  # VAE
+    assert make(plugins, {"y": CAT_ADV}).phases() == ["reconstruction", "regularization"]  # categorical PixelGAN / AAE
+    semi = make(plugins, {"y": {**CAT_ADV, "supervised": True}, "z": GAUSS_ADV}, labeled=20)
+    assert semi.phases() == ["reconstruction", "regularization", "supervised"]
+    assert [s.name for s in semi.training_steps()] == ["reconstruction", "discriminator.y", "generator.y", "discriminator.z", "generator.z", "supervised.y"]
+    assert make(plugins, {}, encoder=False).phases() == ["reconstruction"]  # a plain decoder
+
+
+def test_steps_update_every_parameter_and_name_their_parts(plugins):
+    model = make(plugins, {"y": {**CAT_ADV, "supervised": True}, "z": GAUSS_ADV}, labeled=20)
+    steps = {s.name: s for s in model.training_steps()}
+    assert set(steps["reconstruction"].parts) == {"encoder", "decoder"}
+    assert set(steps["discriminator.y"].parts) == {"discriminator.y"}
+    assert set(steps["generator.z"].parts) == {"encoder"} and set(steps["supervised.y"].parts) == {"encoder"}
+    updated = {id(p) for s in steps.values() for p in s.parameters()}
+    assert updated == {id(p) for p in model.parameters()}
+    assert set(model.parts()) == {"encoder", "decoder", "discriminator.y", "discriminator.z"}
+    # a discriminator step never touches the encoder, a generator step never the discriminator
+    assert not {id(p) for p in steps["discriminator.y"].parameters()} & {id(p) for p in model.encoder.parameters()}
+
+
+def test_reconstruction_loss_of_a_vae_is_the_negative_elbo(plugins):
+    model = make(plugins, {"z": GAUSS_KL})
+    b = batch()
+    torch.manual_seed(1)
+    loss, logs = model.reconstruction_loss(b)
+    torch.manual_seed(1)
+    elbo = model.elbo(b.x)
+    assert elbo.shape == (6,)
+    torch.testing.assert_close(loss, -elbo.mean())
+    assert logs["loss"] == pytest.approx(logs["nll"] + logs["kl.z"], rel=1e-5)
+
+
+def test_log_prob_and_elbo_exist_only_where_defined(plugins):
+    plain = make(plugins, {}, encoder=False)
+    x = batch().x
+    torch.testing.assert_close(plain.log_prob(x), torch.full((6,), -64 * math.log(2)))  # untrained: every pixel p = 1/2
+    torch.testing.assert_close(plain.elbo(x), plain.log_prob(x))
+    with pytest.raises(GentkError, match="intractable"):
+        make(plugins, {"z": GAUSS_KL}).log_prob(x)
+    with pytest.raises(GentkError, match="not KL-regularized"):
+        make(plugins, {"y": CAT_ADV}).elbo(x)
+    with pytest.raises(GentkError, match="no encoder"):
+        plain.encode(x)
+
+
+def test_losses_are_finite_and_training_moves_them(plugins):
+    model = make(plugins, {"y": {**CAT_ADV, "supervised": True}, "z": GAUSS_KL}, labeled=20)
+    steps = model.training_steps()
+    optims = [torch.optim.Adam(s.parameters(), lr=1e-2) for s in steps]
+    b = batch(classes=4)
+    first = {}
+    for _ in range(15):
+        for step, opt in zip(steps, optims):
+            opt.zero_grad()
+            loss, logs = step.loss(b)
+            assert torch.isfinite(loss)
+            loss.backward()
+            opt.step()
+            first.setdefault(step.name, loss.item())
+    assert model.eval_losses(b)["reconstruction/nll"] < first["reconstruction"]
+    assert model.eval_losses(b)["supervised.y/xent"] < first["supervised.y"]
+
+
+def test_training_counts_steps_for_warm_up_but_evaluation_does_not(plugins):
+    model = make(plugins, {"z": {**GAUSS_KL, "regularizer": {"name": "kl", "warmup": 4}}})
+    b = batch()
+    weights = [model.reconstruction_loss(b)[1]["kl_weight.z"] for _ in range(3)]
+    assert weights == [0.0, 0.25, 0.5] and int(model.step) == 3
+    logs = model.eval_losses(b)
+    assert logs["reconstruction/kl_weight.z"] == 0.75 and int(model.step) == 3
+    assert "step" in model.state_dict()  # restored with the weights from a checkpoint
+
+
+def test_encode_sample_and_reconstruct(plugins):
+    model = make(plugins, {"y": CAT_ADV, "z": GAUSS_KL}).eval()
+    x = batch().x
+    codes = model.encode(x)
+    assert codes["y"].shape == (6, 4) and codes["z"].shape == (6, 3)
+    torch.testing.assert_close(model.encode(x)["z"], codes["z"])  # the mean, not a sample
+    assert model.sample(5).shape == (5, *SHAPE)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    torch.testing.assert_close(model.sample(5, generator=g()), model.sample(5, generator=g()))
+    assert model.reconstruct(x).shape == x.shape
+
+
+def test_sample_per_category_sets_one_category_per_row(plugins, monkeypatch):
+    model = make(plugins, {"z": GAUSS_KL, "y": CAT_ADV})
+    seen = {}
+
+    def spy(n, c, **kwargs):
+        seen["c"] = c
+        return torch.zeros(n, *SHAPE)
+
+    monkeypatch.setattr(model.decoder, "sample", spy)
+    assert model.sample_per_category(3).shape == (12, *SHAPE)
+    one_hot = seen["c"][:, 3:]  # z (size 3) comes first: latents are concatenated in recipe order
+    assert one_hot.argmax(-1).tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    torch.testing.assert_close(one_hot.sum(-1), torch.ones(12))
+    with pytest.raises(GentkError, match="not a categorical latent"):
+        model.sample_per_category(2, "z")
+
+
+def test_wrapped_parts_are_called_through_their_wrappers(plugins):
+    class Wrapper(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+            self.calls = 0
+
+        def forward(self, *args):
+            self.calls += 1
+            return self.module(*args)
+
+    model = make(plugins, {"y": CAT_ADV})
+    originals = model.parts()
+    model.wrap_parts(lambda name, part: Wrapper(part))
+    for step in model.training_steps():
+        step.loss(batch())[0].backward()
+    assert all(isinstance(p, Wrapper) and p.calls > 0 for p in model.parts().values())
+    model.unwrap_parts()
+    assert model.parts() == originals
+
+
+def test_head_and_prior_must_agree(plugins):
+    with pytest.raises(GentkError, match="one-hot"):
+        make(plugins, {"y": {"size": 4, "head": "gaussian", "prior": {"name": "categorical"}}})
+    with pytest.raises(GentkError, match="model.latents.z"):
+        make(plugins, {"z": {"size": 2, "head": "deterministic", "regularizer": {"name": "kl"}}})
+
+
+def test_components_do_not_know_the_model():
+    source = Path(gentk.__file__).parent
+    for module in ("encoders", "priors", "regularizers", "decoders", "nn", "distributions"):
+        text = (source / f"{module}.py").read_text()
+        assert "gentk.model" not in text and "import Model" not in text, module
