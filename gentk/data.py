@@ -54,6 +54,7 @@ from gentk.download import (
     content_digests,
     data_root,
     ensure_files,
+    open_source,
     read_content,
     verify,
 )
@@ -190,7 +191,8 @@ def read_svhn(path: Path) -> Arrays:
     except ImportError:
         raise DataError("reading SVHN's .mat files needs scipy: pip install 'gentk[svhn]' (or pip install scipy).") from None
     try:
-        mat = scipy.io.loadmat(str(path))
+        with open_source(path) as f:  # a .gz copy is read through gzip
+            mat = scipy.io.loadmat(f)
     except Exception as exc:  # scipy raises ValueError, TypeError, OSError... for damaged files
         raise CorruptFileError(f"{path}: cannot be read as a MATLAB v5 .mat file ({type(exc).__name__}: {exc}); it is truncated or damaged. Delete it and download it again.") from None
     if "X" not in mat or "y" not in mat:
@@ -301,7 +303,12 @@ class FileSet:
     def load(self, *, download: bool, offline: bool) -> tuple[dict[str, Arrays], dict[str, Any]]:
         """The splits, from the cache when it is valid for the source files, else rebuilt."""
         path = self.cache_path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DataError(f"cannot create the cache directory {path.parent} ({exc}). Set GENTK_CACHE to a writable directory.") from None
+        if not os.access(path.parent, os.W_OK):
+            raise DataError(f"the cache directory {path.parent} is not writable. Set GENTK_CACHE to a writable directory (the data files themselves may stay read-only).")
         with filelock.FileLock(str(path) + ".lock"):  # one rank converts, the others wait
             located = self.locate()
             if path.is_file():
@@ -351,7 +358,7 @@ _MNIST_SHA256 = {
     "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
-_FASHION_MIRRORS = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
+_FASHION_MIRRORS = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/")
 # sha256 and md5 of the decompressed files: computed here from Debian's dataset-fashion-mnist
 # and equal to published values; Zalando's README gives the .gz md5s (8d4fb7e6..., ...).
 _FASHION_SUMS = {
@@ -1008,7 +1015,7 @@ def prepare_dataset(name: str, plugins, *, root=None, offline: bool = False) -> 
         raise DataError(f"dataset '{name}' reads a file named in the recipe ([data] path = ...); there is nothing to prepare. Run `gentk check RECIPE` to validate it.")
     loaded = source.load()
     lines = [f"dataset '{name}': ready"]
-    for split, arrays in loaded.splits.items():
+    for split, arrays in sorted(loaded.splits.items(), key=lambda item: SPLITS.index(item[0]) if item[0] in SPLITS else len(SPLITS)):
         lines.append(f"  {split}: {len(arrays)} images of shape {tuple(arrays.images.shape[1:])}")
     for key, value in loaded.facts.items():
         if isinstance(value, dict):

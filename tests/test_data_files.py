@@ -9,6 +9,7 @@ formats (MATLAB v5 .mat via scipy; LeCun's binary matrices, gzipped or not).
 from __future__ import annotations
 
 import gzip
+import io
 import logging
 import os
 import struct
@@ -247,7 +248,12 @@ def test_svhn_mat_v5(plugins, cache, tmp_path):
     for split, n in (("train", 30), ("test", 12), ("extra", 8)):
         x = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
         y = (np.arange(n) % 10 + 1).reshape(n, 1).astype(np.uint8)  # SVHN labels 1..10, 10 = digit 0
-        scipy_io.savemat(directory / f"{split}_32x32.mat", {"X": x, "y": y}, format="5")
+        buffer = io.BytesIO()
+        scipy_io.savemat(buffer, {"X": x, "y": y}, format="5")
+        if split == "extra":  # a gzipped copy is accepted too
+            (directory / f"{split}_32x32.mat.gz").write_bytes(gzip.compress(buffer.getvalue()))
+        else:
+            (directory / f"{split}_32x32.mat").write_bytes(buffer.getvalue())
         written[split] = (x, y)
     data = build(plugins, "svhn", root=tmp_path, verify=False, common=DataOptions(root=str(tmp_path), validation=5))
     assert data.image_shape == (3, 32, 32) and data.num_classes == 10
@@ -258,6 +264,8 @@ def test_svhn_mat_v5(plugins, cache, tmp_path):
     assert test.y.tolist() == [int(v) % 10 for v in y[:, 0]] and 0 in test.y.tolist() and 10 not in test.y.tolist()
     extra = build(plugins, "svhn", extra=True, verify=False, common=DataOptions(root=str(tmp_path), validation=5))
     assert extra.split_sizes["train"] == 33
+    first = next(extra.eval_batches("train", 8))
+    assert torch.equal(first.x[0], torch.from_numpy(written["extra"][0][..., 0]).permute(2, 0, 1).float() / 255), "extra comes first"
     with pytest.raises(ChecksumError, match=r"train_32x32\.mat.*md5 e26dedcc434d2e4c54c9b2d4a06d8373"):
         build(plugins, "svhn", root=tmp_path)
     (directory / "test_32x32.mat").write_bytes((directory / "test_32x32.mat").read_bytes()[:3000])
