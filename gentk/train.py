@@ -583,15 +583,16 @@ class StopRequest:
 
 
 def interrupt_message(signame: str | None, step: int, total: int, run_dir: Path, recipe: Recipe) -> str:
-    source = recipe.source or "RECIPE"
-    return f"{signame or 'a signal'} at step {step} of {total}: checkpoint saved in {run_dir}/checkpoints. Resume with: gentk run {source} --resume {run_dir}"
+    # run_dir/recipe.toml is the resolved recipe, --set overrides included: it always matches
+    return f"{signame or 'a signal'} at step {step} of {total}: checkpoint saved in {run_dir}/checkpoints. Resume with: gentk run {run_dir}/recipe.toml --resume {run_dir}"
 
 
 def nan_message(ts, step: int, value: float, run_dir: Path, last_saved: int | None) -> str:
     kept = f"The last good checkpoint (step {last_saved}) is in {run_dir}/checkpoints" if last_saved is not None else "No checkpoint was written yet"
     return (
         f"the {ts.phase} phase (training step '{ts.name}') gave a non-finite loss ({value}) at step {step}; the run stopped without saving. "
-        f"{kept}. Lower train.phases.{ts.phase}.optimizer.lr or set train.phases.{ts.phase}.clip_grad, then resume with --resume {run_dir} --force."
+        f"{kept}. Lower train.phases.{ts.phase}.optimizer.lr or set train.phases.{ts.phase}.clip_grad "
+        f"(e.g. gentk run {run_dir}/recipe.toml --set train.phases.{ts.phase}.clip_grad=1.0 --resume {run_dir} --force)."
     )
 
 

@@ -241,3 +241,27 @@ def test_ema_averages_and_evaluates_with_the_average():
     with ema.applied(model):
         assert model.weight.tolist() == [[2.0, 2.0]]
     assert model.weight.tolist() == [[3.0, 3.0]]
+
+
+def test_sigint_to_the_command_line_saves_and_says_how_to_resume(tmp_path, recipe_file):
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-m", "gentk", "run", str(recipe_file), "--set", "train.steps=100000", "--set", "train.log_every=5", "--out", str(tmp_path)]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob("tiny_semisup-*/metrics.jsonl")):  # training has started
+            assert time.monotonic() < deadline and child.poll() is None, child.communicate()
+            time.sleep(0.05)
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 130, err
+    (run,) = tmp_path.glob("tiny_semisup-*")
+    saved = weights(run)
+    assert "SIGINT at step" in err and f"Resume with: gentk run {run}/recipe.toml --resume {run}" in err
+    assert f"SIGINT at step {saved['step']} of 100000" in err and saved["step"] >= 5
