@@ -25,8 +25,12 @@ def gentk_register_encoders(register):
     """Register encoders: networks x -> one output per latent.
 
     Context: ``input_shape`` (C, H, W) and ``latents``, a dict mapping each latent's name to
-    its `gentk.recipe.LatentSpec` (size and head). The module's ``forward(x)`` returns a dict
-    with one entry per latent (see `gentk.model` for the head outputs).
+    its `gentk.recipe.LatentSpec` (``size`` and ``head``). The module's ``forward(x)`` (x of
+    shape (B, C, H, W) in [0, 1]) returns ``{latent: {key: Tensor (B, size)}}`` with, per
+    head: ``code`` always (what the decoder and the discriminator see); ``mean`` and
+    ``logvar`` for "gaussian" (``code`` the reparameterized sample); ``logits`` for
+    "categorical" (``code`` their softmax). `gentk.encoders.Encoder` composes any body
+    with these heads.
     """
 
 
@@ -35,8 +39,10 @@ def gentk_register_decoders(register):
     """Register decoders: likelihood models p(x | c).
 
     Context: ``image_shape`` (C, H, W) and ``cond_size`` (the length of the conditioning
-    vector c; 0 for an unconditional model). The module offers ``log_prob(x, c)`` (nats per
-    image, shape (B,)) and ``sample(n, c, generator=None)``.
+    vector c; 0 for an unconditional model). The module's ``forward(x, c)`` (also
+    ``log_prob``) returns log p(x | c) in nats per image, shape (B,), with c of shape
+    (B, cond_size) or None; ``sample(n, c=None, *, generator=None, temperature=1.0)``
+    returns (n, C, H, W) in the data range.
     """
 
 
@@ -44,8 +50,11 @@ def gentk_register_decoders(register):
 def gentk_register_priors(register):
     """Register priors p(z) for a latent.
 
-    Context: ``size`` (the latent's size). The prior offers ``sample(n, generator=None)`` and,
-    where it exists, ``log_prob(z)``.
+    Context: ``size`` (the latent's size). The prior offers ``sample(n, generator=None)`` ->
+    (n, size) on its own device and, where it exists, ``log_prob(z)`` -> (n,). Optional:
+    ``support`` ("real", the default, or "simplex" for one-hot samples, which only a
+    categorical head can match), ``normal_params()`` -> (mean, logvar) for a diagonal
+    Gaussian and ``log_probs`` (size,) for a categorical, used by analytic KL terms.
     """
 
 
@@ -53,7 +62,13 @@ def gentk_register_priors(register):
 def gentk_register_regularizers(register):
     """Register regularizers that match a latent's codes to its prior (KL, adversarial, ...).
 
-    Context: ``size`` (the latent's size) and ``prior`` (the built prior).
+    Context: ``size`` (the latent's size), ``prior`` (the built prior) and ``head`` (the
+    latent's head kind: "deterministic", "gaussian" or "categorical"). The ``phase``
+    attribute says where it acts: "reconstruction" (``penalty(head_out, step)`` -> (scalar,
+    logs) added to the reconstruction loss, and ``kl(head_out)`` -> (B,) for the ELBO),
+    "regularization" (``parts()`` -> {"discriminator": module}, ``discriminator_loss(real,
+    fake)`` and ``generator_loss(fake)``, each -> (scalar, logs)) or None. ``head_out`` is
+    the encoder's dict for this latent. See `gentk.regularizers`.
     """
 
 

@@ -159,7 +159,7 @@ class AdversarialRegularizer(nn.Module):
 
     def __init__(self, *, size: int, prior: nn.Module, head: str, discriminator: list[int] | None = None, activation: str = "relu", gradient_penalty: float = 0.0) -> None:
         super().__init__()
-        if prior.support == "simplex" and head != "categorical":
+        if getattr(prior, "support", "real") == "simplex" and head != "categorical":
             raise ValueError(f"a {head} head cannot match a prior on the simplex (one-hot samples); use a categorical head")
         self.discriminator = Discriminator(size, list(discriminator or [1000, 1000]), activation)
         self.gradient_penalty = gradient_penalty
