@@ -2,7 +2,7 @@
 
 PixelGAN autoencoders (Makhzani & Frey 2017) impose either a Gaussian prior (z holds the
 global structure of an image) or a categorical one (z holds its class) on the aggregated
-posterior q(z); the AAE paper (Makhzani et al. 2016, Fig. 4) also uses a mixture of 10
+posterior q(z); the AAE paper (Makhzani et al. 2016, Fig. 2) also uses a mixture of 10
 2-D Gaussians. Each prior offers ``sample(n, generator=None) -> (n, size)`` and
 ``log_prob(z) -> (n,)``, and says where its samples live (``support``: "real" or
 "simplex") so that a model can refuse a head that can never match it.
@@ -49,7 +49,7 @@ class StandardNormalPrior(nn.Module):
 
 
 class GaussianMixturePrior(nn.Module):
-    """An equal-weight mixture of Gaussians whose means lie on a circle (AAE paper, Fig. 4).
+    """An equal-weight mixture of Gaussians whose means lie on a circle (AAE paper, Fig. 2c).
 
     Component k has its mean at angle 2 pi k / components on a circle of `radius` in the
     first two dimensions, standard deviation `radial_std` along the radius and

@@ -184,3 +184,17 @@ def test_components_do_not_know_the_model():
     for module in ("encoders", "priors", "regularizers", "decoders", "nn", "distributions"):
         text = (source / f"{module}.py").read_text()
         assert "gentk.model" not in text and "import Model" not in text, module
+
+
+def test_docs_document_every_option_and_their_examples_run(plugins):
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
+    for kind in ("encoders", "priors", "regularizers", "decoders"):
+        for entry in plugins.registries[kind]:
+            if entry.plugin.startswith("gentk.") and entry.name != "pixelcnn":
+                assert f"**{kind[:-1]} `{entry.name}`**" in text, entry.name
+                for name, *_ in gentk.recipe.option_docs(entry.config):
+                    assert f"| `{name}` |" in text, (entry.name, name)
+    for code in re.findall(r"```python\n(.*?)```", text, flags=re.S):
+        exec(compile(code.replace('"recipes/', f'"{Path(__file__).resolve().parents[1]}/recipes/'), "docs/models.md", "exec"), {})
