@@ -857,10 +857,13 @@ class Data:
             visible = np.full_like(train_labels, -1)
             visible[self.labeled_indices] = train_labels[self.labeled_indices]
             train_labels = visible
-        self._train_labels = torch.from_numpy(train_labels)
+        self._train_labels = train_labels
         self.seed = seed
         self._binarize_seed = binarize_seed
         self.options = dict(options)
+        # Distinct pixel values a batch can hold: 2 for binarized data (a Bernoulli
+        # likelihood fits), else max_value + 1 (256 for 8-bit data: x * 255 is an integer).
+        self.levels = 2 if binarize != "none" or loaded.max_value == 1 else loaded.max_value + 1
 
     def _represent(self, arrays: Arrays, split: str, index: int, binarize: str, threshold: float, binarize_seed: int):
         levels, scale = arrays.images, self._max_value
@@ -868,17 +871,18 @@ class Data:
             levels, scale = (levels > threshold * self._max_value).astype(np.uint8), 1
         elif binarize == "static" or (binarize == "dynamic" and split != "train"):
             levels, scale = static_binarize(levels, self._max_value, binarize_seed, index), 1
-        return torch.from_numpy(levels), torch.from_numpy(arrays.labels), scale
+        return levels, arrays.labels, scale
 
     # -- batches
 
     def _train_batch(self, rows: np.ndarray, noise: torch.Tensor | None) -> Batch:
-        index = torch.from_numpy(rows)
         levels, _, scale = self._splits["train"]
-        x = levels[index].to(torch.float32).div_(scale)
+        # Gather with NumPy: torch's indexing kernels spread tiny gathers over threads,
+        # which on a loaded CPU made a 100-image MNIST batch 100x slower (27 ms vs 0.2 ms).
+        x = torch.from_numpy(_to_unit(levels[rows], scale))
         if noise is not None:  # dynamic binarization: pixel is on with probability x
             x = (noise < x).to(torch.float32)
-        return Batch(x, self._train_labels[index])
+        return Batch(x, torch.from_numpy(self._train_labels[rows]))
 
     def train_batches(self, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1, labeled: bool = False) -> TrainBatches:
         """An infinite iterator of training batches (global `batch_size`, this rank's share).
@@ -909,13 +913,13 @@ class Data:
         def batches() -> Iterator[Batch]:
             for start in range(lo, hi, batch_size):
                 stop = min(start + batch_size, hi)
-                yield Batch(levels[start:stop].to(torch.float32).div_(scale), labels[start:stop])
+                yield Batch(torch.from_numpy(_to_unit(levels[start:stop], scale)), torch.from_numpy(labels[start:stop].copy()))
 
         return batches()
 
-    def _static_train(self) -> torch.Tensor:
+    def _static_train(self) -> np.ndarray:
         if not hasattr(self, "_static_train_levels"):
-            self._static_train_levels = torch.from_numpy(static_binarize(self._train_source.images, self._max_value, self._binarize_seed, 0))
+            self._static_train_levels = static_binarize(self._train_source.images, self._max_value, self._binarize_seed, 0)
         return self._static_train_levels
 
     # -- provenance
@@ -930,7 +934,7 @@ class Data:
             "binarize": self.binarize,
             "labeled": int(len(self.labeled_indices)),
             "labeled_seed": self.seed,
-            "labeled_per_class": np.bincount(self._splits["train"][1].numpy()[self.labeled_indices], minlength=self.num_classes).tolist() if len(self.labeled_indices) else [],
+            "labeled_per_class": np.bincount(self._splits["train"][1][self.labeled_indices], minlength=self.num_classes).tolist() if len(self.labeled_indices) else [],
             **self.facts,
         }
 
@@ -939,13 +943,18 @@ class Data:
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "data.json").write_text(json.dumps(self.manifest(), indent=2, default=str) + "\n")
-        labels = self._splits["train"][1].numpy()
+        labels = self._splits["train"][1]
         with (run_dir / "labeled_indices.csv").open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["train_index", "label"])
             for i in self.labeled_indices:
                 writer.writerow([int(i), int(labels[i])])
         return run_dir / "data.json"
+
+
+def _to_unit(levels: np.ndarray, scale: int) -> np.ndarray:
+    """uint8 levels -> float32 in [0, 1] (a fresh array: batches never alias the dataset)."""
+    return levels.astype(np.float32) / np.float32(scale)
 
 
 def _hold_out(name: str, train: Arrays, count: int) -> tuple[Arrays, Arrays]:
