@@ -198,3 +198,34 @@ def test_docs_document_every_option_and_their_examples_run(plugins):
                     assert f"| `{name}` |" in text, (entry.name, name)
     for code in re.findall(r"```python\n(.*?)```", text, flags=re.S):
         exec(compile(code.replace('"recipes/', f'"{Path(__file__).resolve().parents[1]}/recipes/'), "docs/models.md", "exec"), {})
+
+
+def test_the_model_s_regularization_phase_pulls_far_codes_to_the_prior(plugins):
+    """A linear encoder of 2-D points whose codes start at mean (4, -3), covariance diag(0.09, 2.25):
+    400 steps of the model's own regularization-phase steps bring them close to N(0, I)."""
+    tree = {
+        "name": "toy",
+        "data": {"name": "synthetic"},
+        "model": {
+            "encoder": {"name": "mlp", "hidden": []},
+            "latents": {"z": {"size": 2, "head": "deterministic", "regularizer": {"name": "adversarial", "discriminator": [64, 64]}}},
+            "decoder": {"name": "gaussian", "hidden": [4]},
+        },
+    }
+    torch.manual_seed(0)
+    model = build_model(recipe_from_dict(tree, plugins=plugins), (2, 1, 1), plugins)
+    with torch.no_grad():
+        model.encoder.heads["z"].linear.weight.copy_(torch.diag(torch.tensor([0.3, 1.5])))
+        model.encoder.heads["z"].linear.bias.copy_(torch.tensor([4.0, -3.0]))
+    steps = [s for s in model.training_steps() if s.phase == "regularization"]
+    assert [s.name for s in steps] == ["discriminator.z", "generator.z"]
+    optimizers = [torch.optim.Adam(s.parameters(), lr=lr, betas=(0.5, 0.999)) for s, lr in zip(steps, (1e-3, 2e-2))]
+    for _ in range(400):
+        b = Batch(torch.randn(256, 2, 1, 1), torch.zeros(256, dtype=torch.long))
+        for step, opt in zip(steps, optimizers):
+            opt.zero_grad()
+            step.loss(b)[0].backward()
+            opt.step()
+    z = model.encode(torch.randn(20000, 2, 1, 1))["z"].detach()
+    assert z.mean(0).abs().max() < 0.25, z.mean(0)
+    assert (torch.cov(z.T) - torch.eye(2)).abs().max() < 0.3, torch.cov(z.T)
