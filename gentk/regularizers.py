@@ -19,7 +19,7 @@ size, prior and head kind, never the model it belongs to.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import attrs
 import torch
