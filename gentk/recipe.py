@@ -383,6 +383,22 @@ def check_recipe(recipe: Recipe, ctx: _Context | None = None) -> None:
             ctx.fail(("model", "latents", name, "supervised"), f"only a categorical head can be supervised by labels; this latent's head is '{latent.head}'.")
         if latent.supervised and recipe.data.common.labeled == 0:
             ctx.fail(("data", "labeled"), f"latent '{name}' is supervised but data.labeled is 0. Set data.labeled to the number of labeled examples (e.g. 100).")
+        if ctx.registries is not None:
+            _check_latent_parts(name, latent, ctx)
+
+
+def _check_latent_parts(name: str, latent: LatentSpec, ctx: _Context) -> None:
+    """A head must suit its prior and regularizer, as the components declare by class attributes:
+    a prior's ``support`` ("simplex": one-hot samples, only a categorical head matches them)
+    and a regularizer's ``heads`` (the head kinds it accepts)."""
+    path = ("model", "latents", name, "head")
+    prior = ctx.registries["priors"].get(latent.prior.name).factory
+    if getattr(prior, "support", "real") == "simplex" and latent.head != "categorical":
+        ctx.fail(path, f"prior '{latent.prior.name}' samples one-hot vectors, which a '{latent.head}' head can never match. Use head = \"categorical\".")
+    regularizer = ctx.registries["regularizers"].get(latent.regularizer.name).factory
+    heads = getattr(regularizer, "heads", None)
+    if heads is not None and latent.head not in heads:
+        ctx.fail(path, f"regularizer '{latent.regularizer.name}' needs a head among {', '.join(map(repr, heads))}, found '{latent.head}'.")
 
 
 # --------------------------------------------------------------------------- structuring

@@ -77,6 +77,7 @@ class KLRegularizer(nn.Module):
     """
 
     phase = "reconstruction"
+    heads = ("gaussian", "categorical")  # a deterministic code has no density q(z|x)
 
     @attrs.frozen
     class Config:

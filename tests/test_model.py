@@ -172,11 +172,23 @@ def test_wrapped_parts_are_called_through_their_wrappers(plugins):
     assert model.parts() == originals
 
 
-def test_head_and_prior_must_agree(plugins):
-    with pytest.raises(GentkError, match="one-hot"):
-        make(plugins, {"y": {"size": 4, "head": "gaussian", "prior": {"name": "categorical"}}})
-    with pytest.raises(GentkError, match="model.latents.z"):
-        make(plugins, {"z": {"size": 2, "head": "deterministic", "regularizer": {"name": "kl"}}})
+def test_head_and_prior_must_agree_when_built_from_parts():
+    from gentk.decoders import bernoulli_decoder
+    from gentk.encoders import mlp_encoder
+    from gentk.priors import CategoricalPrior
+    from gentk.recipe import LatentSpec
+    from gentk.regularizers import NoRegularizer
+
+    latents = {"y": LatentSpec(size=3, head="gaussian")}
+    parts = dict(
+        encoder=mlp_encoder(input_shape=SHAPE, latents=latents, hidden=[4]),
+        decoder=bernoulli_decoder(image_shape=SHAPE, cond_size=3, hidden=[4]),
+        latents=latents,
+        priors={"y": CategoricalPrior(size=3)},
+        regularizers={"y": NoRegularizer(size=3, prior=None, head="gaussian")},
+    )
+    with pytest.raises(GentkError, match="latent 'y': its prior samples one-hot vectors"):
+        Model(**parts)
 
 
 def test_components_do_not_know_the_model():
@@ -229,3 +241,17 @@ def test_the_model_s_regularization_phase_pulls_far_codes_to_the_prior(plugins):
     z = model.encode(torch.randn(20000, 2, 1, 1))["z"].detach()
     assert z.mean(0).abs().max() < 0.25, z.mean(0)
     assert (torch.cov(z.T) - torch.eye(2)).abs().max() < 0.3, torch.cov(z.T)
+
+
+def test_a_head_that_cannot_suit_its_prior_or_regularizer_is_a_recipe_error(plugins):
+    from gentk.errors import RecipeError
+
+    def recipe(latent):
+        tree = {"name": "t", "data": {"name": "synthetic"}, "model": {"encoder": {"name": "mlp"}, "latents": {"y": latent}, "decoder": {"name": "bernoulli"}}}
+        return recipe_from_dict(tree, plugins=plugins)
+
+    with pytest.raises(RecipeError, match=r"model\.latents\.y\.head: prior 'categorical' samples one-hot"):
+        recipe({"size": 3, "head": "gaussian", "prior": {"name": "categorical"}})
+    with pytest.raises(RecipeError, match=r"model\.latents\.y\.head: regularizer 'kl' needs a head among 'gaussian', 'categorical'"):
+        recipe({"size": 3, "head": "deterministic", "regularizer": {"name": "kl"}})
+    recipe({"size": 3, "head": "categorical", "prior": {"name": "categorical"}, "regularizer": {"name": "kl"}})
