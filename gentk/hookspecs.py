@@ -52,8 +52,9 @@ def gentk_register_priors(register):
 
     Context: ``size`` (the latent's size). The prior offers ``sample(n, generator=None)`` ->
     (n, size) on its own device and, where it exists, ``log_prob(z)`` -> (n,). Optional:
-    ``support`` ("real", the default, or "simplex" for one-hot samples, which only a
-    categorical head can match), ``normal_params()`` -> (mean, logvar) for a diagonal
+    ``support``, a class attribute checked when a recipe loads ("real", the default, or
+    "simplex" for one-hot samples, which only a categorical head can match),
+    ``normal_params()`` -> (mean, logvar) for a diagonal
     Gaussian and ``log_probs`` (size,) for a categorical, used by analytic KL terms.
     """
 
@@ -68,7 +69,9 @@ def gentk_register_regularizers(register):
     logs) added to the reconstruction loss, and ``kl(head_out)`` -> (B,) for the ELBO),
     "regularization" (``parts()`` -> {"discriminator": module}, ``discriminator_loss(real,
     fake)`` and ``generator_loss(fake)``, each -> (scalar, logs)) or None. ``head_out`` is
-    the encoder's dict for this latent. See `gentk.regularizers`.
+    the encoder's dict for this latent. An optional class attribute ``heads`` (e.g.
+    ("gaussian", "categorical")) lists the head kinds it accepts, checked when a recipe
+    loads. See `gentk.regularizers`.
     """
 
 
