@@ -26,14 +26,17 @@ each discriminator) is called through ``__call__`` only, so the engine may wrap 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
 import torch
 import torch.nn.functional as F
+from einops import rearrange, repeat
 from torch import Tensor, nn
 
+from gentk.distributions import normal_log_prob
 from gentk.errors import GentkError
 from gentk.recipe import PHASES, LatentSpec, Recipe
 
@@ -257,6 +260,31 @@ class Model(nn.Module):
         heads = self.encoder(x)
         kl = sum(self.regularizers[name].kl(heads[name]) for name in self.latents)
         return self.decoder(x, self._condition(heads)) - kl
+
+    def iwae(self, x: Tensor, samples: int = 50) -> Tensor:
+        """The importance-weighted bound on log p(x) per image (B,), in nats (Burda et al. 2016, eq. 8):
+        log (1/k) sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x), k = `samples`.
+
+        Defined when every latent has a Gaussian head and a prior with a log_prob (VAE,
+        PixelVAE); it rises towards log p(x) as k grows, and equals it for a model without
+        latents. The decoder sees B * k images at once: split large batches.
+        """
+        if not self.latents:
+            return self.log_prob(x)
+        other = [name for name, spec in self.latents.items() if spec.head != "gaussian"]
+        if other:
+            raise GentkError(f"the importance-weighted bound needs a density q(z|x): a gaussian head on every latent; {', '.join(other)} {'has' if len(other) == 1 else 'have'} another head.")
+        heads = self.encoder(x)
+        b = len(x)
+        log_weight = torch.zeros(samples * b, device=x.device, dtype=x.dtype)
+        codes = []
+        for name in self.latents:
+            mean, logvar = (repeat(heads[name][key], "b d -> (k b) d", k=samples) for key in ("mean", "logvar"))
+            z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+            log_weight += self.priors[name].log_prob(z) - normal_log_prob(z, mean, logvar).sum(-1)
+            codes.append(z)
+        log_weight += self.decoder(repeat(x, "b c h w -> (k b) c h w", k=samples), torch.cat(codes, -1))
+        return torch.logsumexp(rearrange(log_weight, "(k b) -> k b", k=samples), dim=0) - math.log(samples)
 
 
 def _bind(method: Callable[..., Any], name: str) -> Callable[[Any], tuple[Tensor, dict[str, float]]]:
