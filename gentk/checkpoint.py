@@ -14,6 +14,7 @@ unpickles code:
     data         [per rank: {"train": iterator state, "labeled": iterator state or None}]
     rng          [per rank: python, numpy, torch CPU and CUDA generator states]
     recipe       the resolved recipe as a dict (what `Recipe.to_dict` gives)
+    image_shape  [C, H, W] of the data the model was built for
     best         {"name": metric, "value": float, "step": int} or None
     world_size   ranks that trained it
 

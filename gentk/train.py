@@ -127,8 +127,9 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
     dist.broadcast_parameters(model, info)
     training_steps = model.training_steps()
     params = {s.name: dist.params_of(s.parts.values()) for s in training_steps}
-    optimizers = {s.name: build_optimizer(s, phase_spec(recipe, s.phase, plugins), plugins) for s in training_steps}
-    schedules = {s.name: build_schedule(optimizers[s.name], phase_spec(recipe, s.phase, plugins), cfg.steps, plugins) for s in training_steps}
+    specs = {s.name: phase_spec(recipe, s.phase, plugins) for s in training_steps}
+    optimizers = {s.name: build_optimizer(s, specs[s.name], plugins) for s in training_steps}
+    schedules = {s.name: build_schedule(optimizers[s.name], specs[s.name], cfg.steps, plugins) for s in training_steps}
     check_part_lr(recipe, training_steps)
     autocast, scalers = mixed_precision(cfg.amp, device, training_steps)
     ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
@@ -177,6 +178,7 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
             "data": positions,
             "rng": rng,
             "recipe": recipe.to_dict(),
+            "image_shape": list(data.image_shape),
             "best": best,
             "world_size": info.world_size,
         }
@@ -209,9 +211,8 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
                         raise TrainingError(nan_message(ts, step + 1, loss_value, run_dir, last_saved))
                     if scaler:
                         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-                    clip = phase_spec(recipe, ts.phase, plugins).clip_grad
-                    if clip is not None:
-                        torch.nn.utils.clip_grad_norm_(params[ts.name], clip)
+                    if specs[ts.name].clip_grad is not None:
+                        torch.nn.utils.clip_grad_norm_(params[ts.name], specs[ts.name].clip_grad)
                     if scaler:
                         scaler.step(optimizer)
                         scaler.update()
@@ -278,6 +279,35 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
     if info.is_main:
         rundir.write_json(run_dir / "eval.json", {"step": step, "best": best, "metrics": {k: v for k, v in final.items() if not k.startswith(("train/", "speed/", "lr/"))}})
     return TrainResult(run_dir=run_dir if info.is_main else None, metrics=final, step=step)
+
+
+def load_trained(path: str | Path, *, plugins=None, which: str = "latest", ema: bool = True, device: str | torch.device = "cpu"):
+    """A trained model from a run directory or checkpoint file: ``(recipe, model, checkpoint)``.
+
+    which: "latest" or "best" (for a run directory). ema: use the EMA weights when the run
+    kept them. The model is rebuilt from the checkpoint's own recipe, in eval mode; the
+    dataset is not loaded (``recipe.data`` says which it was).
+    """
+    if plugins is None:
+        from gentk.plugins import load_plugins
+
+        plugins = load_plugins()
+    from gentk.model import build_model
+    from gentk.recipe import recipe_from_dict
+
+    path = Path(path)
+    if path.is_dir() and which == "best":
+        path = path / "checkpoints" / checkpoint.BEST if (path / "checkpoints").is_dir() else path / checkpoint.BEST
+    state = checkpoint.load(checkpoint.find(path), map_location=device)
+    recipe = recipe_from_dict(state["recipe"], plugins=plugins, source=str(path))
+    model = build_model(recipe, image_shape=tuple(state["image_shape"]), plugins=plugins)
+    model.load_state_dict(state["model"])
+    if ema and state["ema"] is not None:
+        live = model.state_dict()
+        with torch.no_grad():
+            for key, value in state["ema"].items():
+                live[key].copy_(value)
+    return recipe, model.to(device).eval(), state
 
 
 # --------------------------------------------------------------------------- set-up

@@ -265,3 +265,15 @@ def test_sigint_to_the_command_line_saves_and_says_how_to_resume(tmp_path, recip
     saved = weights(run)
     assert "SIGINT at step" in err and f"Resume with: gentk run {run}/recipe.toml --resume {run}" in err
     assert f"SIGINT at step {saved['step']} of 100000" in err and saved["step"] >= 5
+
+
+def test_load_trained_rebuilds_the_model_from_a_run(tmp_path, plugins, recipe_file):
+    from gentk.train import load_trained
+
+    run = train(load(recipe_file, plugins, "train.steps=3"), plugins=plugins, out=tmp_path).run_dir
+    recipe, model, state = load_trained(run, plugins=plugins, ema=False)
+    assert recipe.name == "tiny_semisup" and state["step"] == 3 and not model.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state["model"][key])
+    _, averaged, _ = load_trained(run, plugins=plugins, which="best")
+    assert averaged.sample(2, generator=torch.Generator().manual_seed(0)).shape == (2, 1, 8, 8)
