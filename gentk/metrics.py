@@ -17,18 +17,36 @@ protocol of Makhzani et al. 2016, "Adversarial Autoencoders", §6), three varian
   errors, so it is a strict lower bound on accuracy, meaningful mainly for K = classes.
 
 Likelihoods are reported in nats per image and in bits per dimension:
-bits/dim = nll_nats / (dims * ln 2).
+bits/dim = nll_nats / (dims * ln 2). The importance-weighted bound (Burda et al. 2016,
+"Importance Weighted Autoencoders", Eq. 8) is log (1/k) sum_i p(x, z_i) / q(z_i | x) with
+z_i ~ q(z | x); it is >= the ELBO, grows with k and tends to log p(x). The paper protocol
+estimates test NLLs with k = 5000. A PixelGAN autoencoder has no such bound: its encoder
+is regularized adversarially on the aggregated posterior q(z), and with input noise it
+has no density q(z | x) at all, so only the reconstruction NLL -log p(x | z) is reported
+(docs/compare.md).
+
+Registered metrics (``eval.metrics`` in a recipe; ``gentk eval --metrics``) follow the
+call convention of docs/architecture.md: ``metric(model=, data=, device=, split=,
+batch_size=, max_examples=, seed=, run_dir=, step=) -> {key: float}``.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
+import attrs
 import numpy as np
 import torch
 from torch import Tensor
 
 from gentk.errors import GentkError
+from gentk.plugins import hookimpl
+from gentk.recipe import option
 
 CLUSTER_PROTOCOLS = ("aae", "majority", "hungarian")
 
@@ -125,3 +143,455 @@ def gaussian_moment_distance(codes: Tensor) -> dict[str, float]:
         "cov_dist": float((cov - eye).norm() / math.sqrt(d)),
         "gaussian_kl": float(kl),
     }
+
+
+def iwae_bound(log_weights: Tensor) -> Tensor:
+    """The importance-weighted bound log (1/k) sum_i w_i from log weights (k, B); returns (B,).
+
+    With k = 1 it is a one-sample ELBO estimate; its expectation grows with k (Burda et al.
+    2016, Theorem 1). Computed with logsumexp, so weights of any magnitude are safe.
+    """
+    k = log_weights.shape[0]
+    return torch.logsumexp(log_weights.double(), dim=0) - math.log(k)
+
+
+def mmd_rbf(x: Tensor, y: Tensor, scales: Sequence[float] = (0.2, 0.5, 1.0, 2.0, 5.0)) -> float:
+    """Unbiased squared maximum mean discrepancy between samples x (N, D) and y (M, D).
+
+    The kernel is a sum of Gaussian RBF kernels exp(-|a-b|^2 / (2 s^2 D)) over `scales`
+    (bandwidths relative to sqrt(D), so one setting suits codes of any size; Gretton et al.
+    2012, "A Kernel Two-Sample Test", Eq. 3). It is about 0 when x and y come from the same
+    distribution (it can be slightly negative) and grows as they differ.
+    """
+    x, y = x.double(), y.double()
+    d = x.shape[1]
+
+    def kernel(a: Tensor, b: Tensor) -> Tensor:
+        sq = torch.cdist(a, b).pow(2)
+        return sum(torch.exp(-sq / (2 * s * s * d)) for s in scales)
+
+    n, m = len(x), len(y)
+    if n < 2 or m < 2:
+        raise ValueError("mmd_rbf needs at least two samples on each side")
+    kxx, kyy, kxy = kernel(x, x), kernel(y, y), kernel(x, y)
+    term_x = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
+    term_y = (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+    return float(term_x + term_y - 2 * kxy.mean())
+
+
+def project_2d(codes: Tensor) -> Tensor:
+    """Codes (N, D) as (N, 2) for a scatter plot: themselves for D <= 2, else the top-2 PCA axes."""
+    codes = codes.double()
+    if codes.shape[1] == 1:
+        return torch.cat([codes, torch.zeros_like(codes)], 1)
+    if codes.shape[1] == 2:
+        return codes
+    centered = codes - codes.mean(0)
+    _, _, v = torch.linalg.svd(centered, full_matrices=False)
+    return centered @ v[:2].T
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value) of run results."""
+    array = np.asarray(values, dtype=np.float64)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+
+
+# --------------------------------------------------------------------------- registered metrics
+#
+# Each metric is a class with an attrs Config of its options; the engine builds it with the
+# defaults, `gentk eval --option NAME.KEY=VALUE` with others. Calling it evaluates the model
+# (already in eval mode, on `device`) and returns {key: float}.
+
+
+def _batches(data, split: str, batch_size: int, max_examples: int | None, device) -> Iterator[Any]:
+    for batch in data.eval_batches(split, batch_size, max_examples=max_examples):
+        yield batch.to(device)
+
+
+def _dims(data) -> int:
+    return int(np.prod(data.image_shape))
+
+
+def _latent(model, wanted: str | None, *, head: str | None = None, supervised: bool = False, what: str) -> str:
+    """The latent a metric applies to: `wanted`, or the only one of the right kind."""
+    latents = getattr(model, "latents", {})
+    fits = [n for n, s in latents.items() if (head is None or s.head == head) and (not supervised or s.supervised)]
+    if wanted is not None:
+        if wanted not in fits:
+            raise GentkError(f"the {what} metric needs latent '{wanted}' to be {'a supervised ' if supervised else 'a '}{head or ''} latent; suitable latents: {', '.join(fits) or 'none'}.")
+        return wanted
+    if len(fits) != 1:
+        kind = ("supervised " if supervised else "") + (f"{head} " if head else "")
+        raise GentkError(f"the {what} metric needs exactly one {kind}latent, this model has {len(fits)} ({', '.join(fits) or 'none'}); pass its name with --option {what}.latent=NAME, or drop the metric from eval.metrics.")
+    return fits[0]
+
+
+def _mean_nll(values: Iterator[Tensor], dims: int, key: str) -> dict[str, float]:
+    total, count = 0.0, 0
+    for nll in values:
+        total += float(nll.double().sum())
+        count += nll.numel()
+    if count == 0:
+        raise GentkError(f"the {key} metric saw no examples: the evaluation split is empty.")
+    mean = total / count
+    return {key: mean, f"{key}_bpd": bits_per_dim(mean, dims)}
+
+
+class NLL:
+    """Exact test NLL of a model without latents (a PixelCNN), in nats and bits/dim."""
+
+    @attrs.frozen
+    class Config:
+        pass
+
+    def __call__(self, *, model, data, device, split, batch_size, max_examples, **_) -> dict[str, float]:
+        return _mean_nll((-model.log_prob(b.x) for b in _batches(data, split, batch_size, max_examples, device)), _dims(data), "nll")
+
+
+class ELBO:
+    """Negative ELBO (an upper bound on the NLL) of a model whose latents are all KL-regularized."""
+
+    @attrs.frozen
+    class Config:
+        pass
+
+    def __call__(self, *, model, data, device, split, batch_size, max_examples, **_) -> dict[str, float]:
+        return _mean_nll((-model.elbo(b.x) for b in _batches(data, split, batch_size, max_examples, device)), _dims(data), "elbo_nll")
+
+
+@attrs.frozen
+class IWAEConfig:
+    k: int = option(5000, "importance samples per image (5000: the paper protocol; 50: IWAE training's k)", ge=1)
+    chunk: int = option(5000, "images through the decoder at once (samples x images): memory vs speed", ge=1)
+
+
+class IWAE:
+    """Importance-weighted upper bound on the NLL (Burda et al. 2016) for Gaussian-latent models."""
+
+    Config = IWAEConfig
+
+    def __init__(self, *, k: int = 5000, chunk: int = 5000) -> None:
+        self.k, self.chunk = k, chunk
+
+    def nll(self, model, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """-log (1/k) sum_i p(x, z_i) / q(z_i | x) per image (B,), k samples drawn in chunks."""
+        per_call = max(1, self.chunk // len(x))  # samples per decoder call
+        parts, done = [], 0
+        while done < self.k:
+            n = min(per_call, self.k - done)
+            parts.append(model.log_importance_weights(x, n, generator=generator).double())
+            done += n
+        return -iwae_bound(torch.cat(parts, 0))
+
+    def __call__(self, *, model, data, device, split, batch_size, max_examples, seed=0, **_) -> dict[str, float]:
+        generator = torch.Generator(device=device).manual_seed(seed)
+        return _mean_nll((self.nll(model, b.x, generator) for b in _batches(data, split, batch_size, max_examples, device)), _dims(data), "iwae_nll")
+
+
+class ReconNLL:
+    """Reconstruction NLL -log p(x | z), z the encoder's code: a PixelGAN's or an AAE's only likelihood."""
+
+    @attrs.frozen
+    class Config:
+        pass
+
+    def __call__(self, *, model, data, device, split, batch_size, max_examples, **_) -> dict[str, float]:
+        def values():
+            for b in _batches(data, split, batch_size, max_examples, device):
+                if model.encoder is None:
+                    yield -model.log_prob(b.x)
+                    continue
+                heads = model.encoder(b.x)
+                yield -model.decoder(b.x, torch.cat([heads[name]["code"] for name in model.latents], -1))
+
+        return _mean_nll(values(), _dims(data), "recon_nll")
+
+
+@attrs.frozen
+class ClusterErrorConfig:
+    latent: str | None = option(None, "the categorical latent (default: the model's only one)")
+
+
+def _class_probs(model, latent: str, data, split: str, batch_size: int, max_examples: int | None, device) -> tuple[np.ndarray, np.ndarray]:
+    probs, labels = [], []
+    for b in _batches(data, split, batch_size, max_examples, device):
+        probs.append(torch.softmax(model.encoder(b.x)[latent]["logits"].double(), -1).cpu().numpy())
+        labels.append(b.y.cpu().numpy())
+    if not probs:
+        raise GentkError(f"the '{split}' split is empty: nothing to cluster.")
+    return np.concatenate(probs), np.concatenate(labels)
+
+
+class ClusterError:
+    """Clustering error (%) of a categorical latent under the aae, majority and hungarian protocols.
+
+    Clusters are labelled on the validation split and the error is measured on `split`
+    (the paper's protocol when `split` is test). When `split` is the validation split itself
+    (evaluations during training) the clusters are labelled on training examples instead,
+    whose labels an unsupervised model never saw.
+    """
+
+    Config = ClusterErrorConfig
+
+    def __init__(self, *, latent: str | None = None) -> None:
+        self.latent = latent
+
+    def __call__(self, *, model, data, device, split, batch_size, max_examples, **_) -> dict[str, float]:
+        latent = _latent(model, self.latent, head="categorical", what="cluster_error")
+        label_split = "validation" if split != "validation" and data.split_sizes.get("validation", 0) > 0 else "train"
+        val_probs, val_labels = _class_probs(model, latent, data, label_split, batch_size, max_examples, device)
+        test_probs, test_labels = _class_probs(model, latent, data, split, batch_size, max_examples, device)
+        errors = clustering_errors(val_probs, val_labels, test_probs, test_labels)
+        return {f"cluster_error_{protocol}": 100.0 * value for protocol, value in errors.items()}
+
+
+class SemisupError:
+    """Test error (%) of the supervised categorical head: argmax q(y | x) against the labels."""
+
+    Config = ClusterErrorConfig
+
+    def __init__(self, *, latent: str | None = None) -> None:
+        self.latent = latent
+
+    def __call__(self, *, model, data, device, split, batch_size, max_examples, **_) -> dict[str, float]:
+        latent = _latent(model, self.latent, head="categorical", supervised=True, what="semisup_error")
+        probs, labels = _class_probs(model, latent, data, split, batch_size, max_examples, device)
+        return {"semisup_error": 100.0 * error_rate(probs.argmax(1), labels)}
+
+
+@attrs.frozen
+class CodeSpaceConfig:
+    latent: str | None = option(None, "the real-valued latent (default: every one)")
+    examples: int = option(2000, "codes (and as many prior samples) for the MMD and moments", ge=2)
+    plot: bool = option(True, "write a 2-D scatter of the codes coloured by label to RUN_DIR/code_space/ (needs matplotlib)")
+
+
+class CodeSpace:
+    """How close the aggregated posterior q(z) is to the prior p(z), and the paper's code-space scatter.
+
+    Per real-valued latent NAME: ``code_NAME_mmd`` (unbiased MMD^2 between codes z ~ q(z|x)
+    and prior samples, `mmd_rbf`), and, for a diagonal Gaussian prior, the moment distances
+    of `gaussian_moment_distance` after standardizing the codes by the prior's mean and
+    scale (``code_NAME_mean_norm``, ``code_NAME_cov_dist``, ``code_NAME_gaussian_kl``).
+    """
+
+    Config = CodeSpaceConfig
+
+    def __init__(self, *, latent: str | None = None, examples: int = 2000, plot: bool = True) -> None:
+        self.latent, self.examples, self.plot = latent, examples, plot
+
+    def __call__(self, *, model, data, device, split, batch_size, max_examples, seed=0, run_dir=None, step=0, **_) -> dict[str, float]:
+        names = [self.latent] if self.latent else [n for n, p in model.priors.items() if getattr(p, "support", "real") == "real"]
+        if not names or self.latent and getattr(model.priors[self.latent], "support", "real") != "real":
+            raise GentkError("the code_space metric needs a real-valued latent (a Gaussian, mixture or other real prior); this model has none.")
+        limit = self.examples if max_examples is None else min(self.examples, max_examples)
+        codes: dict[str, list[Tensor]] = {n: [] for n in names}
+        labels = []
+        for b in _batches(data, split, batch_size, limit, device):
+            encoded = model.encode(b.x, sample=True)  # samples of q(z|x): together, samples of q(z)
+            for n in names:
+                codes[n].append(encoded[n].double().cpu())
+            labels.append(b.y.cpu())
+        generator = torch.Generator(device=device).manual_seed(seed)
+        out = {}
+        for n in names:
+            z = torch.cat(codes[n])
+            prior = model.priors[n]
+            p = prior.sample(len(z), generator).double().cpu()
+            out[f"code_{n}_mmd"] = mmd_rbf(z, p)
+            if hasattr(prior, "normal_params"):
+                mean, logvar = (t.double().cpu() for t in prior.normal_params())
+                for key, value in gaussian_moment_distance((z - mean) * torch.exp(-0.5 * logvar)).items():
+                    out[f"code_{n}_{key}"] = value
+            if self.plot and run_dir is not None:
+                scatter_codes(z, torch.cat(labels), Path(run_dir) / "code_space" / f"{n}-step-{step:08d}.png", title=f"q({n}) at step {step}")
+        return out
+
+
+def scatter_codes(codes: Tensor, labels: Tensor, path: Path, *, title: str = "") -> Path | None:
+    """A 2-D scatter of codes coloured by label (the paper's code-space figures); None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    xy = project_2d(codes).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    points = ax.scatter(xy[:, 0], xy[:, 1], c=labels.numpy(), cmap="tab10", s=3, alpha=0.7)
+    ax.legend(*points.legend_elements(), loc="upper right", fontsize=7, markerscale=0.8)
+    ax.set_title(title + (" (top-2 PCA axes)" if codes.shape[1] > 2 else ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+@hookimpl
+def gentk_register_metrics(register):
+    register("nll", NLL, doc="exact NLL (nats, bits/dim) of a model without latents (PixelCNN)")
+    register("elbo", ELBO, doc="negative ELBO (nats, bits/dim) of a model whose latents are KL-regularized")
+    register("iwae", IWAE, doc="importance-weighted NLL bound, k samples (Burda et al. 2016; k = 5000 as in the paper)")
+    register("recon_nll", ReconNLL, doc="reconstruction NLL -log p(x|z) (adversarial models have no likelihood bound)")
+    register("cluster_error", ClusterError, doc="clustering error (%) of a categorical latent: aae, majority, hungarian protocols")
+    register("semisup_error", SemisupError, doc="test error (%) of the supervised categorical head")
+    register("code_space", CodeSpace, doc="distance of q(z) to p(z) (MMD, moments) and a 2-D code scatter coloured by label")
+
+
+# --------------------------------------------------------------------------- evaluating a run directory
+
+
+@attrs.frozen
+class LoadedRun:
+    """A run directory's recipe, data and model with a checkpoint's weights (the EMA ones if any)."""
+
+    run_dir: Path
+    checkpoint: Path
+    step: int
+    recipe: Any
+    data: Any
+    model: Any
+    device: torch.device
+
+
+def load_run(run_dir: str | Path, *, which: str = "latest", device: str | None = None, plugins=None, offline: bool = False) -> LoadedRun:
+    """Rebuild a finished or interrupted run from its checkpoint (``which``: latest or best).
+
+    The recipe comes from the checkpoint itself, so it is the one that wrote the weights.
+    When the run kept an EMA of the weights, the model gets the EMA weights, as the engine's
+    own evaluations do.
+    """
+    from gentk import checkpoint, dist
+    from gentk.data import build_data
+    from gentk.model import build_model
+    from gentk.recipe import recipe_from_dict
+
+    if plugins is None:
+        from gentk.plugins import load_plugins
+
+        plugins = load_plugins()
+    run_dir = Path(run_dir)
+    if which not in ("latest", "best"):
+        raise GentkError(f"--checkpoint must be 'latest' or 'best', not '{which}'.")
+    path = run_dir / "checkpoints" / f"{which}.pt"
+    if not path.is_file():
+        if not run_dir.is_dir():
+            raise GentkError(f"'{run_dir}' is not a directory. Pass a run directory such as runs/NAME-TIME.")
+        present = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt")) if (run_dir / "checkpoints").is_dir() else []
+        hint = f"; it has {', '.join(present)}: try --checkpoint latest" if present else "; the run stopped before its first checkpoint"
+        raise GentkError(f"{run_dir} has no checkpoints/{which}.pt{hint}.")
+    state = checkpoint.load(path)
+    recipe = recipe_from_dict(state["recipe"], plugins=plugins, source=str(path))
+    chosen = dist.choose_device(device or recipe.train.device)
+    data = build_data(recipe.data, plugins, seed=recipe.seed, offline=offline)
+    model = build_model(recipe, image_shape=data.image_shape, plugins=plugins)
+    model.load_state_dict(state["model"])
+    if state.get("ema"):
+        live = model.state_dict()
+        with torch.no_grad():
+            for key, value in state["ema"].items():
+                live[key].copy_(value)
+    model.to(chosen).eval()
+    return LoadedRun(run_dir, path, int(state["step"]), recipe, data, model, chosen)
+
+
+def parse_options(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``["iwae.k=50", "code_space.plot=false"]`` -> {"iwae": {"k": 50}, ...}; values are TOML."""
+    import tomllib
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        metric, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise GentkError(f"--option '{item}': expected METRIC.KEY=VALUE, e.g. iwae.k=50.")
+        try:
+            parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value.strip()  # a bare word is a string, as in --set
+        out.setdefault(metric, {})[name] = parsed
+    return out
+
+
+def build_metric(plugins, name: str, options: Mapping[str, Any] | None = None):
+    """A registered metric built with its defaults updated by `options` (validated by its Config)."""
+    from gentk.errors import did_you_mean
+
+    entry = plugins.get("metrics", name)
+    options = dict(options or {})
+    if entry.config is None:
+        if options:
+            raise GentkError(f"metric '{name}' has no options; got {', '.join(options)}.")
+        return entry.build(None)
+    fields = [f.name for f in attrs.fields(entry.config)]
+    for key in options:
+        if key not in fields:
+            raise GentkError(f"metric '{name}' has no option '{key}'. Its options: {', '.join(fields) or 'none'}.{did_you_mean(key, fields)}")
+    try:
+        config = entry.config(**options)
+    except (TypeError, ValueError) as exc:
+        raise GentkError(f"metric '{name}': {exc}. `gentk list metrics {name}` shows its options.") from None
+    return entry.build(config)
+
+
+def evaluate(model, data, names: Sequence[str], *, plugins, device, split: str = "test", batch_size: int = 100, max_examples: int | None = None, seed: int = 0, run_dir: Path | None = None, step: int = 0, options: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, float]:
+    """Call each named metric on `split` under ``torch.no_grad()``; returns {key: float} (keys unprefixed)."""
+    options = options or {}
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise GentkError(f"--option for {', '.join(unknown)}, which {'is' if len(unknown) == 1 else 'are'} not among the metrics evaluated ({', '.join(names)}).")
+    metrics = [build_metric(plugins, name, options.get(name)) for name in names]  # every option error before any work
+    results: dict[str, float] = {}
+    model.eval()
+    with torch.no_grad():
+        for metric in metrics:
+            values = metric(model=model, data=data, device=device, split=split, batch_size=batch_size, max_examples=max_examples, seed=seed, run_dir=run_dir, step=step)
+            results.update({k: float(v) for k, v in (values or {}).items()})
+    return results
+
+
+def evaluate_run(run_dir: str | Path, *, names: Sequence[str] | None = None, which: str = "latest", split: str = "test", max_examples: int | None = None, options: Mapping[str, Mapping[str, Any]] | None = None, device: str | None = None, plugins=None, offline: bool = False) -> dict[str, Any]:
+    """Evaluate a run directory's checkpoint and merge the result into its eval.json.
+
+    names: the metrics (default: the recipe's ``eval.metrics``). Also computes the held-out
+    losses of every training step on `split`. Returns the record written under
+    ``evaluations[<checkpoint>/<split>]`` of eval.json: checkpoint, step, split, options,
+    seconds, and ``metrics`` ({"eval/<split>/<key>": float}).
+    """
+    from gentk import checkpoint, dist, rundir
+    from gentk.train import held_out_losses, seed_everything
+
+    if plugins is None:
+        from gentk.plugins import load_plugins
+
+        plugins = load_plugins()
+    run = load_run(run_dir, which=which, device=device, plugins=plugins, offline=offline)
+    names = list(run.recipe.eval.metrics if names is None else names)
+    if split not in run.data.split_sizes or run.data.split_sizes[split] == 0:
+        raise GentkError(f"this run's data has no '{split}' examples; splits: {', '.join(f'{k} ({v})' for k, v in run.data.split_sizes.items())}.")
+    started = time.perf_counter()
+    batch_size = run.recipe.data.common.batch_size
+    with checkpoint.preserved_rng(), torch.no_grad():
+        seed_everything(run.recipe.seed)  # metrics that draw random numbers give the same result each time
+        values = held_out_losses(run.model, run.data, split, run.recipe, run.device, dist.DistInfo())
+        found = evaluate(run.model, run.data, names, plugins=plugins, device=run.device, split=split, batch_size=batch_size, max_examples=max_examples, seed=run.recipe.seed, run_dir=run.run_dir, step=run.step, options=options)
+    values.update({f"eval/{split}/{k}": v for k, v in found.items()})
+    record = {
+        "checkpoint": str(run.checkpoint.relative_to(run.run_dir)),
+        "step": run.step,
+        "steps": run.recipe.train.steps,
+        "split": split,
+        "max_examples": max_examples,
+        "metric_names": names,
+        "options": {k: dict(v) for k, v in (options or {}).items()},
+        "seconds": time.perf_counter() - started,
+        "metrics": values,
+    }
+    path = run.run_dir / "eval.json"
+    existing = json.loads(path.read_text()) if path.is_file() else {}
+    existing.setdefault("evaluations", {})[f"{which}/{split}"] = record
+    rundir.write_json(path, existing)
+    return record

@@ -261,6 +261,33 @@ class Model(nn.Module):
         kl = sum(self.regularizers[name].kl(heads[name]) for name in self.latents)
         return self.decoder(x, self._condition(heads)) - kl
 
+    def log_importance_weights(self, x: Tensor, k: int, *, generator: torch.Generator | None = None) -> Tensor:
+        """log p(x | z_i) + log p(z_i) - log q(z_i | x) for k samples z_i ~ q(z | x): (k, B) nats.
+
+        The pieces of the importance-weighted bound (Burda et al. 2016, Eq. 8; see
+        `gentk.metrics.iwae_bound`). Defined when every latent has a Gaussian head, the only
+        head with a density q(z | x); sample i of every latent conditions the decoder together.
+        """
+        if not self.latents:
+            return self.log_prob(x).unsqueeze(0).expand(k, -1)
+        other = [name for name, spec in self.latents.items() if spec.head != "gaussian"]
+        if other:
+            raise GentkError(f"importance weights need a density q(z|x), i.e. a gaussian head on every latent; {', '.join(other)} {'has' if len(other) == 1 else 'have'} none (an adversarial or categorical code gives no likelihood bound: use recon_nll).")
+        from gentk.distributions import normal_log_prob
+
+        heads = self.encoder(x)
+        b = len(x)
+        log_w = torch.zeros(k, b, device=x.device, dtype=x.dtype)
+        codes = []
+        for name in self.latents:
+            mean, logvar = heads[name]["mean"], heads[name]["logvar"]
+            eps = torch.randn((k, *mean.shape), generator=generator, device=mean.device, dtype=mean.dtype)
+            z = mean + torch.exp(0.5 * logvar) * eps  # (k, B, size)
+            log_w += self.priors[name].log_prob(z.reshape(k * b, -1)).reshape(k, b) - normal_log_prob(z, mean, logvar).sum(-1)
+            codes.append(z.reshape(k * b, -1))
+        xs = x.unsqueeze(0).expand(k, *x.shape).reshape(k * b, *x.shape[1:])
+        return log_w + self.decoder(xs, torch.cat(codes, -1)).reshape(k, b)
+
     def iwae(self, x: Tensor, samples: int = 50) -> Tensor:
         """The importance-weighted bound on log p(x) per image (B,), in nats (Burda et al. 2016, eq. 8):
         log (1/k) sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x), k = `samples`.
