@@ -264,54 +264,40 @@ class Model(nn.Module):
     def log_importance_weights(self, x: Tensor, k: int, *, generator: torch.Generator | None = None) -> Tensor:
         """log p(x | z_i) + log p(z_i) - log q(z_i | x) for k samples z_i ~ q(z | x): (k, B) nats.
 
-        The pieces of the importance-weighted bound (Burda et al. 2016, Eq. 8; see
+        The pieces of the importance-weighted bound (Burda et al. 2016, eq. 8; see `iwae` and
         `gentk.metrics.iwae_bound`). Defined when every latent has a Gaussian head, the only
         head with a density q(z | x); sample i of every latent conditions the decoder together.
+        The decoder sees k * B images at once: split large batches.
         """
         if not self.latents:
-            return self.log_prob(x).unsqueeze(0).expand(k, -1)
+            return repeat(self.log_prob(x), "b -> k b", k=k)
         other = [name for name, spec in self.latents.items() if spec.head != "gaussian"]
         if other:
-            raise GentkError(f"importance weights need a density q(z|x), i.e. a gaussian head on every latent; {', '.join(other)} {'has' if len(other) == 1 else 'have'} none (an adversarial or categorical code gives no likelihood bound: use recon_nll).")
-        from gentk.distributions import normal_log_prob
-
+            raise GentkError(
+                f"importance weights need a density q(z|x), i.e. a gaussian head on every latent; {', '.join(other)} "
+                f"{'has' if len(other) == 1 else 'have'} none (an adversarial or categorical code gives no likelihood bound: use recon_nll)."
+            )
         heads = self.encoder(x)
-        b = len(x)
-        log_w = torch.zeros(k, b, device=x.device, dtype=x.dtype)
+        log_w = torch.zeros(k, len(x), device=x.device, dtype=x.dtype)
         codes = []
         for name in self.latents:
             mean, logvar = heads[name]["mean"], heads[name]["logvar"]
             eps = torch.randn((k, *mean.shape), generator=generator, device=mean.device, dtype=mean.dtype)
             z = mean + torch.exp(0.5 * logvar) * eps  # (k, B, size)
-            log_w += self.priors[name].log_prob(z.reshape(k * b, -1)).reshape(k, b) - normal_log_prob(z, mean, logvar).sum(-1)
-            codes.append(z.reshape(k * b, -1))
-        xs = x.unsqueeze(0).expand(k, *x.shape).reshape(k * b, *x.shape[1:])
-        return log_w + self.decoder(xs, torch.cat(codes, -1)).reshape(k, b)
+            log_p = rearrange(self.priors[name].log_prob(rearrange(z, "k b d -> (k b) d")), "(k b) -> k b", k=k)
+            log_w += log_p - normal_log_prob(z, mean, logvar).sum(-1)
+            codes.append(rearrange(z, "k b d -> (k b) d"))
+        log_px = self.decoder(repeat(x, "b c h w -> (k b) c h w", k=k), torch.cat(codes, -1))
+        return log_w + rearrange(log_px, "(k b) -> k b", k=k)
 
-    def iwae(self, x: Tensor, samples: int = 50) -> Tensor:
+    def iwae(self, x: Tensor, samples: int = 50, *, generator: torch.Generator | None = None) -> Tensor:
         """The importance-weighted bound on log p(x) per image (B,), in nats (Burda et al. 2016, eq. 8):
-        log (1/k) sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x), k = `samples`.
+        log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x), z_i ~ q(z|x), k = `samples`.
 
-        Defined when every latent has a Gaussian head and a prior with a log_prob (VAE,
-        PixelVAE); it rises towards log p(x) as k grows, and equals it for a model without
-        latents. The decoder sees B * k images at once: split large batches.
+        Defined where `log_importance_weights` is (VAE, PixelVAE); it rises towards log p(x) as
+        k grows, and equals it for a model without latents.
         """
-        if not self.latents:
-            return self.log_prob(x)
-        other = [name for name, spec in self.latents.items() if spec.head != "gaussian"]
-        if other:
-            raise GentkError(f"the importance-weighted bound needs a density q(z|x): a gaussian head on every latent; {', '.join(other)} {'has' if len(other) == 1 else 'have'} another head.")
-        heads = self.encoder(x)
-        b = len(x)
-        log_weight = torch.zeros(samples * b, device=x.device, dtype=x.dtype)
-        codes = []
-        for name in self.latents:
-            mean, logvar = (repeat(heads[name][key], "b d -> (k b) d", k=samples) for key in ("mean", "logvar"))
-            z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
-            log_weight += self.priors[name].log_prob(z) - normal_log_prob(z, mean, logvar).sum(-1)
-            codes.append(z)
-        log_weight += self.decoder(repeat(x, "b c h w -> (k b) c h w", k=samples), torch.cat(codes, -1))
-        return torch.logsumexp(rearrange(log_weight, "(k b) -> k b", k=samples), dim=0) - math.log(samples)
+        return torch.logsumexp(self.log_importance_weights(x, samples, generator=generator), dim=0) - math.log(samples)
 
 
 def _bind(method: Callable[..., Any], name: str) -> Callable[[Any], tuple[Tensor, dict[str, float]]]:

@@ -283,5 +283,5 @@ def test_iwae_approaches_the_exact_log_likelihood_of_a_tiny_model(plugins):
         bound = model.iwae(x, samples=4000)
     assert (elbo < exact - 0.01).all(), (elbo, exact)
     torch.testing.assert_close(bound, exact, atol=0.03, rtol=0)
-    with pytest.raises(GentkError, match="gaussian head"):
+    with pytest.raises(GentkError, match="a gaussian head on every latent"):
         make(plugins, {"y": CAT_ADV}).iwae(x)
