@@ -85,7 +85,8 @@ class Model(nn.Module):
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, image_shape: Sequence[int], plugins) -> Model:
-        """Build every part from the registries (contexts as in gentk.hookspecs)."""
+        """Build every part from the registries (contexts as in gentk.hookspecs); a part's
+        ValueError (a size that cannot work) becomes a `GentkError` naming its recipe table."""
         registries = plugins.registries
         spec = recipe.model
         priors, regularizers = {}, {}
@@ -97,9 +98,15 @@ class Model(nn.Module):
                 raise GentkError(f"model.latents.{name}: {exc}") from None
         encoder = None
         if spec.encoder is not None:
-            encoder = registries.encoders.get(spec.encoder.name).build(spec.encoder.config, input_shape=tuple(image_shape), latents=dict(spec.latents))
+            try:
+                encoder = registries.encoders.get(spec.encoder.name).build(spec.encoder.config, input_shape=tuple(image_shape), latents=dict(spec.latents))
+            except ValueError as exc:
+                raise GentkError(f"model.encoder ({spec.encoder.name}) for images {tuple(image_shape)}: {exc}") from None
         cond_size = sum(latent.size for latent in spec.latents.values())
-        decoder = registries.decoders.get(spec.decoder.name).build(spec.decoder.config, image_shape=tuple(image_shape), cond_size=cond_size)
+        try:
+            decoder = registries.decoders.get(spec.decoder.name).build(spec.decoder.config, image_shape=tuple(image_shape), cond_size=cond_size)
+        except ValueError as exc:
+            raise GentkError(f"model.decoder ({spec.decoder.name}) for images {tuple(image_shape)} and a code of size {cond_size}: {exc}") from None
         return cls(encoder, decoder, spec.latents, priors, regularizers)
 
     # ----------------------------------------------------------------------- parts and phases

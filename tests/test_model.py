@@ -285,3 +285,12 @@ def test_iwae_approaches_the_exact_log_likelihood_of_a_tiny_model(plugins):
     torch.testing.assert_close(bound, exact, atol=0.03, rtol=0)
     with pytest.raises(GentkError, match="a gaussian head on every latent"):
         make(plugins, {"y": CAT_ADV}).iwae(x)
+
+
+def test_a_part_that_cannot_be_built_is_a_user_error_naming_its_table(plugins):
+    tree = {"name": "t", "data": {"name": "synthetic"}, "model": {"encoder": {"name": "conv", "channels": [2, 2, 2, 2, 2]}, "latents": {"z": GAUSS_KL}, "decoder": {"name": "bernoulli"}}}
+    with pytest.raises(GentkError, match=r"model\.encoder \(conv\) for images \(1, 8, 8\): 5 stride-2 convolutions"):
+        build_model(recipe_from_dict(tree, plugins=plugins), SHAPE, plugins)
+    tree["model"] = {"encoder": {"name": "mlp"}, "latents": {"z": {"size": 1, "prior": {"name": "gaussian_mixture"}}}, "decoder": {"name": "bernoulli"}}
+    with pytest.raises(GentkError, match=r"model\.latents\.z: a mixture of Gaussians on a circle needs a latent of size >= 2"):
+        build_model(recipe_from_dict(tree, plugins=plugins), SHAPE, plugins)
