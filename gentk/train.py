@@ -17,6 +17,7 @@ stops cleanly on SIGINT / SIGTERM (saving first) and on a NaN loss (not saving).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import signal
@@ -276,8 +277,11 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
     if not final:  # resumed a run that had already finished: evaluate it once more
         with sync.unwrapped(model):
             final = run_evaluation(model, ema, data, recipe, plugins, device, info, run_dir, step)
-    if info.is_main:
-        rundir.write_json(run_dir / "eval.json", {"step": step, "best": best, "metrics": {k: v for k, v in final.items() if not k.startswith(("train/", "speed/", "lr/"))}})
+    if info.is_main:  # eval.json: the final evaluation; keeps what `gentk eval` added there
+        path = run_dir / "eval.json"
+        record = json.loads(path.read_text()) if path.is_file() else {}
+        record.update(step=step, best=best, metrics={k: v for k, v in final.items() if k.startswith("eval/")})
+        rundir.write_json(path, record)
     return TrainResult(run_dir=run_dir if info.is_main else None, metrics=final, step=step)
 
 
