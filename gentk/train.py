@@ -248,8 +248,15 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
                     sums, counted = {}, 0
                     clock, clock_step = time.perf_counter(), step
 
-                # evaluate; the best evaluation so far is checkpointed at once
-                saved = False
+                # checkpoint before evaluating: an evaluation may take minutes and changes nothing
+                interrupted = dist.any_rank(stop.requested is not None, info, device)
+                if step % cfg.checkpoint_every == 0 or step == cfg.steps or interrupted:
+                    save(step)
+                    last_saved = step
+                if interrupted:
+                    raise TrainingInterrupted(interrupt_message(stop.requested, step, cfg.steps, run_dir, recipe), run_dir=run_dir, step=step)
+
+                # evaluate; the best evaluation so far is checkpointed at once (as best.pt)
                 if step % recipe.eval.every == 0 or step == cfg.steps:
                     with sync.unwrapped(model):
                         metrics = run_evaluation(model, ema, data, recipe, plugins, device, info, run_dir, step)
@@ -262,15 +269,7 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
                     if key is not None and (best is None or metrics[key] < best["value"]):
                         best = {"name": key, "value": metrics[key], "step": step}
                         save(step, is_best=True)
-                        saved, last_saved = True, step
-
-                # periodic checkpoints, and the one that lets an interrupted run continue
-                interrupted = dist.any_rank(stop.requested is not None, info, device)
-                if not saved and (step % cfg.checkpoint_every == 0 or step == cfg.steps or interrupted):
-                    save(step)
-                    last_saved = step
-                if interrupted:
-                    raise TrainingInterrupted(interrupt_message(stop.requested, step, cfg.steps, run_dir, recipe), run_dir=run_dir, step=step)
+                        last_saved = step
     finally:
         progress.close()
 
