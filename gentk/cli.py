@@ -1,4 +1,4 @@
-"""The ``gentk`` command line: run, check, show, list, plugins, data.
+"""The ``gentk`` command line: run, check, show, list, plugins, data, eval, sample, compare.
 
 Each subcommand is a small function taking the parsed arguments and the loaded plugins.
 User errors (`GentkError`) print one paragraph and exit with code 2, without a traceback;
@@ -69,6 +69,39 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--root", default=None, help="data directory (default: $GENTK_DATA, else the user cache)")
     q.add_argument("--offline", action="store_true", help="never download; say which files are missing")
     q.set_defaults(func=cmd_data_prepare)
+
+    p = sub.add_parser("eval", help="evaluate a finished or interrupted run: writes eval.json, prints a table")
+    p.add_argument("run_dir", help="a run directory (runs/NAME-TIME)")
+    p.add_argument("--metrics", nargs="+", default=None, metavar="NAME", help="registered metrics to compute (default: the recipe's eval.metrics); `gentk list metrics`")
+    p.add_argument("--option", dest="options", action="append", default=[], metavar="METRIC.KEY=VALUE", help="a metric option, e.g. iwae.k=5000 (repeatable)")
+    p.add_argument("--checkpoint", choices=("latest", "best"), default="latest", help="which checkpoint to evaluate (default: latest)")
+    p.add_argument("--split", default="test", choices=("test", "validation", "train"), help="split to evaluate (default: test)")
+    p.add_argument("--max-examples", type=int, default=None, metavar="N", help="evaluate on at most N examples")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps or auto (default: the recipe's train.device)")
+    p.add_argument("--offline", action="store_true", help="never download data")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("sample", help="sample a grid of images from a run's model (cached PixelCNN sampler) and time it")
+    p.add_argument("run_dir", help="a run directory (runs/NAME-TIME)")
+    p.add_argument("-n", type=int, default=64, help="number of images (default: 64)")
+    p.add_argument("--out", default="samples.png", help="PNG file to write (default: samples.png)")
+    p.add_argument("--per-category", action="store_true", help="one row per category of the categorical latent (the paper's Fig. 6)")
+    p.add_argument("--checkpoint", choices=("latest", "best"), default="latest", help="which checkpoint (default: latest)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples (default: 0)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the decoder (default: 1.0)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps or auto (default: the recipe's train.device)")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("compare", help="train recipes over seeds on the same data and budget; write a side-by-side report")
+    _add_recipe_args(p, many=True)
+    p.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2 (default: 0)")
+    p.add_argument("--name", default=None, help="study name (default: the recipe names joined by '-')")
+    p.add_argument("--out", default="compare", help="directory holding studies (default: compare)")
+    p.add_argument("--device", default=None, help="device for every run (default: each recipe's train.device)")
+    p.add_argument("--metrics", nargs="+", default=None, metavar="NAME", help="metrics evaluated on the test split after training (default: each recipe's eval.metrics)")
+    p.add_argument("--option", dest="options", action="append", default=[], metavar="METRIC.KEY=VALUE", help="a metric option, e.g. iwae.k=50 (repeatable)")
+    p.add_argument("--offline", action="store_true", help="never download data")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 
@@ -149,6 +182,64 @@ def cmd_data_prepare(args: argparse.Namespace, plugins: Plugins) -> int:
     from gentk.data import prepare_dataset
 
     print(prepare_dataset(args.name, plugins, root=args.root, offline=args.offline))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
+    from gentk.metrics import evaluate_run, parse_options
+    from gentk.report import format_table
+
+    if args.max_examples is not None and args.max_examples < 1:
+        raise GentkError("--max-examples must be at least 1.")
+    record = evaluate_run(args.run_dir, names=args.metrics, which=args.checkpoint, split=args.split, max_examples=args.max_examples, options=parse_options(args.options), device=args.device, plugins=plugins, offline=args.offline)
+    prefix = f"eval/{args.split}/"
+    rows = [(k.removeprefix(prefix), v) for k, v in record["metrics"].items()]
+    print(f"{args.run_dir}: {record['checkpoint']} at step {record['step']} of {record['steps']}, {args.split} split, {record['seconds']:.1f} s")
+    print(format_table(["metric", "value"], [[k, f"{v:.6g}"] for k, v in rows]))
+    print(f"written to {args.run_dir.rstrip('/')}/eval.json")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace, plugins: Plugins) -> int:
+    import math
+    import time
+    from pathlib import Path
+
+    import torch
+
+    from gentk.metrics import load_run
+    from gentk.rundir import save_grid
+
+    if args.n < 1:
+        raise GentkError("-n must be at least 1.")
+    run = load_run(args.run_dir, which=args.checkpoint, device=args.device, plugins=plugins)
+    generator = torch.Generator(device=run.device).manual_seed(args.seed)
+    started = time.perf_counter()
+    if args.per_category:
+        categories = [spec.size for spec in run.model.latents.values() if spec.head == "categorical"]
+        if not categories:
+            raise GentkError("--per-category needs a model with a categorical latent; this one has none. Drop --per-category.")
+        per_row = max(1, math.ceil(args.n / categories[0]))
+        images = run.model.sample_per_category(per_row, generator=generator, temperature=args.temperature)
+    else:
+        per_row = max(1, round(math.sqrt(args.n)))
+        images = run.model.sample(args.n, generator=generator, temperature=args.temperature)
+    if run.device.type == "cuda":
+        torch.cuda.synchronize(run.device)
+    seconds = time.perf_counter() - started
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_grid(images, out, nrow=per_row)
+    print(f"sampled {len(images)} images in {seconds:.2f} s ({len(images) / seconds:.1f} images/s; {type(run.model.decoder).__name__}.sample on {run.device}); wrote {out}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace, plugins: Plugins) -> int:
+    from gentk.compare import compare, parse_seeds
+    from gentk.metrics import parse_options
+
+    study = compare(args.recipe, seeds=parse_seeds(args.seeds), overrides=args.overrides, name=args.name, out=args.out, device=args.device, offline=args.offline, plugins=plugins, metrics=args.metrics, options=parse_options(args.options))
+    print(f"report: {study / 'report.md'} and {study / 'report.html'}")
     return 0
 
 

@@ -1,0 +1,244 @@
+"""A comparison study: several recipes, several seeds, the same data and budget, one report.
+
+This is what gentk exists for (DESIGN.md §5): PixelGAN autoencoders against their
+baselines, trained alike and measured alike. `compare` trains each recipe once per seed
+(the same ``--set`` overrides applied to all), evaluates the final weights on the test
+split, and writes ``<out>/<name>/report.md`` and ``report.html`` (`gentk.report`).
+
+Layout of a study directory::
+
+    compare/<name>/
+      report.md, report.html, curves.png, samples/<recipe>-seed<S>.png, code_space/...
+      runs/<recipe>-seed<S>-<hash>/      one folder per (recipe, seed, resolved recipe)
+        <recipe>-<time>/                 the engine's run directory
+        train.log                        what the engine printed
+        result.json                      wall time, speed and the test evaluation
+
+The hash is of the resolved recipe, so a finished run is reused exactly when its recipe is
+the same, and an interrupted one is resumed (``--resume auto``) by the next call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import platform
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from gentk import rundir
+from gentk.errors import GentkError
+from gentk.recipe import Recipe, load_recipe
+
+
+@attrs.frozen
+class RunResult:
+    """One (recipe, seed) of a study, as the report shows it."""
+
+    recipe: str
+    seed: int
+    run_dir: Path
+    steps: int
+    wall_s: float
+    steps_per_s: float | None
+    metrics: dict[str, float]  # test metrics, keys without the "eval/test/" prefix
+    reused: bool
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0,1,2' -> [0, 1, 2] (also '0-2'); seeds are distinct non-negative integers."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part:
+                lo, hi = (int(v) for v in part.split("-", 1))
+                seeds += list(range(lo, hi + 1))
+            elif part:
+                seeds.append(int(part))
+    except ValueError:
+        raise GentkError(f"--seeds '{text}': expected comma-separated integers such as 0,1,2 (or a range 0-2).") from None
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise GentkError(f"--seeds '{text}': give at least one seed, each a distinct non-negative integer.")
+    return seeds
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    """8 hex digits identifying a resolved recipe (its TOML), to tell reusable runs apart."""
+    return hashlib.sha1(recipe.to_toml().encode()).hexdigest()[:8]
+
+
+class _StudyProgress:
+    """A `gentk_log` hook implementation moving one bar over the whole study."""
+
+    def __init__(self, bar: tqdm) -> None:
+        self.bar = bar
+        self.base = 0
+
+    def gentk_log(self, run_dir, step, scalars) -> None:
+        self.bar.update(max(0, self.base + step - self.bar.n))
+
+
+def compare(
+    paths: Sequence[str | Path],
+    *,
+    seeds: Sequence[int] = (0,),
+    overrides: Sequence[str] = (),
+    name: str | None = None,
+    out: str | Path = "compare",
+    device: str | None = None,
+    offline: bool = False,
+    plugins=None,
+    metrics: Sequence[str] | None = None,
+    options: dict[str, dict[str, Any]] | None = None,
+) -> Path:
+    """Run the study and write its report; returns the study directory.
+
+    Each recipe file is loaded with `overrides` plus ``seed=S`` for each seed. metrics: the
+    metrics evaluated on the test split after training (default: each recipe's own
+    ``eval.metrics``), with `options` as for `gentk eval --option`.
+    """
+    from gentk.metrics import evaluate_run
+    from gentk.train import train
+
+    if plugins is None:
+        from gentk.plugins import load_plugins
+
+        plugins = load_plugins()
+    if not paths:
+        raise GentkError("gentk compare needs at least one recipe.")
+    studies = [[load_recipe(p, [*overrides, f"seed={s}"], plugins=plugins) for s in seeds] for p in paths]
+    names = [runs[0].name for runs in studies]
+    if len(set(names)) != len(names):
+        raise GentkError(f"two recipes share a name ({', '.join(names)}); give each its own `name` (e.g. --set is applied to all, so edit or copy a file).")
+    name = name or "-".join(names)
+    study_dir = Path(out) / name
+    study_dir.mkdir(parents=True, exist_ok=True)
+
+    total = sum(r.train.steps for runs in studies for r in runs)
+    bar = tqdm(total=total, unit="step", desc=f"compare {name}", dynamic_ncols=True, file=sys.stderr)
+    progress = _StudyProgress(bar)
+    results: list[RunResult] = []
+    plugins.pm.register(progress, name="gentk.compare.progress")
+    try:
+        for runs in studies:
+            for recipe in runs:
+                bar.set_postfix_str(f"{recipe.name} seed {recipe.seed}")
+                results.append(_run_one(recipe, study_dir, progress, plugins, device=device, offline=offline, metrics=metrics, options=options, train=train, evaluate_run=evaluate_run))
+                progress.base += recipe.train.steps
+                bar.update(progress.base - bar.n)
+    finally:
+        plugins.pm.unregister(progress)
+        bar.close()
+
+    meta = _meta(name, paths, studies, overrides, seeds, results)
+    _write(study_dir, meta, results, names)
+    return study_dir
+
+
+def _run_one(recipe: Recipe, study_dir: Path, progress: _StudyProgress, plugins, *, device, offline, metrics, options, train, evaluate_run) -> RunResult:
+    """Train (or reuse, or resume) one recipe at one seed, then evaluate it on the test split."""
+    root = study_dir / "runs" / f"{recipe.name}-seed{recipe.seed}-{recipe_hash(recipe)}"
+    root.mkdir(parents=True, exist_ok=True)
+    result_path = root / "result.json"
+    wanted = list(recipe.eval.metrics if metrics is None else metrics)
+    record = json.loads(result_path.read_text()) if result_path.is_file() else {}
+    if record.get("finished") and record.get("metric_names") == wanted and record.get("options") == (options or {}) and Path(record["run_dir"]).is_dir():
+        return _result(recipe, record, reused=True)
+
+    earlier = record.get("wall_s", 0.0)  # time spent by earlier, interrupted attempts
+    started = time.perf_counter()
+    try:
+        with open(root / "train.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            trained = train(recipe, plugins=plugins, out=root, device=device, resume="auto", offline=offline)
+    except BaseException:
+        rundir.write_json(result_path, {"finished": False, "wall_s": earlier + time.perf_counter() - started})
+        raise
+    wall = earlier + time.perf_counter() - started
+    evaluation = evaluate_run(trained.run_dir, names=wanted, which="latest", split="test", options=options, device=device, plugins=plugins, offline=offline)
+    speeds = rundir.read_metrics(trained.run_dir).get("speed/steps_per_s")
+    record = {
+        "finished": True,
+        "run_dir": str(trained.run_dir),
+        "steps": trained.step,
+        "wall_s": wall,
+        "steps_per_s": float(np.mean(speeds["value"])) if speeds is not None and len(speeds) else None,
+        "metric_names": wanted,
+        "options": options or {},
+        "metrics": {k.removeprefix("eval/test/"): v for k, v in evaluation["metrics"].items()},
+    }
+    rundir.write_json(result_path, record)
+    return _result(recipe, record, reused=False)
+
+
+def _result(recipe: Recipe, record: dict[str, Any], *, reused: bool) -> RunResult:
+    headline = {k: v for k, v in record["metrics"].items() if "/" not in k or k.endswith("reconstruction/loss")}
+    return RunResult(recipe.name, recipe.seed, Path(record["run_dir"]), record["steps"], record["wall_s"], record["steps_per_s"], headline, reused)
+
+
+def _meta(name: str, paths, studies, overrides, seeds, results: list[RunResult]) -> dict[str, Any]:
+    setup, data_seen, steps_seen = [], {}, {}
+    for path, runs in zip(paths, studies):
+        r = runs[0]
+        data = r.to_dict()["data"]
+        data_text = ", ".join(f"{k} = {data[k]}" for k in ("name", "binarize", "labeled", "size", "classes") if k in data)
+        reused = sum(x.reused for x in results if x.recipe == r.name)
+        setup.append({"name": r.name, "path": str(path), "data": data_text, "steps": r.train.steps, "batch_size": r.data.common.batch_size, "runs": f"{len(runs)} ({reused} reused)"})
+        data_seen[r.name] = (r.data.name, data.get("binarize"))
+        steps_seen[r.name] = r.train.steps
+    differences = []
+    if len(set(data_seen.values())) > 1:
+        differences.append("data: " + ", ".join(f"{k} {v[0]} ({v[1]})" for k, v in data_seen.items()))
+    if len(set(steps_seen.values())) > 1:
+        differences.append("steps: " + ", ".join(f"{k} {v}" for k, v in steps_seen.items()))
+    command = "gentk compare " + " ".join(shlex.quote(str(p)) for p in paths) + f" --seeds {','.join(map(str, seeds))}" + "".join(f" --set {shlex.quote(o)}" for o in overrides)
+    return {
+        "name": name,
+        "command": command,
+        "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": f"{platform.platform()}, {torch.get_num_threads()} torch threads" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"),
+        "seeds": list(seeds),
+        "overrides": list(overrides),
+        "setup": setup,
+        "differences": differences,
+        "checkpoint": "latest",
+    }
+
+
+def _write(study_dir: Path, meta: dict[str, Any], results: list[RunResult], names: list[str]) -> None:
+    from gentk.report import plot_learning_curves, study_blocks, write_report
+
+    series: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    samples, code_plots = [], []
+    for r in results:
+        series[r.recipe].append(rundir.read_metrics(r.run_dir) if (r.run_dir / "metrics.h5").is_file() else {})
+        if r.seed != meta["seeds"][0]:
+            continue  # one grid per recipe: the first seed's
+        grids = sorted((r.run_dir / "samples").glob("step-*.png"))
+        if grids:
+            target = study_dir / "samples" / f"{r.recipe}-seed{r.seed}.png"
+            target.parent.mkdir(exist_ok=True)
+            shutil.copyfile(grids[-1], target)
+            samples.append((f"{r.recipe} (seed {r.seed}, step {r.steps})", str(target.relative_to(study_dir))))
+        plots = sorted((r.run_dir / "code_space").glob(f"*-step-{r.steps:08d}.png"))
+        for plot in plots:
+            target = study_dir / "code_space" / f"{r.recipe}-seed{r.seed}-{plot.name.split('-step-')[0]}.png"
+            target.parent.mkdir(exist_ok=True)
+            shutil.copyfile(plot, target)
+            code_plots.append((f"{r.recipe}: {plot.name.split('-step-')[0]}", str(target.relative_to(study_dir))))
+    curves = plot_learning_curves(series, study_dir / "curves.png")
+    blocks = study_blocks(meta, results, names, curves=str(curves.relative_to(study_dir)) if curves else None, samples=samples, code_plots=code_plots)
+    write_report(study_dir, blocks, f"gentk compare: {meta['name']}")
+    rundir.write_json(study_dir / "study.json", {"meta": meta, "results": [{**attrs.asdict(r), "run_dir": str(r.run_dir)} for r in results]})

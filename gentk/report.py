@@ -1,0 +1,267 @@
+"""Side-by-side reports of a comparison study (markdown and HTML), with the paper's numbers.
+
+A report is built once as a list of blocks (headings, paragraphs, tables, image rows) and
+rendered twice, as ``report.md`` and ``report.html``, so the two never disagree. Every
+metric is shown as mean +- sample standard deviation over seeds, with the published number
+beside it where the paper has one (`PAPER`): Table 1 of Makhzani & Frey 2017, "PixelGAN
+Autoencoders" (test error %, mean +- std), and the binarized-MNIST NLL baselines of
+DESIGN.md §5. Learning curves need matplotlib (the ``plots`` extra); without it the report
+says so instead of drawing them.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from gentk.metrics import mean_std
+
+
+@attrs.frozen
+class PaperNumber:
+    """A published result: value (and std over runs, when given) and where it comes from."""
+
+    value: float
+    std: float | None
+    source: str
+
+    def text(self) -> str:
+        return f"{self.value:g}" + (f" ± {self.std:g}" if self.std is not None else "")
+
+
+_T1 = "Makhzani & Frey 2017, Table 1"
+_PIXELGAN_T1 = {
+    "pixelgan_mnist_unsup": ("cluster_error_aae", 5.27, 1.81, f"{_T1}, PixelGAN AE, MNIST unsupervised (30 clusters)"),
+    "pixelgan_mnist_20": ("semisup_error", 12.08, 5.50, f"{_T1}, PixelGAN AE, MNIST 20 labels"),
+    "pixelgan_mnist_50": ("semisup_error", 1.16, 0.17, f"{_T1}, PixelGAN AE, MNIST 50 labels"),
+    "pixelgan_mnist_100": ("semisup_error", 1.08, 0.15, f"{_T1}, PixelGAN AE, MNIST 100 labels"),
+    "pixelgan_svhn_500": ("semisup_error", 10.47, 1.80, f"{_T1}, PixelGAN AE, SVHN 500 labels"),
+    "pixelgan_svhn_1000": ("semisup_error", 6.96, 0.55, f"{_T1}, PixelGAN AE, SVHN 1000 labels"),
+    "pixelgan_norb_1000": ("semisup_error", 8.90, 1.0, f"{_T1}, PixelGAN AE, NORB 1000 labels"),
+}
+
+# (recipe name, metric key) -> the published number. A recipe named NAME_cpu (a CPU budget
+# variant in recipes/paper/) is shown beside the full-scale number of NAME.
+PAPER: dict[tuple[str, str], PaperNumber] = {
+    **{(recipe, key): PaperNumber(v, s, src) for recipe, (key, v, s, src) in _PIXELGAN_T1.items()},
+    ("pixelgan_categorical", "cluster_error_aae"): PaperNumber(5.27, 1.81, f"{_T1}, PixelGAN AE, MNIST unsupervised (30 clusters)"),
+    ("pixelgan_semisup", "semisup_error"): PaperNumber(1.08, 0.15, f"{_T1}, PixelGAN AE, MNIST 100 labels"),
+    ("aae_semisup", "semisup_error"): PaperNumber(1.90, 0.10, f"{_T1}, AAE, MNIST 100 labels (Makhzani et al. 2016, Table 2)"),
+    ("pixelcnn", "nll"): PaperNumber(81.30, None, "PixelCNN on binarized MNIST, test NLL in nats (van den Oord et al. 2016)"),
+    ("pixelvae", "iwae_nll"): PaperNumber(79.66, None, "PixelVAE on binarized MNIST, test NLL in nats (Gulrajani et al. 2017)"),
+    ("vae", "iwae_nll"): PaperNumber(86.76, None, "VAE, one stochastic layer, test NLL in nats, k = 5000 (Burda et al. 2016, Table 1)"),
+}
+
+# Table 1's AAE row, for docs/results.md and readers of this module: no recipe reproduces
+# these columns yet (the AAE clustering model is not among the recipes).
+AAE_TABLE1 = {"mnist_unsup_30": (4.10, 1.13), "mnist_100": (1.90, 0.10), "svhn_1000": (17.70, 0.30)}
+
+
+def paper_number(recipe: str, key: str) -> PaperNumber | None:
+    """The published number for a metric of a recipe, if there is one (see `PAPER`)."""
+    return PAPER.get((recipe, key)) or PAPER.get((recipe.removesuffix("_cpu"), key))
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def format_value(mean: float, std: float | None = None) -> str:
+    """A compact number: 4 significant digits, with '± std' when given."""
+    def fmt(v: float) -> str:
+        return f"{v:.4g}" if math.isfinite(v) else str(v)
+
+    return fmt(mean) + (f" ± {fmt(std)}" if std is not None else "")
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain-text table with aligned columns (for the terminal)."""
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths)).rstrip(), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- blocks and renderers
+
+
+@attrs.frozen
+class Heading:
+    text: str
+    level: int = 2
+
+
+@attrs.frozen
+class Paragraph:
+    text: str  # plain text; `code` spans are kept as such in both renderings
+
+
+@attrs.frozen
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+
+
+@attrs.frozen
+class Images:
+    items: list[tuple[str, str]]  # (caption, path relative to the report)
+
+
+Block = Heading | Paragraph | Table | Images
+
+
+def render_markdown(blocks: Sequence[Block]) -> str:
+    out = []
+    for b in blocks:
+        if isinstance(b, Heading):
+            out.append("#" * b.level + " " + b.text)
+        elif isinstance(b, Paragraph):
+            out.append(b.text)
+        elif isinstance(b, Table):
+            esc = [[c.replace("|", "\\|") for c in row] for row in [b.header, *b.rows]]
+            out.append("\n".join(["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(b.header)] + ["| " + " | ".join(r) + " |" for r in esc[1:]]))
+        elif isinstance(b, Images):
+            out.append("| " + " | ".join(c for c, _ in b.items) + " |\n|" + "---|" * len(b.items) + "\n| " + " | ".join(f"![{c}]({p})" for c, p in b.items) + " |")
+    return "\n\n".join(out) + "\n"
+
+
+def _inline_html(text: str) -> str:
+    parts = html.escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def render_html(blocks: Sequence[Block], title: str) -> str:
+    body = []
+    for b in blocks:
+        if isinstance(b, Heading):
+            body.append(f"<h{b.level}>{_inline_html(b.text)}</h{b.level}>")
+        elif isinstance(b, Paragraph):
+            body.append(f"<p>{_inline_html(b.text)}</p>")
+        elif isinstance(b, Table):
+            head = "".join(f"<th>{_inline_html(c)}</th>" for c in b.header)
+            rows = "".join("<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in row) + "</tr>" for row in b.rows)
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif isinstance(b, Images):
+            cells = "".join(f'<figure><img src="{html.escape(p)}" alt="{html.escape(c)}"><figcaption>{_inline_html(c)}</figcaption></figure>' for c, p in b.items)
+            body.append(f'<div class="images">{cells}</div>')
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+        "th{background:#f4f4f4}.images{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0}"
+        "img{image-rendering:pixelated;max-width:360px}figcaption{font-size:90%;text-align:center}"
+    )
+    return f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title><style>{style}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
+
+
+# --------------------------------------------------------------------------- the study report
+
+
+def metric_rows(results: Sequence[Any], recipes: Sequence[str]) -> list[list[str]]:
+    """One row per metric key: mean ± std over seeds per recipe, the paper's number beside it.
+
+    results: objects with ``recipe``, ``metrics`` ({key: float}, keys without the
+    ``eval/<split>/`` prefix), ``wall_s``, ``steps_per_s`` and ``steps``.
+    """
+    keys: list[str] = []
+    for r in results:
+        keys += [k for k in r.metrics if k not in keys]
+    rows = []
+    for key in keys:
+        row = [key]
+        for recipe in recipes:
+            values = [r.metrics[key] for r in results if r.recipe == recipe and key in r.metrics]
+            cell = format_value(*mean_std(values)) if values else "—"
+            paper = paper_number(recipe, key)
+            if paper is not None:
+                cell += f" (paper {paper.text()})"
+            row.append(cell)
+        rows.append(row)
+    for label, attr in (("wall time (s)", "wall_s"), ("steps/s", "steps_per_s"), ("steps", "steps")):
+        row = [label]
+        for recipe in recipes:
+            values = [getattr(r, attr) for r in results if r.recipe == recipe and getattr(r, attr) is not None]
+            row.append(format_value(*mean_std(values)) if values else "—")
+        rows.append(row)
+    return rows
+
+
+def plot_learning_curves(series: dict[str, list[dict[str, Any]]], path: Path, names: Sequence[str] = ("train/reconstruction/loss", "eval/validation/reconstruction/loss")) -> Path | None:
+    """Curves of `names` (one panel each), a colour per recipe and a line per seed; None without matplotlib.
+
+    series: recipe -> list over seeds of {scalar name: array of (step, value)} (`gentk.rundir.read_metrics`).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, name in zip(axes[0], names):
+        for i, (recipe, runs) in enumerate(series.items()):
+            for j, metrics in enumerate(runs):
+                if name in metrics and len(metrics[name]):
+                    data = metrics[name]
+                    ax.plot(data["step"], data["value"], color=colors[i % len(colors)], alpha=0.8, lw=1, label=recipe if j == 0 else None)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.set_ylabel("nats per image")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def study_blocks(meta: dict[str, Any], results: Sequence[Any], recipes: Sequence[str], *, curves: str | None, samples: list[tuple[str, str]], code_plots: list[tuple[str, str]]) -> list[Block]:
+    """The report of a study as blocks (see `gentk.compare.compare` for `meta` and `results`)."""
+    seeds = meta["seeds"]
+    blocks: list[Block] = [
+        Heading(f"Comparison: {meta['name']}", 1),
+        Paragraph(f"Command: `{meta['command']}`"),
+        Paragraph(f"Written {meta['time']} on {meta['machine']}. Seeds: {', '.join(map(str, seeds))}. Overrides applied to every recipe: {', '.join(f'`{o}`' for o in meta['overrides']) or 'none'}."),
+        Heading("Setup"),
+        Table(["recipe", "file", "data", "steps", "batch", "runs"], [[s["name"], f"`{s['path']}`", s["data"], str(s["steps"]), str(s["batch_size"]), s["runs"]] for s in meta["setup"]]),
+    ]
+    if meta.get("differences"):
+        blocks.append(Paragraph("Warning: the recipes do not share the same data and budget: " + "; ".join(meta["differences"]) + ". Use --set to align them (e.g. `--set train.steps=N`) for a fair comparison."))
+    blocks += [
+        Heading("Results"),
+        Paragraph(
+            f"Test split, {meta['checkpoint']} checkpoint of each run; mean ± sample standard deviation over {len(seeds)} seed(s) "
+            "(± 0 for one seed). The paper's number, where it has one, is in parentheses; it was obtained at the paper's "
+            "full scale, so a smaller budget is not expected to reach it. Errors are in %, likelihoods in nats per image "
+            "(`_bpd`: bits per dimension). Metric definitions: docs/compare.md."
+        ),
+        Table(["metric", *recipes], metric_rows(results, recipes)),
+        Heading("Learning curves"),
+    ]
+    if curves:
+        blocks.append(Images([("reconstruction loss (train, held-out)", curves)]))
+    else:
+        blocks.append(Paragraph('matplotlib is not installed, so this report has no learning curves: pip install "gentk[plots]" and run the same `gentk compare` again (finished runs are reused).'))
+    blocks.append(Heading("Samples"))
+    blocks.append(Images(samples) if samples else Paragraph("No sample grids: the runs were made with eval.samples = 0."))
+    if code_plots:
+        blocks += [Heading("Code space"), Paragraph("Codes z ~ q(z|x) of test images coloured by label (top-2 PCA axes for codes of more than 2 dimensions)."), Images(code_plots)]
+    blocks += [
+        Heading("Runs"),
+        Table(["recipe", "seed", "run directory", "steps", "wall (s)", "steps/s", "reused"], [[r.recipe, str(r.seed), f"`{r.run_dir}`", str(r.steps), format_value(r.wall_s), format_value(r.steps_per_s) if r.steps_per_s is not None else "—", "yes" if r.reused else "no"] for r in results]),
+    ]
+    return blocks
+
+
+def write_report(study_dir: Path, blocks: Sequence[Block], title: str) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.html`` into `study_dir`."""
+    md, page = study_dir / "report.md", study_dir / "report.html"
+    md.write_text(render_markdown(blocks))
+    page.write_text(render_html(blocks, title))
+    return md, page
