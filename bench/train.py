@@ -83,12 +83,20 @@ def child(args) -> None:
         train(recipe, plugins=plugins, out=out, device=args.device)
         (run,) = Path(out).iterdir()
         logs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "speed/steps_per_s" in line]
-    timed = logs[-1]  # the log at the last step covers exactly the timed steps
+    # each log covers the steps since the previous one: add up the time of those after warm-up
+    seconds, steps, previous = 0.0, 0, 0
+    for entry in logs:
+        if previous >= args.warmup:
+            seconds += (entry["step"] - previous) / entry["speed/steps_per_s"]
+            steps += entry["step"] - previous
+        previous = entry["step"]
+    steps_per_s = steps / seconds
     if args.device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(json.dumps({"steps_per_s": timed["speed/steps_per_s"], "images_per_s": timed["speed/images_per_s"], "peak_mib": peak, "batch": recipe.data.common.batch_size}))
+    batch = recipe.data.common.batch_size
+    print(json.dumps({"steps_per_s": steps_per_s, "images_per_s": steps_per_s * batch, "peak_mib": peak, "batch": batch}))
 
 
 def table(rows: list[tuple[str, str, dict]], args) -> str:
@@ -99,7 +107,7 @@ def table(rows: list[tuple[str, str, dict]], args) -> str:
         "## Training speed per recipe (bench/train.py)",
         "",
         f"`{' '.join(['python bench/train.py', *sys.argv[1:]])}` on {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; "
+        f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {args.threads or torch.get_num_threads()} thread(s), device {args.device}; "
         f"{args.warmup} warm-up steps, then {args.steps} timed steps through the engine. "
         "Default = the recipe as written (MNIST, batch 100); small = the `--set` values of the recipe's "
         "\"Small budget\" header comment. Peak memory is the peak resident set of the whole process (data included) on CPU, "
@@ -132,6 +140,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--sizes", default="default,small", help="comma-separated: default, small")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (train.threads; default: torch's choice)")
     parser.add_argument("--write", type=Path, default=None, help="replace this script's section of this markdown file")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
@@ -144,6 +153,8 @@ def main() -> None:
     for recipe in recipes:
         for size in args.sizes.split(","):
             overrides = small_overrides(recipe) if size == "small" else []
+            if args.threads:
+                overrides.append(f"train.threads={args.threads}")
             result = measure(str(recipe), overrides, args.steps, args.warmup, args.device)
             rows.append((recipe.stem, size, result))
             print(f"{recipe.stem:28s} {size:8s} {json.dumps(result)}", flush=True)
