@@ -570,20 +570,15 @@ def write_samples(model, recipe: Recipe, device, path: Path) -> Path:
     """A PNG grid: one row per category for a categorical latent (the paper's Figure 6), else a square."""
     generator = torch.Generator(device=device).manual_seed(recipe.seed)
     n = recipe.eval.samples
-    categories = categorical_size(recipe)
-    if categories and hasattr(model, "sample_per_category"):
-        per_row = max(1, math.ceil(n / categories))
-        images = model.sample_per_category(per_row, generator=generator)
+    latent = next((name for name, spec in recipe.model.latents.items() if spec.head == "categorical"), None)
+    if latent is not None and hasattr(model, "sample_per_category"):
+        per_row = max(1, math.ceil(n / recipe.model.latents[latent].size))
+        images = model.sample_per_category(per_row, latent=latent, generator=generator)
         images = images.reshape(-1, *images.shape[-3:])
     else:
         per_row = max(1, round(math.sqrt(n)))
         images = model.sample(n, generator=generator)
     return rundir.save_grid(images, path, nrow=per_row)
-
-
-def categorical_size(recipe: Recipe) -> int:
-    """The number of categories of the model's categorical latent (0 if it has none)."""
-    return next((latent.size for latent in recipe.model.latents.values() if latent.head == "categorical"), 0)
 
 
 # --------------------------------------------------------------------------- stopping and reporting

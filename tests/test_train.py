@@ -93,12 +93,21 @@ def losses(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_run_fills_the_run_directory(tmp_path, plugins, recipe_file):
+def test_run_fills_the_run_directory(tmp_path, recipe_file):
+    evaluations = []
+
+    class Follower:  # a run callback plugin
+        @gentk.hookimpl
+        def gentk_after_eval(self, run_dir, step, metrics):
+            evaluations.append((run_dir, step, metrics["eval/validation/reconstruction/loss"]))
+
+    plugins = gentk.load_plugins(autoload=False, plugins=[Follower()])
     recipe = load(recipe_file, plugins, "train.keep_last=2")
     result = train(recipe, plugins=plugins, out=tmp_path / "runs")
     run = result.run_dir
     assert run.parent == tmp_path / "runs" and run.name.startswith("tiny_semisup-")
     assert result.step == 12 and math.isfinite(result.metrics["eval/validation/reconstruction/loss"])
+    assert [(r, s) for r, s, _ in evaluations] == [(run, 6), (run, 12)] and evaluations[-1][2] == result.metrics["eval/validation/reconstruction/loss"]
 
     # resolved recipe, environment, final evaluation
     assert gentk.load_recipe(run / "recipe.toml", plugins=plugins).to_dict() == recipe.to_dict()
