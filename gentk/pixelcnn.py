@@ -49,6 +49,8 @@ current column only (and to every 1x1 conv of the horizontal stack and the head)
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from typing import Literal
 
@@ -85,6 +87,7 @@ class PixelCNNConfig:
     likelihood: Likelihood = option("bernoulli", "per sub-pixel distribution: bernoulli, categorical256 or logistic_mixture", choices=LIKELIHOODS)
     mixtures: int = option(5, "logistic components per sub-pixel (logistic_mixture)", ge=1)
     map_channels: int = option(16, "channels of the spatial map made from c (location_dependent, input_concat)", ge=1)
+    bf16: bool = option(False, "train on CPU under bfloat16 autocast (needs native bf16: AVX512-BF16 or AMX); evaluation and sampling stay fp32")
 
 
 # --------------------------------------------------------------------------- likelihoods
@@ -223,13 +226,14 @@ class GatedLayer(nn.Module):
 
     vertical:   v_pre = conv_{k//2+1 x k}(v) + cond_v;  v' = gate(v_pre)
     horizontal: h_pre = conv_{1 x k//2+1}(h) + 1x1(shift_down(v_pre)) + cond_h
-                g = gate(h_pre);  h' = h + 1x1(g) (no residual in the first layer);
-                skip = 1x1(g)
+                g = gate(h_pre);  [r, s] = 1x1(g)
+                h' = h + r (residual; the first layer has none), skip contribution s
+    The residual and skip 1x1 convs are one conv with 2p outputs (one GEMM, not two).
     """
 
     def __init__(self, in_channels: int, channels: int, kernel: int, *, in_groups: Tensor, groups: int, first: bool) -> None:
         super().__init__()
-        self.kernel, self.first = kernel, first
+        self.kernel, self.first, self.channels = kernel, first, channels
         self.v_rows, self.h_cols = kernel // 2 + 1, kernel // 2 + 1
         features = feature_groups(channels, groups)
         pre_groups = torch.cat([features, features])  # a and b halves of the gate share groups
@@ -238,24 +242,22 @@ class GatedLayer(nn.Module):
         h_mask[:, :, 0, -1] = channel_mask(pre_groups, in_groups, strict=first)  # current column only
         self.h_conv = MaskedConv2d(in_channels, 2 * channels, (1, self.h_cols), mask=None if h_mask.all() else h_mask)
         self.link = nn.Conv2d(2 * channels, 2 * channels, 1)
-        self.res = _conv1x1(features, features, groups)
-        self.skip = _conv1x1(features, features, groups)
+        self.out = _conv1x1(features, pre_groups, groups)  # [residual, skip]
 
     def forward(self, v: Tensor, h: Tensor, cond_v: Tensor | None, cond_h: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        # In-place adds below act on fresh conv outputs, which no backward pass needs.
         v_pre = self.v_conv(F.pad(v, (self.kernel // 2, self.kernel // 2, self.v_rows - 1, 0)))
         if cond_v is not None:
-            v_pre = v_pre + cond_v
+            v_pre += cond_v
         h_pre = self.h_conv(F.pad(h, (self.h_cols - 1, 0, 0, 0)))
         if cond_h is not None:
-            h_pre = h_pre + cond_h
-        # Row i of the horizontal stack may use vertical rows <= i-1 only: shift down one row.
-        # The last vertical row is never used, so the 1x1 link skips it.
+            h_pre += cond_h
         if v_pre.shape[2] > 1:
-            link = self.link(v_pre[:, :, :-1])
-            h_pre = h_pre + F.pad(link, (0, 0, 1, 0))
-        g = gate(h_pre)
-        h_out = self.res(g) if self.first else h + self.res(g)
-        return gate(v_pre), h_out, self.skip(g)
+            # Row i of the horizontal stack may use vertical rows <= i-1 only: shift down one
+            # row. The last vertical row is never used, so the link skips it.
+            h_pre[:, :, 1:] += self.link(v_pre[:, :, :-1])
+        res, skip = self.out(gate(h_pre)).chunk(2, dim=1)
+        return gate(v_pre), res if self.first else res + h, skip
 
 
 class SpatialMap(nn.Module):
@@ -284,6 +286,17 @@ class SpatialMap(nn.Module):
 
 
 # --------------------------------------------------------------------------- the decoder
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 dot products natively (Linux /proc/cpuinfo flags)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 class PixelCNNDecoder(nn.Module):
@@ -377,13 +390,26 @@ class PixelCNNDecoder(nn.Module):
         for i, layer in enumerate(self.layers):
             cond_v, cond_h = self._layer_cond(i, bias, cmap)
             v, h, s = layer(v, h, cond_v, cond_h)
-            skip = s if skip is None else skip + s
+            skip = s if i == 0 else skip + s if i == 1 else skip.add_(s)  # in place once skip is a fresh sum
         out = self.head2(F.relu(self.head1(F.relu(skip))))
         return rearrange(out, "b (c k) h w -> b c k h w", c=self.image_shape[0])
 
     def forward(self, x: Tensor, c: Tensor | None = None) -> Tensor:
-        """Exact log p(x | c) in nats per image, shape (b,)."""
-        params = rearrange(self.logits(x, c), "b c k h w -> b c h w k")
+        """Exact log p(x | c) in nats per image, shape (b,).
+
+        With the ``bf16`` option, in training mode on CPU the network runs under bfloat16
+        autocast (about twice as fast on CPUs with native bf16) and the likelihood of its
+        outputs is computed in fp32; in eval mode it is always exact fp32.
+        """
+        if self.config.bf16 and self.training and x.device.type == "cpu":
+            if not cpu_has_native_bf16():
+                raise GentkError("pixelcnn: bf16 = true needs a CPU with native bfloat16 (AVX512-BF16 or AMX); this one has none. Set bf16 = false.")
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                params = self.logits(x, c)
+            params = params.float()
+        else:
+            params = self.logits(x, c)
+        params = rearrange(params, "b c k h w -> b c h w k")
         return LOG_PROBS[self.config.likelihood](params, x).sum(dim=(1, 2, 3))
 
     def log_prob(self, x: Tensor, c: Tensor | None = None) -> Tensor:
@@ -429,19 +455,43 @@ class PixelCNNDecoder(nn.Module):
         self._check(None, c, n)
         if temperature <= 0:
             raise ValueError(f"pixelcnn: temperature must be > 0, got {temperature}")
-        return _CachedSampler(self, n, c).run(generator, temperature, return_params)
+        with _one_thread():
+            return _CachedSampler(self, n, c).run(generator, temperature, return_params)
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Run the cached sampler on one CPU thread, restoring the thread count afterwards.
+
+    Its kernels are tiny (16 x 128 by 128 x 128 matmuls): a second thread gains nothing,
+    and on a shared CPU the threads' barriers stall whenever one of them is descheduled
+    (measured: 0.65 s with one thread, 0.8 to 26 s with two, on the same busy machine).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class _CachedSampler:
     """State of one cached sampling run: per-layer input caches and per-row biases.
 
-    Buffers (per layer l, kernel k_l, input channels f_l):
-      vbuf[l]  (n, f_l, H + k_l//2, W + 2 (k_l//2))  the layer's vertical input, zero-padded
-               exactly as `GatedLayer.forward` pads it;
-      hbuf[l]  (n, W + k_l//2, f_l)  the layer's horizontal input on the current row,
-               column-major so that a pixel's window is one contiguous (taps, features) block;
+    Buffers (per layer l, kernel k_l, input features f_l, p = channels), all channels-last:
+      vbuf[l]  (n, H + k_l//2, W + 2 (k_l//2), f_l)  the layer's vertical input, zero-padded
+               exactly as `GatedLayer.forward` pads it; row r lives at index r + k_l//2;
+      hbuf[l]  (n, W + k_l//2, f_l)  the layer's horizontal input on the current row, so
+               that a pixel's window is one contiguous (taps, features) block;
       hbias[l] (n, W, 2p)  horizontal pre-activation terms fixed for the row: conv bias +
                link from the row above + conditioning.
+    Convolutions become matmuls on these windows (one per layer and row for the vertical
+    stack, one per layer and pixel for the horizontal one). The per-pixel step writes into
+    preallocated buffers through views made once, and uses three exact rewrites to need
+    few kernels: tanh(a) = 2 sigmoid(2a) - 1, so one sigmoid serves both gate halves (the
+    a half of the weights is doubled); the gate output (2 s_a - 1) s_b is never formed, the
+    1x1 convs after it act on [s_a s_b, s_a, s_b, 1] with weights [2W; 0; -W; bias]; and
+    the skip 1x1 convs of all layers are one matmul on all layers' gate buffers side by side.
     """
 
     def __init__(self, model: PixelCNNDecoder, n: int, c: Tensor | None) -> None:
@@ -449,104 +499,137 @@ class _CachedSampler:
         ref = model.head2.weight
         self.device, self.dtype = ref.device, ref.dtype
         self.C, self.H, self.W = model.image_shape
-        self.p = model.config.channels
+        p = self.p = model.config.channels
+        layers = model.layers
+        self.L = len(layers)
         self.bias, self.cmap = model._conditioning(c)
-        self.vbuf, self.hbuf, self.hmat = [], [], []
-        for layer in model.layers:
-            f_in = layer.v_conv.in_channels
-            half = layer.kernel // 2
-            self.vbuf.append(torch.zeros(n, f_in, self.H + layer.v_rows - 1, self.W + 2 * half, device=self.device, dtype=self.dtype))
-            self.hbuf.append(torch.zeros(n, self.W + layer.h_cols - 1, f_in, device=self.device, dtype=self.dtype))
+        new = lambda *shape: torch.zeros(*shape, device=self.device, dtype=self.dtype)  # noqa: E731
+        self.double_a = torch.cat([torch.full((p,), 2.0), torch.ones(p)]).to(self.device, self.dtype)
+        width = 3 * p + 1  # one layer's gate buffer: [s_a s_b, s_a, s_b, 1]
+        self.gates = new(n, self.L * width)
+        self.gates[:, width - 1 :: width] = 1.0
+
+        def after_gate(conv, part: slice) -> Tensor:
+            """Part of a 1x1 conv on the gate output, as a matrix acting on [s_a s_b, s_a, s_b, 1]."""
+            w = conv.masked_weight()[part, :, 0, 0].t()
+            return torch.cat([2 * w, torch.zeros_like(w), -w, conv.bias[part][None]]).contiguous()
+
+        self.vbuf, self.vmat, self.linkmat, self.hbuf, self.hbias, self.hmat = [], [], [], [], [], []
+        self.pre, self.sig, self.prod, self.gate_in, self.res = [], [], [], [], []
+        for i, layer in enumerate(layers):
+            f_in, k = layer.v_conv.in_channels, layer.kernel
+            self.vbuf.append(new(n, self.H + layer.v_rows - 1, self.W + 2 * (k // 2), f_in))
+            self.vmat.append(rearrange(layer.v_conv.weight, "o f a b -> (a b f) o").contiguous())
+            self.linkmat.append(layer.link.weight[:, :, 0, 0].t().contiguous())
+            self.hbuf.append(new(n, self.W + layer.h_cols - 1, f_in))
+            self.hbias.append(new(n, self.W, 2 * p))
             # (2p, f, 1, t) -> (t f, 2p): one matmul with the flattened (taps, features) window.
-            self.hmat.append(rearrange(layer.h_conv.masked_weight(), "o f 1 t -> (t f) o").contiguous())
-        self.res = [(layer.res.masked_weight()[:, :, 0, 0].t().contiguous(), layer.res.bias) for layer in model.layers]
-        self.skip = [(layer.skip.masked_weight()[:, :, 0, 0].t().contiguous(), layer.skip.bias) for layer in model.layers]
-        self.head1 = (model.head1.masked_weight()[:, :, 0, 0].t().contiguous(), model.head1.bias)
-        self.head2 = (model.head2.masked_weight()[:, :, 0, 0].t().contiguous(), model.head2.bias)
-        self.skip_bias = sum(b for _, b in self.skip)
-        if self.cmap is not None and model.config.conditioning == "input_concat":
-            # The map is known in advance: fill its channels of the first layer's caches.
-            layer = model.layers[0]
-            self.vbuf[0][:, self.C :, layer.v_rows - 1 :, layer.kernel // 2 : layer.kernel // 2 + self.W] = self.cmap
-        self.link = [None] * len(model.layers)  # link for the current row, (n, 2p, 1, W)
+            self.hmat.append((rearrange(layer.h_conv.masked_weight(), "o f 1 t -> (t f) o") * self.double_a).contiguous())
+            g = self.gates[:, i * width : (i + 1) * width]
+            self.gate_in.append(g)
+            self.prod.append(g[:, :p])
+            self.sig.append(g[:, p : 3 * p])
+            self.pre.append(new(n, 2 * p))
+            self.res.append(after_gate(layer.out, slice(0, p)))
+        self.skipmat = torch.cat([after_gate(layer.out, slice(p, 2 * p)) for layer in layers]).contiguous()
+        self.skip_sum = new(n, p)
+        self.hidden = new(n, p)
+        self.params = new(n, self.C * model.n_params)
+        self.head1 = (model.head1.bias, model.head1.masked_weight()[:, :, 0, 0].t().contiguous())
+        self.head2 = (model.head2.bias, model.head2.masked_weight()[:, :, 0, 0].t().contiguous())
+        if model.config.conditioning == "location_dependent":
+            self.projmat = [(proj.bias, proj.weight[:, :, 0, 0].t().contiguous()) for proj in model.cond_proj]
+        # Views made once: pixel j's window, bias row, and input slot, per layer.
+        self.window = [[hb[:, j : j + layer.h_cols].reshape(n, -1) for j in range(self.W)] for hb, layer in zip(self.hbuf, layers)]
+        self.bias_at = [[b[:, j] for j in range(self.W)] for b in self.hbias]
+        self.slot = [[hb[:, j + layer.h_cols - 1] for j in range(self.W)] for hb, layer in zip(self.hbuf, layers)]
+        if model.config.conditioning == "input_concat":
+            # The map is known in advance: fill its channels of the first layer's vertical cache.
+            first = layers[0]
+            half = first.kernel // 2
+            self.vbuf[0][:, first.v_rows - 1 :, half : half + self.W, self.C :] = rearrange(self.cmap, "n f h w -> n h w f")
+        self.link: list[Tensor | None] = [None] * self.L  # (n, W, 2p): each layer's link for the next row
 
     def _row_cond(self, i: int, row: int) -> tuple[Tensor | None, Tensor | None]:
-        """Layer i's conditioning on one row: (n, 2p, 1, W or 1) each, or None."""
-        m = self.m
+        """Layer i's conditioning on one row: (n, 1 or W, 2p) each, or None."""
         if self.bias is not None:
-            return self.bias[:, i, :, None, None].chunk(2, dim=1)
-        if m.config.conditioning == "location_dependent":
-            return m.cond_proj[i](self.cmap[:, :, row : row + 1]).chunk(2, dim=1)
+            return self.bias[:, i, None, :].chunk(2, dim=-1)
+        if self.m.config.conditioning == "location_dependent":
+            b, w = self.projmat[i]
+            proj = torch.addmm(b, rearrange(self.cmap[:, :, row], "n f w -> (n w) f"), w)
+            return rearrange(proj, "(n w) f -> n w f", n=self.n).chunk(2, dim=-1)
         return None, None
 
     def _vertical_row(self, row: int, conds) -> None:
-        """Run the vertical stack on a finished row: fills the next layer's caches and the links."""
+        """Run the vertical stack once on a finished row: next layers' caches and the links."""
+        n, W = self.n, self.W
         for i, layer in enumerate(self.m.layers):
-            v_pre = layer.v_conv(self.vbuf[i][:, :, row : row + layer.v_rows])
+            rows = self.vbuf[i][:, row : row + layer.v_rows]  # (n, k//2 + 1, W + pad, f)
+            windows = rearrange(rows.unfold(2, layer.kernel, 1), "n a w f b -> (n w) (a b f)")
+            v_pre = torch.addmm(layer.v_conv.bias, windows, self.vmat[i])
+            v_pre = rearrange(v_pre, "(n w) o -> n w o", n=n)
             if conds[i][0] is not None:
                 v_pre = v_pre + conds[i][0]
-            self.link[i] = layer.link(v_pre)
-            if i + 1 < len(self.m.layers):
+            self.link[i] = torch.addmm(layer.link.bias, rearrange(v_pre, "n w o -> (n w) o"), self.linkmat[i]).view(n, W, -1)
+            if i + 1 < self.L:
                 nxt = self.m.layers[i + 1]
                 half = nxt.kernel // 2
-                self.vbuf[i + 1][:, :, row + nxt.v_rows - 1 : row + nxt.v_rows, half : half + self.W] = gate(v_pre)
+                self.vbuf[i + 1][:, row + nxt.v_rows - 1, half : half + W] = gate(v_pre, dim=-1)
 
-    def _row_biases(self, row: int, conds) -> list[Tensor]:
-        """The fixed part of each layer's horizontal pre-activation on this row, (n, W, 2p)."""
-        out = []
+    def _row_biases(self, row: int, conds) -> None:
+        """Fill hbias: the fixed part of each layer's horizontal pre-activation on this row."""
         for i, layer in enumerate(self.m.layers):
-            b = layer.h_conv.bias.view(1, -1, 1, 1).expand(self.n, -1, 1, self.W)
+            b = layer.h_conv.bias.expand(self.n, self.W, -1)
             if conds[i][1] is not None:
                 b = b + conds[i][1]
             if row > 0:
                 b = b + self.link[i]
-            out.append(rearrange(b, "n f 1 w -> n w f").contiguous())
-        return out
+            torch.mul(b, self.double_a, out=self.hbias[i])
 
-    def _pixel(self, j: int, hbias: list[Tensor]) -> Tensor:
-        """Horizontal stack + head at column j of the current row: parameters (n, C, K)."""
-        skip = None
-        last = len(self.m.layers) - 1
+    def _pixel(self, j: int) -> Tensor:
+        """Horizontal stack + head at column j of the current row: parameters (n, C K)."""
+        last = self.L - 1
         for i, layer in enumerate(self.m.layers):
-            window = self.hbuf[i][:, j : j + layer.h_cols].reshape(self.n, -1)
-            pre = torch.addmm(hbias[i][:, j], window, self.hmat[i])
-            g = gate(pre, dim=-1)
-            w_res, b_res = self.res[i]
+            pre, sig = self.pre[i], self.sig[i]
+            torch.addmm(self.bias_at[i][j], self.window[i][j], self.hmat[i], out=pre)
+            torch.sigmoid(pre, out=sig)
+            torch.mul(sig[:, : self.p], sig[:, self.p :], out=self.prod[i])
             if i < last:
-                out = torch.addmm(b_res, g, w_res)
-                if not layer.first:
-                    out += self.hbuf[i][:, j + layer.h_cols - 1]
-                self.hbuf[i + 1][:, j + self.m.layers[i + 1].h_cols - 1] = out
-            w_skip, _ = self.skip[i]
-            skip = g @ w_skip if skip is None else skip.addmm_(g, w_skip)
-        skip += self.skip_bias
-        hidden = torch.relu(torch.addmm(self.head1[1], torch.relu(skip), self.head1[0]))
-        out = torch.addmm(self.head2[1], hidden, self.head2[0])
-        return rearrange(out, "n (c k) -> n c k", c=self.C)
+                out = self.slot[i + 1][j]
+                if layer.first:
+                    torch.mm(self.gate_in[i], self.res[i], out=out)
+                else:
+                    torch.addmm(self.slot[i][j], self.gate_in[i], self.res[i], out=out)  # residual connection
+        skip = torch.mm(self.gates, self.skipmat, out=self.skip_sum)
+        torch.addmm(self.head1[0], skip.relu_(), self.head1[1], out=self.hidden)
+        return torch.addmm(self.head2[0], self.hidden.relu_(), self.head2[1], out=self.params)
 
     def run(self, generator, temperature: float, return_params: bool):
-        m, n = self.m, self.n
+        m, n, C = self.m, self.n, self.C
         likelihood = m.config.likelihood
-        x = torch.zeros(n, self.C, self.H, self.W, device=self.device, dtype=self.dtype)
-        used = torch.zeros(n, self.C, m.n_params, self.H, self.W, device=self.device, dtype=self.dtype) if return_params else None
+        x = torch.zeros(n, C, self.H, self.W, device=self.device, dtype=self.dtype)
+        used = torch.zeros(n, C, m.n_params, self.H, self.W, device=self.device, dtype=self.dtype) if return_params else None
         first = m.layers[0]
-        h_off = first.h_cols - 1
+        h_off, half = first.h_cols - 1, first.kernel // 2
+        minus_one = torch.tensor(-1.0, device=self.device, dtype=self.dtype)
+        by_channel = self.params.view(n, C, m.n_params)
         for row in range(self.H):
-            conds = [self._row_cond(i, row) for i in range(len(m.layers))]
-            hbias = self._row_biases(row, conds)
+            conds = [self._row_cond(i, row) for i in range(self.L)]
+            self._row_biases(row, conds)
             if m.config.conditioning == "input_concat":
-                self.hbuf[0][:, h_off:, self.C :] = rearrange(self.cmap[:, :, row], "n f w -> n w f")
+                self.hbuf[0][:, h_off:, C:] = rearrange(self.cmap[:, :, row], "n f w -> n w f")
+            x_row = x[:, :, row]
             for j in range(self.W):
-                for ch in range(self.C):
-                    params = self._pixel(j, hbias)[:, ch]
+                for ch in range(C):
+                    self._pixel(j)
+                    params = by_channel[:, ch]
                     if used is not None:
                         used[:, ch, :, row, j] = params
                     value = sample_subpixel(likelihood, params, generator, temperature)
-                    x[:, ch, row, j] = value
-                    self.hbuf[0][:, h_off + j, ch] = 2 * value - 1
+                    x_row[:, ch, j] = value
+                    torch.add(minus_one, value, alpha=2, out=self.hbuf[0][:, h_off + j, ch])  # the input 2x - 1
             # The row is complete: cache it for the vertical stack and run that stack once.
-            half = first.kernel // 2
-            self.vbuf[0][:, : self.C, row + first.v_rows - 1, half : half + self.W] = 2 * x[:, :, row] - 1
+            self.vbuf[0][:, row + first.v_rows - 1, half : half + self.W, :C] = rearrange(2 * x_row - 1, "n c w -> n w c")
             self._vertical_row(row, conds)
         return (x, used) if return_params else x
 

@@ -1,0 +1,117 @@
+"""Speed of the gated PixelCNN decoder on CPU: training throughput and sampling time.
+
+Configuration (issue 4, DESIGN.md sec. 6): 10 gated layers, 64 channels, 7x7 mask-A then
+3x3 mask-B, Bernoulli output, 28x28 binary images, adaptive-bias conditioning on a
+10-dimensional code, Adam.
+
+    .venv/bin/python bench/pixelcnn.py                 # training + cached + naive sampling
+    .venv/bin/python bench/pixelcnn.py --skip-naive    # without the ~1 minute naive sampler
+    .venv/bin/python bench/pixelcnn.py --profile       # where the training step spends its time
+
+Each measurement is repeated and the best run is reported, with the load average next to
+it (the machine is shared). Results go in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import torch
+
+from gentk.pixelcnn import PixelCNNDecoder
+
+
+def load() -> str:
+    return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def build(args) -> PixelCNNDecoder:
+    torch.manual_seed(0)
+    return PixelCNNDecoder(
+        image_shape=(1, 28, 28), cond_size=10, layers=args.layers, channels=args.channels, conditioning="adaptive_bias", likelihood="bernoulli"
+    )
+
+
+def bench_training(args) -> float:
+    model = build(args)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(args.batch, 1, 28, 28, generator=g) < 0.3).float()
+    c = torch.randn(args.batch, 10, generator=g)
+
+    def step():
+        loss = -model(x, c).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(2):  # warm-up: oneDNN primitive creation, allocator
+        step()
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(3):
+                step()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+    best = 0.0
+    for r in range(args.repeats):
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            step()
+        rate = args.steps * args.batch / (time.perf_counter() - t0)
+        best = max(best, rate)
+        print(f"  training run {r}: {rate:6.1f} images/s ({load()})", flush=True)
+    return best
+
+
+def bench_sampling(args) -> tuple[float, float | None]:
+    model = build(args).eval()
+    c = torch.randn(16, 10, generator=torch.Generator().manual_seed(1))
+    model.sample(16, c, generator=torch.Generator().manual_seed(0))  # warm-up
+    best = float("inf")
+    for r in range(args.repeats):
+        t0 = time.perf_counter()
+        cached = model.sample(16, c, generator=torch.Generator().manual_seed(0))
+        best = min(best, time.perf_counter() - t0)
+        print(f"  cached sampling run {r}: {time.perf_counter() - t0:.3f} s ({load()})", flush=True)
+    naive_time = None
+    if not args.skip_naive:
+        t0 = time.perf_counter()
+        naive = model.sample_naive(16, c, generator=torch.Generator().manual_seed(0))
+        naive_time = time.perf_counter() - t0
+        print(f"  naive sampling: {naive_time:.1f} s ({load()}); same samples as cached: {torch.equal(naive, cached)}", flush=True)
+    return best, naive_time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--layers", type=int, default=10)
+    parser.add_argument("--channels", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=5, help="training steps per timed run")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--skip-sampling", action="store_true")
+    parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, {load()}")
+    if not args.skip_training:
+        rate = bench_training(args)
+        print(f"training: best {rate:.1f} images/s (batch {args.batch}, {args.layers} layers, {args.channels} channels)")
+    if not args.skip_sampling:
+        cached, naive = bench_sampling(args)
+        print(f"cached sampling of 16 images: best {cached:.3f} s")
+        if naive is not None:
+            print(f"naive sampling of 16 images: {naive:.1f} s; cached is {naive / cached:.0f}x faster")
+
+
+if __name__ == "__main__":
+    main()
