@@ -2,9 +2,10 @@
 
 `train` builds the data and the Model a recipe describes and runs, at each step, the
 Model's training steps in order (``Model.training_steps()``: reconstruction, then the
-adversarial regularization, then the supervised phase, as the PixelGAN paper's Section 4
-and the AAE paper's Section 5 train "each mini-batch in three phases"). Each training
-step has its own optimizer and learning-rate schedule from ``train.phases.<phase>``.
+adversarial regularization, then the supervised phase, the per-mini-batch phases of
+adversarial autoencoders, Makhzani et al. 2016, and PixelGAN autoencoders, Makhzani &
+Frey 2017). Each training step has its own optimizer and learning-rate schedule from
+``train.phases.<phase>``.
 The engine never looks inside the model: it only knows each step's phase, parameters
 and loss.
 
@@ -249,6 +250,7 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
                     clock, clock_step = time.perf_counter(), step
 
                 # checkpoint before evaluating: an evaluation may take minutes and changes nothing
+                paused = time.perf_counter()
                 interrupted = dist.any_rank(stop.requested is not None, info, device)
                 if step % cfg.checkpoint_every == 0 or step == cfg.steps or interrupted:
                     save(step)
@@ -270,6 +272,7 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
                         best = {"name": key, "value": metrics[key], "step": step}
                         save(step, is_best=True)
                         last_saved = step
+                clock += time.perf_counter() - paused  # speed/* counts training time only
     finally:
         progress.close()
 
