@@ -12,4 +12,7 @@ from gentk.errors import GentkError, RecipeError, RegistryError
 from gentk.plugins import hookimpl, load_plugins
 from gentk.recipe import Recipe, load_recipe, option
 
-__all__ = ["GentkError", "RecipeError", "RegistryError", "Recipe", "__version__", "hookimpl", "load_plugins", "load_recipe", "option"]
+__all__ = ["GentkError", "RecipeError", "RegistryError", "Recipe", "__version__", "build_model", "hookimpl", "load_plugins", "load_recipe", "option", "train"]
+
+from gentk.model import build_model  # noqa: E402  (after the light modules it builds on)
+from gentk.train import train  # noqa: E402  (the function; the module stays importable as `from gentk.train import ...`)

@@ -463,6 +463,7 @@ class MNIST(_Published):
 
     Config = PublishedOptions
     dir_names = ("mnist", "MNIST")
+    image_shape = (1, 28, 28)  # known without reading a file: `gentk check` needs no data
 
     def fileset(self) -> FileSet:
         return FileSet("mnist", "mnist", MNIST_SOURCES, self.directories(), _convert_idx, self.options.verify)
@@ -487,6 +488,7 @@ class FashionMNIST(_Published):
 
     Config = PublishedOptions
     dir_names = ("fashion_mnist", "fashion-mnist")
+    image_shape = (1, 28, 28)
     system_dirs = (FASHION_SYSTEM_DIR,)
 
     def fileset(self) -> FileSet:
@@ -507,6 +509,7 @@ class SVHN(_Published):
 
     Config = SVHNOptions
     dir_names = ("svhn", "SVHN")
+    image_shape = (3, 32, 32)
 
     def fileset(self) -> FileSet:
         splits = ("train", "test", "extra") if self.options.extra else ("train", "test")
