@@ -487,11 +487,12 @@ class _CachedSampler:
                link from the row above + conditioning.
     Convolutions become matmuls on these windows (one per layer and row for the vertical
     stack, one per layer and pixel for the horizontal one). The per-pixel step writes into
-    preallocated buffers through views made once, and uses three exact rewrites to need
-    few kernels: tanh(a) = 2 sigmoid(2a) - 1, so one sigmoid serves both gate halves (the
-    a half of the weights is doubled); the gate output (2 s_a - 1) s_b is never formed, the
-    1x1 convs after it act on [s_a s_b, s_a, s_b, 1] with weights [2W; 0; -W; bias]; and
-    the skip 1x1 convs of all layers are one matmul on all layers' gate buffers side by side.
+    preallocated buffers through views made once, and uses exact rewrites to need few
+    kernels: sigmoid(b) = (1 + tanh(b / 2)) / 2, so one tanh serves both gate halves (the b
+    half of the weights is halved) and tanh(a) (1 + tanh(b / 2)) is one multiply-add, twice
+    the gate, the factor 1/2 moving into the 1x1 convs after it; a constant 1 appended to
+    the gate output carries those convs' biases inside their matmuls; and the skip 1x1 convs
+    of all layers are one matmul on all layers' gate buffers side by side.
     """
 
     def __init__(self, model: PixelCNNDecoder, n: int, c: Tensor | None) -> None:
@@ -504,18 +505,18 @@ class _CachedSampler:
         self.L = len(layers)
         self.bias, self.cmap = model._conditioning(c)
         new = lambda *shape: torch.zeros(*shape, device=self.device, dtype=self.dtype)  # noqa: E731
-        self.double_a = torch.cat([torch.full((p,), 2.0), torch.ones(p)]).to(self.device, self.dtype)
-        width = 3 * p + 1  # one layer's gate buffer: [s_a s_b, s_a, s_b, 1]
+        self.half_b = torch.cat([torch.ones(p), torch.full((p,), 0.5)]).to(self.device, self.dtype)
+        width = p + 1  # one layer's gate buffer: [2 gate, 1]
         self.gates = new(n, self.L * width)
         self.gates[:, width - 1 :: width] = 1.0
 
         def after_gate(conv, part: slice) -> Tensor:
-            """Part of a 1x1 conv on the gate output, as a matrix acting on [s_a s_b, s_a, s_b, 1]."""
+            """Part of a 1x1 conv on the gate output, as a matrix acting on [2 gate, 1]."""
             w = conv.masked_weight()[part, :, 0, 0].t()
-            return torch.cat([2 * w, torch.zeros_like(w), -w, conv.bias[part][None]]).contiguous()
+            return torch.cat([0.5 * w, conv.bias[part][None]]).contiguous()
 
         self.vbuf, self.vmat, self.linkmat, self.hbuf, self.hbias, self.hmat = [], [], [], [], [], []
-        self.pre, self.sig, self.prod, self.gate_in, self.res = [], [], [], [], []
+        self.pre, self.gate_out, self.gate_in, self.res = [], [], [], []
         for i, layer in enumerate(layers):
             f_in, k = layer.v_conv.in_channels, layer.kernel
             self.vbuf.append(new(n, self.H + layer.v_rows - 1, self.W + 2 * (k // 2), f_in))
@@ -524,11 +525,10 @@ class _CachedSampler:
             self.hbuf.append(new(n, self.W + layer.h_cols - 1, f_in))
             self.hbias.append(new(n, self.W, 2 * p))
             # (2p, f, 1, t) -> (t f, 2p): one matmul with the flattened (taps, features) window.
-            self.hmat.append((rearrange(layer.h_conv.masked_weight(), "o f 1 t -> (t f) o") * self.double_a).contiguous())
+            self.hmat.append((rearrange(layer.h_conv.masked_weight(), "o f 1 t -> (t f) o") * self.half_b).contiguous())
             g = self.gates[:, i * width : (i + 1) * width]
             self.gate_in.append(g)
-            self.prod.append(g[:, :p])
-            self.sig.append(g[:, p : 3 * p])
+            self.gate_out.append(g[:, :p])
             self.pre.append(new(n, 2 * p))
             self.res.append(after_gate(layer.out, slice(0, p)))
         self.skipmat = torch.cat([after_gate(layer.out, slice(p, 2 * p)) for layer in layers]).contiguous()
@@ -584,16 +584,16 @@ class _CachedSampler:
                 b = b + conds[i][1]
             if row > 0:
                 b = b + self.link[i]
-            torch.mul(b, self.double_a, out=self.hbias[i])
+            torch.mul(b, self.half_b, out=self.hbias[i])
 
     def _pixel(self, j: int) -> Tensor:
         """Horizontal stack + head at column j of the current row: parameters (n, C K)."""
         last = self.L - 1
         for i, layer in enumerate(self.m.layers):
-            pre, sig = self.pre[i], self.sig[i]
+            pre = self.pre[i]
             torch.addmm(self.bias_at[i][j], self.window[i][j], self.hmat[i], out=pre)
-            torch.sigmoid(pre, out=sig)
-            torch.mul(sig[:, : self.p], sig[:, self.p :], out=self.prod[i])
+            pre.tanh_()
+            torch.addcmul(pre[:, : self.p], pre[:, : self.p], pre[:, self.p :], out=self.gate_out[i])  # 2 gate
             if i < last:
                 out = self.slot[i + 1][j]
                 if layer.first:
