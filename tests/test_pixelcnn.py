@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -265,3 +266,9 @@ def test_bf16_training_is_close_and_evaluation_stays_exact():
     assert approx.dtype == torch.float32 and not torch.equal(approx, exact)
     assert torch.allclose(approx, exact, rtol=0.05)
     assert torch.equal(model.eval()(x, code), exact)
+
+
+def test_the_documented_example_runs():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "pixelcnn.md").read_text()
+    example = text.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(example, "docs/pixelcnn.md", "exec"), {})
