@@ -14,7 +14,8 @@ Layout of a study directory::
         train.log                        what the engine printed
         result.json                      wall time, speed and the test evaluation
 
-The hash is of the resolved recipe, so a finished run is reused exactly when its recipe is
+Test metrics use the whole test split unless the recipe's ``eval.max_examples`` caps it
+(the report says how many). The hash is of the resolved recipe, so a finished run is reused exactly when its recipe is
 the same, and an interrupted one is resumed (``--resume auto``) by the next call.
 """
 
@@ -167,7 +168,7 @@ def _run_one(recipe: Recipe, study_dir: Path, progress: _StudyProgress, plugins,
         rundir.write_json(result_path, {"finished": False, "wall_s": earlier + time.perf_counter() - started})
         raise
     wall = earlier + time.perf_counter() - started
-    evaluation = evaluate_run(trained.run_dir, names=wanted, which="latest", split="test", options=options, device=device, plugins=plugins, offline=offline)
+    evaluation = evaluate_run(trained.run_dir, names=wanted, which="latest", split="test", max_examples=recipe.eval.max_examples, options=options, device=device, plugins=plugins, offline=offline)
     speeds = rundir.read_metrics(trained.run_dir).get("speed/steps_per_s")
     record = {
         "finished": True,
@@ -177,6 +178,7 @@ def _run_one(recipe: Recipe, study_dir: Path, progress: _StudyProgress, plugins,
         "steps_per_s": float(np.mean(speeds["value"])) if speeds is not None and len(speeds) else None,
         "metric_names": wanted,
         "options": options or {},
+        "test_examples": recipe.eval.max_examples,
         "metrics": {k.removeprefix("eval/test/"): v for k, v in evaluation["metrics"].items()},
     }
     rundir.write_json(result_path, record)
@@ -195,7 +197,7 @@ def _meta(name: str, paths, studies, overrides, seeds, results: list[RunResult])
         data = r.to_dict()["data"]
         data_text = ", ".join(f"{k} = {data[k]}" for k in ("name", "binarize", "labeled", "size", "classes") if k in data)
         reused = sum(x.reused for x in results if x.recipe == r.name)
-        setup.append({"name": r.name, "path": str(path), "data": data_text, "steps": r.train.steps, "batch_size": r.data.common.batch_size, "runs": f"{len(runs)} ({reused} reused)"})
+        setup.append({"name": r.name, "path": str(path), "data": data_text, "steps": r.train.steps, "batch_size": r.data.common.batch_size, "test_examples": "all" if r.eval.max_examples is None else str(r.eval.max_examples), "runs": f"{len(runs)} ({reused} reused)"})
         data_seen[r.name] = (r.data.name, data.get("binarize"))
         steps_seen[r.name] = r.train.steps
     differences = []

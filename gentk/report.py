@@ -229,14 +229,14 @@ def study_blocks(meta: dict[str, Any], results: Sequence[Any], recipes: Sequence
         Paragraph(f"Command: `{meta['command']}`"),
         Paragraph(f"Written {meta['time']} on {meta['machine']}. Seeds: {', '.join(map(str, seeds))}. Overrides applied to every recipe: {', '.join(f'`{o}`' for o in meta['overrides']) or 'none'}."),
         Heading("Setup"),
-        Table(["recipe", "file", "data", "steps", "batch", "runs"], [[s["name"], f"`{s['path']}`", s["data"], str(s["steps"]), str(s["batch_size"]), s["runs"]] for s in meta["setup"]]),
+        Table(["recipe", "file", "data", "steps", "batch", "test examples", "runs"], [[s["name"], f"`{s['path']}`", s["data"], str(s["steps"]), str(s["batch_size"]), s["test_examples"], s["runs"]] for s in meta["setup"]]),
     ]
     if meta.get("differences"):
         blocks.append(Paragraph("Warning: the recipes do not share the same data and budget: " + "; ".join(meta["differences"]) + ". Use --set to align them (e.g. `--set train.steps=N`) for a fair comparison."))
     blocks += [
         Heading("Results"),
         Paragraph(
-            f"Test split, {meta['checkpoint']} checkpoint of each run; mean ± sample standard deviation over {len(seeds)} seed(s) "
+            f"Test split (as many examples as the setup table says), {meta['checkpoint']} checkpoint of each run; mean ± sample standard deviation over {len(seeds)} seed(s) "
             "(± 0 for one seed). The paper's number, where it has one, is in parentheses; it was obtained at the paper's "
             "full scale, so a smaller budget is not expected to reach it. Errors are in %, likelihoods in nats per image "
             "(`_bpd`: bits per dimension). Metric definitions: docs/compare.md."
