@@ -252,7 +252,8 @@ def test_ema_averages_and_evaluates_with_the_average():
     assert model.weight.tolist() == [[3.0, 3.0]]
 
 
-def test_sigint_to_the_command_line_saves_and_says_how_to_resume(tmp_path, recipe_file):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_to_the_command_line_saves_and_says_how_to_resume(tmp_path, recipe_file, signum):
     import subprocess
     import sys
     import time
@@ -264,7 +265,7 @@ def test_sigint_to_the_command_line_saves_and_says_how_to_resume(tmp_path, recip
         while not list(tmp_path.glob("tiny_semisup-*/metrics.jsonl")):  # training has started
             assert time.monotonic() < deadline and child.poll() is None, child.communicate()
             time.sleep(0.05)
-        child.send_signal(signal.SIGINT)
+        child.send_signal(signum)
         out, err = child.communicate(timeout=60)
     finally:
         if child.poll() is None:
@@ -272,8 +273,8 @@ def test_sigint_to_the_command_line_saves_and_says_how_to_resume(tmp_path, recip
     assert child.returncode == 130, err
     (run,) = tmp_path.glob("tiny_semisup-*")
     saved = weights(run)
-    assert "SIGINT at step" in err and f"Resume with: gentk run {run}/recipe.toml --resume {run}" in err
-    assert f"SIGINT at step {saved['step']} of 100000" in err and saved["step"] >= 5
+    assert f"Resume with: gentk run {run}/recipe.toml --resume {run}" in err
+    assert f"{signum.name} at step {saved['step']} of 100000" in err and saved["step"] >= 5
 
 
 def test_load_trained_rebuilds_the_model_from_a_run(tmp_path, plugins, recipe_file):
