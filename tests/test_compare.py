@@ -113,3 +113,72 @@ def test_markdown_and_html_render_the_same_blocks():
     assert "# T" in md and "| 1 | p\\|q |" in md and "![cap](i.png)" in md
     page = report.render_html(blocks, "T")
     assert "<code>x|y</code>" in page and "<td>p|q</td>" in page and '<img src="i.png" alt="cap">' in page
+
+
+# --------------------------------------------------------------------------- recipes/paper
+
+import re  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import gentk  # noqa: E402
+
+PAPER_DIR = Path(__file__).resolve().parents[1] / "recipes" / "paper"
+TABLE1 = {  # column -> (recipe, metric key); the numbers live in gentk.report.PAPER
+    "MNIST (Unsupervised)": ("pixelgan_mnist_unsup", "cluster_error_aae"),
+    "MNIST (20 labels)": ("pixelgan_mnist_20", "semisup_error"),
+    "MNIST (50 labels)": ("pixelgan_mnist_50", "semisup_error"),
+    "MNIST (100 labels)": ("pixelgan_mnist_100", "semisup_error"),
+    "SVHN (500 labels)": ("pixelgan_svhn_500", "semisup_error"),
+    "SVHN (1000 labels)": ("pixelgan_svhn_1000", "semisup_error"),
+    "NORB (1000 labels)": ("pixelgan_norb_1000", "semisup_error"),
+}
+
+
+@pytest.fixture(scope="module")
+def plugins():
+    return gentk.load_plugins(autoload=False)
+
+
+@pytest.fixture
+def one_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("column", sorted(TABLE1))
+def test_one_paper_recipe_per_table1_column(column, plugins):
+    name, key = TABLE1[column]
+    text = (PAPER_DIR / f"{name}.toml").read_text()
+    paper = report.paper_number(name, key)
+    assert f'"{column}"' in text and f"{paper.value:.2f} (±{paper.std:g}" in text.replace("±1.0)", "±1)")  # the header states the number we compare with
+    recipe = gentk.load_recipe(PAPER_DIR / f"{name}.toml", plugins=plugins)
+    assert recipe.name == name and key.split("_")[0] in " ".join(recipe.eval.metrics)
+    latent = recipe.model.latents["y"]
+    assert latent.head == "categorical" and latent.size == (30 if "unsup" in name else 5 if "norb" in name else 10)
+    labels = re.search(r"_(\d+)$", name)
+    assert recipe.data.common.labeled == (int(labels.group(1)) if labels else 0) and latent.supervised == bool(labels)
+
+
+@pytest.mark.parametrize("name", ["pixelgan_mnist_unsup", "pixelgan_mnist_20", "pixelgan_mnist_50", "pixelgan_mnist_100"])
+def test_each_mnist_recipe_has_a_cpu_variant_that_builds(name, plugins, one_thread):
+    from gentk.model import check_model
+
+    full = gentk.load_recipe(PAPER_DIR / f"{name}.toml", plugins=plugins)
+    cpu = gentk.load_recipe(PAPER_DIR / f"{name}_cpu.toml", plugins=plugins)
+    assert cpu.name == f"{name}_cpu" and cpu.data == full.data and cpu.model.latents["y"].size == full.model.latents["y"].size
+    assert cpu.train.steps < full.train.steps and cpu.eval.metrics == full.eval.metrics
+    assert "steps/s" in (PAPER_DIR / f"{name}_cpu.toml").read_text()  # the budget says what it was measured from
+    assert "steps: reconstruction, discriminator.y, generator.y" in check_model(cpu, plugins, image_shape=(1, 28, 28))
+
+
+@pytest.mark.parametrize("name, shape", [("pixelgan_svhn_500", (3, 32, 32)), ("pixelgan_norb_1000", (1, 32, 32))])
+def test_svhn_and_norb_recipes_build(name, shape, plugins, one_thread):
+    from gentk.model import check_model
+
+    narrow = ["model.encoder.channels=[4, 4, 4]", "model.encoder.hidden=[8]", "model.latents.y.regularizer.discriminator=[8]", "model.decoder.layers=2", "model.decoder.channels=4"]
+    recipe = gentk.load_recipe(PAPER_DIR / f"{name}.toml", narrow, plugins=plugins)  # the recipe's data, heads and likelihood at a tiny width
+    assert "supervised.y" in check_model(recipe, plugins, image_shape=shape)
