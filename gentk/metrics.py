@@ -328,8 +328,8 @@ class ClusterError:
 
     Clusters are labelled on the validation split and the error is measured on `split`
     (the paper's protocol when `split` is test). When `split` is the validation split itself
-    (evaluations during training) the clusters are labelled on training examples instead,
-    whose labels an unsupervised model never saw.
+    (evaluations during training) the clusters are labelled on as many training examples
+    instead, whose labels an unsupervised model never saw.
     """
 
     Config = ClusterErrorConfig
@@ -340,7 +340,8 @@ class ClusterError:
     def __call__(self, *, model, data, device, split, batch_size, max_examples, **_) -> dict[str, float]:
         latent = _latent(model, self.latent, head="categorical", what="cluster_error")
         label_split = "validation" if split != "validation" and data.split_sizes.get("validation", 0) > 0 else "train"
-        val_probs, val_labels = _class_probs(model, latent, data, label_split, batch_size, max_examples, device)
+        label_examples = max_examples or data.split_sizes[split]  # as many as are evaluated: the train split may be large
+        val_probs, val_labels = _class_probs(model, latent, data, label_split, batch_size, label_examples, device)
         test_probs, test_labels = _class_probs(model, latent, data, split, batch_size, max_examples, device)
         errors = clustering_errors(val_probs, val_labels, test_probs, test_labels)
         return {f"cluster_error_{protocol}": 100.0 * value for protocol, value in errors.items()}
@@ -382,6 +383,8 @@ class CodeSpace:
         self.latent, self.examples, self.plot = latent, examples, plot
 
     def __call__(self, *, model, data, device, split, batch_size, max_examples, seed=0, run_dir=None, step=0, **_) -> dict[str, float]:
+        if self.latent is not None and self.latent not in model.priors:
+            raise GentkError(f"code_space: this model has no latent '{self.latent}'; its latents: {', '.join(model.priors) or 'none'}.")
         names = [self.latent] if self.latent else [n for n, p in model.priors.items() if getattr(p, "support", "real") == "real"]
         if not names or self.latent and getattr(model.priors[self.latent], "support", "real") != "real":
             raise GentkError("the code_space metric needs a real-valued latent (a Gaussian, mixture or other real prior); this model has none.")
