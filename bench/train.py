@@ -99,6 +99,11 @@ def child(args) -> None:
     print(json.dumps({"steps_per_s": steps_per_s, "images_per_s": steps_per_s * batch, "peak_mib": peak, "batch": batch}))
 
 
+def number(x: float) -> str:
+    """Three significant digits, without exponents."""
+    return f"{x:.0f}" if x >= 100 else f"{x:.3g}"
+
+
 def table(rows: list[tuple[str, str, dict]], args) -> str:
     import torch
 
@@ -120,8 +125,8 @@ def table(rows: list[tuple[str, str, dict]], args) -> str:
         if "error" in r:
             lines.append(f"| {name} | {size} | | failed: {r['error']} | | | {r['load']:.1f} |")
         else:
-            lines.append(f"| {name} | {size} | {r['batch']} | {r['steps_per_s']:.2f} | {r['images_per_s']:.1f} | {r['peak_mib']:.0f} | {r['load']:.1f} |")
-    lines.append(END)
+            lines.append(f"| {name} | {size} | {r['batch']} | {number(r['steps_per_s'])} | {number(r['images_per_s'])} | {r['peak_mib']:.0f} | {r['load']:.1f} |")
+    lines += ["", END]
     return "\n".join(lines) + "\n"
 
 
