@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 import gentk
-from gentk import checkpoint
+from gentk import checkpoint, rundir
 from gentk.errors import TrainingError, TrainingInterrupted
 from gentk.train import EMA, train
 
@@ -100,6 +100,8 @@ def test_run_fills_the_run_directory(tmp_path, recipe_file):
         @gentk.hookimpl
         def gentk_after_eval(self, run_dir, step, metrics):
             evaluations.append((run_dir, step, metrics["eval/validation/reconstruction/loss"]))
+            so_far = rundir.read_metrics(run_dir)  # metrics.h5 is readable while the run goes on
+            assert so_far["train/reconstruction/loss"]["step"].tolist() == list(range(1, step + 1))
 
     plugins = gentk.load_plugins(autoload=False, plugins=[Follower()])
     recipe = load(recipe_file, plugins, "train.keep_last=2")
