@@ -289,3 +289,12 @@ def test_load_trained_rebuilds_the_model_from_a_run(tmp_path, plugins, recipe_fi
         assert torch.equal(value, state["model"][key])
     _, averaged, _ = load_trained(run, plugins=plugins, which="best")
     assert averaged.sample(2, generator=torch.Generator().manual_seed(0)).shape == (2, 1, 8, 8)
+
+
+def test_evaluating_more_often_does_not_change_training(tmp_path, plugins, recipe_file):
+    often = train(load(recipe_file, plugins, "train.steps=6", "eval.every=2"), plugins=plugins, out=tmp_path / "often").run_dir
+    once = train(load(recipe_file, plugins, "train.steps=6", "eval.every=100"), plugins=plugins, out=tmp_path / "once").run_dir
+    assert len(list((often / "samples").glob("*.png"))) == 3 and len(list((once / "samples").glob("*.png"))) == 1
+    a, b = weights(often), weights(once)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
