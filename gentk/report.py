@@ -208,7 +208,8 @@ def plot_learning_curves(series: dict[str, list[dict[str, Any]]], path: Path, na
             for j, metrics in enumerate(runs):
                 if name in metrics and len(metrics[name]):
                     data = metrics[name]
-                    ax.plot(data["step"], data["value"], color=colors[i % len(colors)], alpha=0.8, lw=1, label=recipe if j == 0 else None)
+                    few = len(data) < 20  # a line through one or two points is invisible: mark them
+                    ax.plot(data["step"], data["value"], color=colors[i % len(colors)], alpha=0.8, lw=1, marker="o" if few else None, ms=4, label=recipe if j == 0 else None)
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.set_ylabel("nats per image")
