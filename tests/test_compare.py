@@ -182,3 +182,20 @@ def test_svhn_and_norb_recipes_build(name, shape, plugins, one_thread):
     narrow = ["model.encoder.channels=[4, 4, 4]", "model.encoder.hidden=[8]", "model.latents.y.regularizer.discriminator=[8]", "model.decoder.layers=2", "model.decoder.channels=4"]
     recipe = gentk.load_recipe(PAPER_DIR / f"{name}.toml", narrow, plugins=plugins)  # the recipe's data, heads and likelihood at a tiny width
     assert "supervised.y" in check_model(recipe, plugins, image_shape=shape)
+
+
+def test_the_report_warns_when_data_or_budgets_differ(tmp_path, plugins):
+    from gentk.compare import _meta
+
+    (tmp_path / "vae.toml").write_text(VAE + COMMON)
+    (tmp_path / "semi.toml").write_text(SEMISUP + COMMON.replace("steps = 2", "steps = 9"))
+    paths = [tmp_path / "vae.toml", tmp_path / "semi.toml"]
+    studies = [[gentk.load_recipe(p, plugins=plugins)] for p in paths]
+    meta = _meta("t", paths, studies, [], [0], [])
+    assert meta["differences"] == ["steps: vae 2, aae_semisup 9"]
+    blocks = report.study_blocks(meta, [], ["vae", "aae_semisup"], curves=None, samples=[], code_plots=[])
+    md = report.render_markdown(blocks)
+    assert "Warning: the recipes do not share the same data and budget: steps: vae 2, aae_semisup 9" in md
+    assert 'matplotlib is not installed' in md  # what the report says without learning curves
+    aligned = [[gentk.load_recipe(p, ["train.steps=4"], plugins=plugins)] for p in paths]
+    assert _meta("t", paths, aligned, ["train.steps=4"], [0], [])["differences"] == []
