@@ -60,6 +60,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from gentk import distributions
 from gentk.errors import GentkError
 from gentk.plugins import hookimpl
 from gentk.recipe import OptionValueError, option
@@ -111,7 +112,7 @@ def bernoulli_log_prob(logits: Tensor, x: Tensor) -> Tensor:
 
     logits: (..., 1) one logit per sub-pixel; x: (...) in {0, 1}. Returns (...).
     """
-    return -F.binary_cross_entropy_with_logits(logits.squeeze(-1), x, reduction="none")
+    return distributions.bernoulli_log_prob(x, logits.squeeze(-1))
 
 
 def categorical256_log_prob(logits: Tensor, x: Tensor) -> Tensor:

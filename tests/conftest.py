@@ -21,6 +21,17 @@ os.environ.setdefault("GENTK_DISABLE_PLUGIN_AUTOLOAD", "1")
 
 
 @pytest.fixture
+def one_thread():
+    """Run a test on one torch thread: tiny networks are faster so, and the cores are shared."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def toy_plugins():
     from gentk.plugins import load_plugins
 

@@ -16,12 +16,7 @@ SHAPE = (2, 6, 5)  # odd sizes exercise the deconv body's crop
 BUILDERS = {"bernoulli": bernoulli_decoder, "gaussian": gaussian_decoder, "logistic": logistic_decoder}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def data_for(kind, n, seed=0):

@@ -21,12 +21,7 @@ CAT_ADV = {"size": 4, "head": "categorical", "prior": {"name": "categorical"}, "
 GAUSS_ADV = {"size": 2, "head": "deterministic", "regularizer": {"name": "adversarial", "discriminator": [8]}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

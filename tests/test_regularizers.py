@@ -14,13 +14,7 @@ from gentk.priors import CategoricalPrior, GaussianMixturePrior, StandardNormalP
 from gentk.regularizers import AdversarialRegularizer, KLRegularizer, free_bits_kl, gan_discriminator_loss, gan_generator_loss, r1_penalty
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run faster on one thread, and the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_kl_of_identical_gaussians_is_zero():
