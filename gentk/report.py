@@ -75,6 +75,8 @@ def format_value(mean: float, std: float | None = None) -> str:
     def fmt(v: float) -> str:
         return f"{v:.4g}" if math.isfinite(v) else str(v)
 
+    if std is not None and abs(std) < 1e-9 * max(1.0, abs(mean)):
+        std = 0.0  # equal values give a std of rounding noise (1e-14): show 0
     return fmt(mean) + (f" ± {fmt(std)}" if std is not None else "")
 
 
