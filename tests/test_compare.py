@@ -139,16 +139,6 @@ def plugins():
     return gentk.load_plugins(autoload=False)
 
 
-@pytest.fixture
-def one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("column", sorted(TABLE1))
 def test_one_paper_recipe_per_table1_column(column, plugins):
     name, key = TABLE1[column]
