@@ -184,12 +184,21 @@ class SubpixelDraws:
         d = 2 if likelihood == "logistic_mixture" else 1
         self.u = torch.rand((height, width, n_channels, d, n), generator=generator, device=device, dtype=dtype)
         if likelihood == "bernoulli":
-            self.threshold = temperature * torch.logit(self.u[:, :, :, 0])
+            threshold = temperature * torch.logit(self.u[:, :, :, 0])  # (H, W, C, n)
+            self.threshold = threshold.reshape(-1, n).unbind(0)  # one (n,) view per sub-pixel, raster order
+        self.width, self.n_channels = width, n_channels
 
-    def draw(self, params: Tensor, i: int, j: int, ch: int) -> Tensor:
+    def draw(self, params: Tensor, i: int, j: int, ch: int, out: Tensor | None = None) -> Tensor:
+        """Sub-pixel (i, j, ch)'s values (n,), written into `out` (n,) if given."""
         if self.likelihood == "bernoulli":
-            return (params[:, 0] > self.threshold[i, j, ch]).to(params.dtype)
-        u = self.u[i, j, ch]
+            threshold = self.threshold[(i * self.width + j) * self.n_channels + ch]
+            if out is None:
+                return (params[:, 0] > threshold).to(params.dtype)
+            return torch.gt(params[:, 0], threshold, out=out)
+        value = self._draw_levels(params, self.u[i, j, ch])
+        return value if out is None else out.copy_(value)
+
+    def _draw_levels(self, params: Tensor, u: Tensor) -> Tensor:
         temperature = self.temperature
         if self.likelihood == "categorical256":
             return _inverse_cdf(params / temperature, u[0]).to(params.dtype) / 255
@@ -505,10 +514,11 @@ class _CachedSampler:
                link from the row above + conditioning.
     Convolutions become matmuls on these windows (one per layer and row for the vertical
     stack, one per layer and pixel for the horizontal one). The per-pixel step writes into
-    preallocated buffers through views made once, and uses exact rewrites to need few
-    kernels: sigmoid(b) = (1 + tanh(b / 2)) / 2, so one tanh serves both gate halves (the b
-    half of the weights is halved) and tanh(a) (1 + tanh(b / 2)) is one multiply-add, twice
-    the gate, the factor 1/2 moving into the 1x1 convs after it; a constant 1 appended to
+    preallocated buffers through views made once, and uses exact rewrites to need few and
+    cheap kernels: tanh(a) = 2 sigmoid(2 a) - 1, so one in-place sigmoid serves both gate
+    halves (the a half of the weights is doubled; sigmoid is about 4 times faster than tanh
+    on this CPU, measured) and (sigmoid(2 a) - 1/2) sigmoid(b) is half the gate, the factor 2
+    moving into the 1x1 convs after it; a constant 1 appended to
     the gate output carries those convs' biases inside their matmuls; and the skip 1x1 convs
     of all layers are one matmul on all layers' gate buffers side by side. The link from the
     vertical stack is written straight into the next row's hbias by one matmul per layer.
@@ -529,33 +539,33 @@ class _CachedSampler:
         self.kind = model.config.conditioning
         self.bias, self.cmap = model._conditioning(c)
         new = lambda *shape: torch.zeros(*shape, device=self.device, dtype=self.dtype)  # noqa: E731
-        self.half_b = torch.cat([torch.ones(p), torch.full((p,), 0.5)]).to(self.device, self.dtype)
-        width = p + 1  # one layer's gate buffer: [2 gate, 1]
+        # Pre-activations are computed as [2 a, b]; scaling by powers of two is exact.
+        self.double_a = torch.cat([torch.full((p,), 2.0), torch.ones(p)]).to(self.device, self.dtype)
+        width = p + 1  # one layer's gate buffer: [gate / 2, 1]
         self.gates = new(n, self.L * width)
         self.gates[:, width - 1 :: width] = 1.0
 
         def after_gate(conv, part: slice) -> Tensor:
-            """Part of a 1x1 conv on the gate output, as a matrix acting on [2 gate, 1]."""
+            """Part of a 1x1 conv on the gate output, as a matrix acting on [gate / 2, 1]."""
             w = conv.masked_weight()[part, :, 0, 0].t()
-            return torch.cat([0.5 * w, conv.bias[part][None]]).contiguous()
+            return torch.cat([2.0 * w, conv.bias[part][None]]).contiguous()
 
         self.vbuf, self.vmat, self.linkmat, self.hbuf, self.hbias, self.hmat = [], [], [], [], [], []
         self.pre, self.gate_out, self.gate_in, self.res = [], [], [], []
         for i, layer in enumerate(layers):
             f_in, k = layer.v_conv.in_channels, layer.kernel
             self.vbuf.append(new(n, self.H + layer.v_rows - 1, self.W + 2 * (k // 2), f_in))
-            # The vertical stack uses the same rewrite as the horizontal one: its b half is
-            # computed halved and its cache holds twice the gate (hence 1/2 on the inputs of
-            # every layer after the first); the link undoes the halving of b. Scaling by
-            # powers of two is exact.
-            in_scale = 1.0 if i == 0 else 0.5
-            self.vmat.append((rearrange(layer.v_conv.weight, "o f a b -> (a b f) o") * (in_scale * self.half_b)).contiguous())
-            link_in = torch.cat([torch.ones(p), torch.full((p,), 2.0)]).to(self.device, self.dtype)[:, None]
-            self.linkmat.append((layer.link.weight[:, :, 0, 0].t() * link_in * self.half_b).contiguous())
+            # The vertical stack uses the same rewrite as the horizontal one: its a half is
+            # computed doubled and its cache holds half the gate (hence 2 on the inputs of
+            # every layer after the first); the link undoes the doubling of a.
+            in_scale = 1.0 if i == 0 else 2.0
+            self.vmat.append((rearrange(layer.v_conv.weight, "o f a b -> (a b f) o") * (in_scale * self.double_a)).contiguous())
+            link_in = (1.0 / self.double_a)[:, None]
+            self.linkmat.append((layer.link.weight[:, :, 0, 0].t() * link_in * self.double_a).contiguous())
             self.hbuf.append(new(n, self.W + layer.h_cols - 1, f_in))
             self.hbias.append(new(n, self.W, 2 * p))
             # (2p, f, 1, t) -> (t f, 2p): one matmul with the flattened (taps, features) window.
-            self.hmat.append((rearrange(layer.h_conv.masked_weight(), "o f 1 t -> (t f) o") * self.half_b).contiguous())
+            self.hmat.append((rearrange(layer.h_conv.masked_weight(), "o f 1 t -> (t f) o") * self.double_a).contiguous())
             g = self.gates[:, i * width : (i + 1) * width]
             self.gate_in.append(g)
             self.gate_out.append(g[:, :p])
@@ -571,12 +581,12 @@ class _CachedSampler:
             self.projmat = [(proj.bias, proj.weight[:, :, 0, 0].t().contiguous()) for proj in model.cond_proj]
         else:
             # Row-independent terms, fixed for the whole run: (n W, 2p) per layer.
-            self.vconst = [self._fixed(layer.v_conv.bias, i, 0) * self.half_b for i, layer in enumerate(layers)]
-            self.hconst = [self._fixed(layer.h_conv.bias + layer.link.bias, i, 1) * self.half_b for i, layer in enumerate(layers)]
-            self.hconst0 = [self._fixed(layer.h_conv.bias, i, 1) * self.half_b for i, layer in enumerate(layers)]
+            self.vconst = [self._fixed(layer.v_conv.bias, i, 0) * self.double_a for i, layer in enumerate(layers)]
+            self.hconst = [self._fixed(layer.h_conv.bias + layer.link.bias, i, 1) * self.double_a for i, layer in enumerate(layers)]
+            self.hconst0 = [self._fixed(layer.h_conv.bias, i, 1) * self.double_a for i, layer in enumerate(layers)]
         # Pixel j's work per layer, as argument tuples made once (views into the buffers):
-        # (row bias, window, weights, pre-activation, gate output, gate with its 1, residual
-        # weights, this layer's input slot, next layer's input slot or None).
+        # (row bias, window, weights, pre-activation and its halves, gate output, gate with its
+        # 1, residual weights, this layer's input slot, next layer's input slot or None).
         self.plan = []
         for j in range(self.W):
             steps = []
@@ -584,7 +594,8 @@ class _CachedSampler:
                 window = self.hbuf[i][:, j : j + layer.h_cols].reshape(n, -1)
                 nxt = self.hbuf[i + 1][:, j + layers[i + 1].h_cols - 1] if i + 1 < self.L else None
                 here = None if layer.first else self.hbuf[i][:, j + layer.h_cols - 1]
-                steps.append((self.hbias[i][:, j], window, self.hmat[i], self.pre[i], self.gate_out[i], self.gate_in[i], self.res[i], here, nxt))
+                pre = self.pre[i]
+                steps.append((self.hbias[i][:, j], window, self.hmat[i], pre, pre[:, :p], pre[:, p:], self.gate_out[i], self.gate_in[i], self.res[i], here, nxt))
             self.plan.append(steps)
         if self.kind == "input_concat":
             # The map is known in advance: fill its channels of the first layer's vertical cache.
@@ -608,8 +619,8 @@ class _CachedSampler:
         for i, layer in enumerate(self.m.layers):
             b, w = self.projmat[i]
             cond_v, cond_h = torch.addmm(b, rearrange(self.cmap[:, :, row], "n f w -> (n w) f"), w).chunk(2, dim=-1)
-            vs.append((cond_v + layer.v_conv.bias) * self.half_b)
-            hs.append((cond_h + layer.h_conv.bias + layer.link.bias if link else cond_h + layer.h_conv.bias) * self.half_b)
+            vs.append((cond_v + layer.v_conv.bias) * self.double_a)
+            hs.append((cond_h + layer.h_conv.bias + layer.link.bias if link else cond_h + layer.h_conv.bias) * self.double_a)
         return vs, hs
 
     def _vertical_row(self, row: int) -> None:
@@ -625,17 +636,16 @@ class _CachedSampler:
             if i + 1 < self.L:
                 nxt = self.m.layers[i + 1]
                 half = nxt.kernel // 2
-                t = v_pre.tanh_().view(n, W, -1)
-                a = t[..., : self.p]
-                torch.addcmul(a, a, t[..., self.p :], out=self.vbuf[i + 1][:, row + nxt.v_rows - 1, half : half + W])  # 2 gate
+                s = v_pre.sigmoid_().view(n, W, -1)
+                a = s[..., : self.p].sub_(0.5)
+                torch.mul(a, s[..., self.p :], out=self.vbuf[i + 1][:, row + nxt.v_rows - 1, half : half + W])  # gate / 2
 
     def _pixel(self, j: int) -> Tensor:
         """Horizontal stack + head at column j of the current row: parameters (n, C K)."""
-        for bias, window, hmat, pre, gate_out, gate_in, res, here, nxt in self.plan[j]:
-            torch.addmm(bias, window, hmat, out=pre)
-            pre.tanh_()
-            a = pre[:, : self.p]
-            torch.addcmul(a, a, pre[:, self.p :], out=gate_out)  # 2 gate
+        for bias, window, hmat, pre, pre_a, pre_b, gate_out, gate_in, res, here, nxt in self.plan[j]:
+            torch.addmm(bias, window, hmat, out=pre)  # [2 a, b]
+            pre.sigmoid_()
+            torch.mul(pre_a.sub_(0.5), pre_b, out=gate_out)  # (sigmoid(2 a) - 1/2) sigmoid(b) = gate / 2
             if nxt is not None:
                 if here is None:
                     torch.mm(gate_in, res, out=nxt)
@@ -654,6 +664,7 @@ class _CachedSampler:
         minus_one = torch.tensor(-1.0, device=self.device, dtype=self.dtype)
         by_channel = self.params.view(n, C, m.n_params)
         inputs = [[self.hbuf[0][:, h_off + j, ch] for ch in range(C)] for j in range(self.W)]
+        value = torch.zeros(n, device=self.device, dtype=self.dtype)
         threads = torch.get_num_threads()
         # Row 0 has no row above: its horizontal terms are the constants alone.
         for i, const in enumerate(self._row_const(0, link=False)[1]):
@@ -669,7 +680,7 @@ class _CachedSampler:
                         params = by_channel[:, ch]
                         if used is not None:
                             used[:, ch, :, row, j] = params
-                        value = draws.draw(params, row, j, ch)
+                        draws.draw(params, row, j, ch, out=value)
                         x_row[:, ch, j] = value
                         torch.add(minus_one, value, alpha=2, out=inputs[j][ch])  # the input 2x - 1
             if row + 1 < self.H:
