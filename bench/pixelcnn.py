@@ -5,12 +5,12 @@ Configuration (issue 4, DESIGN.md sec. 6): 10 gated layers, 64 channels, 7x7 mas
 10-dimensional code, Adam.
 
     .venv/bin/python bench/pixelcnn.py                 # training + cached + naive sampling
-    .venv/bin/python bench/pixelcnn.py --skip-naive    # without the ~1 minute naive sampler
+    .venv/bin/python bench/pixelcnn.py --skip-naive    # without the naive sampler (about 2.5 minutes)
     .venv/bin/python bench/pixelcnn.py --profile       # where the training step spends its time
     .venv/bin/python bench/pixelcnn.py --bf16 --skip-sampling   # training under CPU bf16 autocast
 
 Each measurement is repeated and the best run is reported, with the load average next to
-it (the machine is shared). Results go in docs/benchmarks.md.
+it: run it on a quiet machine. Results go in docs/benchmarks.md.
 """
 
 from __future__ import annotations

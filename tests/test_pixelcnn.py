@@ -210,6 +210,11 @@ def test_sampling_seeds_temperature_and_conditioning_computed_once():
     b = model.sample(2, code, generator=torch.Generator().manual_seed(3))
     c = model.sample(2, code, generator=torch.Generator().manual_seed(4))
     assert torch.equal(a, b) and not torch.equal(a, c)
+    # Ordinary tensors come back, although the sampler runs in inference mode inside.
+    assert not a.is_inference()
+    weight = torch.ones((), requires_grad=True)
+    (a * weight).sum().backward()
+    assert weight.grad == a.sum()
     with torch.no_grad():
         model.head2.bias.fill_(0.0)
         model.head2.weight.mul_(0.0).add_(0.05)
