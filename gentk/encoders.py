@@ -80,6 +80,7 @@ class MLPEncoderConfig:
     hidden: list[int] = option(doc="widths of the hidden layers (AAE paper: [1000, 1000])", factory=lambda: [1000, 1000], ge=1)
     activation: Literal["relu", "leaky_relu", "elu", "tanh", "softplus"] = option("relu", "nonlinearity after each hidden layer")
     input_noise: float = option(0.0, "std of Gaussian noise added to the input in training: the stochastic encoder z = f(x, n)", ge=0)
+    batch_norm: bool = option(False, "batch normalization before each hidden nonlinearity (spreads a categorical head's early choices over the batch)")
 
 
 def mlp_encoder(*, input_shape: Sequence[int], latents: Mapping[str, Any], **options: Any) -> Encoder:
@@ -87,7 +88,7 @@ def mlp_encoder(*, input_shape: Sequence[int], latents: Mapping[str, Any], **opt
     cfg = MLPEncoderConfig(**options)
     c, h, w = input_shape
     widths = [c * h * w, *cfg.hidden]
-    body = nn.Sequential(Rearrange("b c h w -> b (c h w)"), mlp(widths, cfg.activation, final_activation=True) if cfg.hidden else nn.Identity())
+    body = nn.Sequential(Rearrange("b c h w -> b (c h w)"), mlp(widths, cfg.activation, final_activation=True, batch_norm=cfg.batch_norm) if cfg.hidden else nn.Identity())
     return Encoder(body, widths[-1], latents, cfg.input_noise)
 
 
@@ -98,6 +99,7 @@ class ConvEncoderConfig:
     hidden: list[int] = option(doc="widths of fully connected layers after the convolutions", factory=lambda: [1024], ge=1)
     activation: Literal["relu", "leaky_relu", "elu", "tanh", "softplus"] = option("relu", "nonlinearity after each layer")
     input_noise: float = option(0.0, "std of Gaussian noise added to the input in training: the stochastic encoder z = f(x, n)", ge=0)
+    batch_norm: bool = option(False, "batch normalization before each hidden nonlinearity (spreads a categorical head's early choices over the batch)")
 
 
 def conv_encoder(*, input_shape: Sequence[int], latents: Mapping[str, Any], **options: Any) -> Encoder:
@@ -107,14 +109,17 @@ def conv_encoder(*, input_shape: Sequence[int], latents: Mapping[str, Any], **op
     padding = cfg.kernel // 2 - 1
     layers: list[nn.Module] = []
     for n_out in cfg.channels:
-        layers += [nn.Conv2d(c, n_out, cfg.kernel, stride=2, padding=padding), activation(cfg.activation)]
+        layers.append(nn.Conv2d(c, n_out, cfg.kernel, stride=2, padding=padding))
+        if cfg.batch_norm:
+            layers.append(nn.BatchNorm2d(n_out))
+        layers.append(activation(cfg.activation))
         c, h, w = n_out, conv_output_size(h, cfg.kernel, 2, padding), conv_output_size(w, cfg.kernel, 2, padding)
         if h < 1 or w < 1:
             raise ValueError(f"{len(cfg.channels)} stride-2 convolutions shrink a {tuple(input_shape)} image to nothing; use fewer channels entries")
     widths = [c * h * w, *cfg.hidden]
     layers.append(Rearrange("b c h w -> b (c h w)"))
     if cfg.hidden:
-        layers.append(mlp(widths, cfg.activation, final_activation=True))
+        layers.append(mlp(widths, cfg.activation, final_activation=True, batch_norm=cfg.batch_norm))
     return Encoder(nn.Sequential(*layers), widths[-1], latents, cfg.input_noise)
 
 

@@ -28,10 +28,11 @@ def activation(name: str) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
-def mlp(sizes: Sequence[int], act: str = "relu", *, final_activation: bool = False) -> nn.Sequential:
+def mlp(sizes: Sequence[int], act: str = "relu", *, final_activation: bool = False, batch_norm: bool = False) -> nn.Sequential:
     """Linear layers of widths ``sizes[0] -> sizes[1] -> ... -> sizes[-1]``.
 
-    An activation follows every layer but the last (and the last too if `final_activation`).
+    An activation follows every layer but the last (and the last too if `final_activation`);
+    with `batch_norm`, batch normalization (Ioffe & Szegedy 2015) comes before each activation.
     ``mlp([784, 1000, 1000, 8])`` is the AAE paper's encoder body plus an 8-unit output.
     """
     if len(sizes) < 2:
@@ -40,6 +41,8 @@ def mlp(sizes: Sequence[int], act: str = "relu", *, final_activation: bool = Fal
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(n_in, n_out))
         if i < len(sizes) - 2 or final_activation:
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(n_out))
             layers.append(activation(act))
     return nn.Sequential(*layers)
 

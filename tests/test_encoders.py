@@ -53,6 +53,28 @@ def test_input_noise_acts_in_training_only():
     torch.testing.assert_close(enc(x)["w"]["code"], enc(x)["w"]["code"])
 
 
+@pytest.mark.parametrize("build", [mlp_encoder, conv_encoder])
+def test_batch_norm_normalizes_each_hidden_unit_over_the_batch(build):
+    torch.manual_seed(0)
+    kwargs = {"channels": [4, 8]} if build is conv_encoder else {}
+    encoder = build(input_shape=(1, 12, 12), latents=LATENTS, hidden=[16], batch_norm=True, **kwargs)
+    norms = [m for m in encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert len(norms) == (3 if build is conv_encoder else 1)  # one per hidden layer
+    # In training, each hidden unit's pre-activation has batch mean 0 and variance 1.
+    seen = []
+    norms[-1].register_forward_hook(lambda module, inputs, output: seen.append(output))
+    x = torch.rand(64, 1, 12, 12) * 3 + 1
+    encoder.train()(x)
+    assert torch.allclose(seen[-1].mean(0), torch.zeros(16), atol=1e-5)
+    assert torch.allclose(seen[-1].var(0, unbiased=False), torch.ones(16), atol=1e-3)
+    # The running statistics are part of the state (checkpoints and resume carry them); in
+    # evaluation one example's code does not depend on the rest of the batch.
+    assert any(key.endswith("running_mean") for key in encoder.state_dict())
+    encoder.eval()
+    alone, together = encoder(x[:1])["y"]["code"], encoder(x)["y"]["code"][:1]
+    assert torch.allclose(alone, together, atol=1e-6)
+
+
 def test_conv_encoder_refuses_more_downsamplings_than_the_image_allows():
     with pytest.raises(ValueError, match="shrink"):
         conv_encoder(input_shape=(1, 4, 4), latents={"w": LatentSpec(size=2)}, channels=[2, 2, 2, 2])
