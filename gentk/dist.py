@@ -216,6 +216,16 @@ class PartSync:
         self.device = device
         self.wrappers: dict[str, torch.nn.Module] = {}
         self.ddp_parts: dict[str, set[str]] = {}  # training step -> parts DDP synchronizes
+        if info.distributed and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            # Batch statistics over each rank's shard would differ from one process's (and
+            # leave each rank different running statistics): normalize over the global batch.
+            if device.type != "cuda":
+                raise TrainingError(
+                    f"this model has batch normalization (e.g. model.encoder.batch_norm = true), which needs SyncBatchNorm to train on "
+                    f"{info.world_size} processes, and PyTorch's SyncBatchNorm runs on GPUs only (this run is on {device}). "
+                    "Train on one process (without torchrun), on GPUs, or set batch_norm = false."
+                )
+            torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # keeps the same parameters and buffers
         if info.distributed and hasattr(model, "wrap_parts"):
             model.wrap_parts(self._wrap)
 

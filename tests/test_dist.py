@@ -20,6 +20,7 @@ import torch
 
 import gentk
 from gentk import checkpoint, dist
+from gentk.errors import TrainingError
 from gentk.train import train
 
 DETERMINISTIC = """
@@ -154,3 +155,12 @@ def test_device_choice(monkeypatch):
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert dist.from_environment() == dist.DistInfo(rank=3, world_size=4, local_rank=1)
+
+
+def test_batch_norm_under_several_cpu_processes_is_a_clear_error():
+    # Per-rank batch statistics would silently differ from one process's; SyncBatchNorm,
+    # the fix, runs on GPUs only, so a CPU run with several processes must refuse.
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    with pytest.raises(TrainingError, match="SyncBatchNorm"):
+        dist.PartSync(model, dist.DistInfo(rank=0, world_size=2), torch.device("cpu"))
+    assert isinstance(dist.PartSync(model, dist.DistInfo(), torch.device("cpu")), dist.PartSync)  # one process: fine
