@@ -541,6 +541,9 @@ class _CachedSampler:
         new = lambda *shape: torch.zeros(*shape, device=self.device, dtype=self.dtype)  # noqa: E731
         # Pre-activations are computed as [2 a, b]; scaling by powers of two is exact.
         self.double_a = torch.cat([torch.full((p,), 2.0), torch.ones(p)]).to(self.device, self.dtype)
+        # A 0-dim tensor operand: with a Python float, each subtraction first converts it
+        # (sub_(0.5) 6.1 us, sub_(tensor) 2.9 us on 16 x 64, measured).
+        self.half = torch.tensor(0.5, device=self.device, dtype=self.dtype)
         width = p + 1  # one layer's gate buffer: [gate / 2, 1]
         self.gates = new(n, self.L * width)
         self.gates[:, width - 1 :: width] = 1.0
@@ -637,15 +640,16 @@ class _CachedSampler:
                 nxt = self.m.layers[i + 1]
                 half = nxt.kernel // 2
                 s = v_pre.sigmoid_().view(n, W, -1)
-                a = s[..., : self.p].sub_(0.5)
+                a = s[..., : self.p].sub_(self.half)
                 torch.mul(a, s[..., self.p :], out=self.vbuf[i + 1][:, row + nxt.v_rows - 1, half : half + W])  # gate / 2
 
     def _pixel(self, j: int) -> Tensor:
         """Horizontal stack + head at column j of the current row: parameters (n, C K)."""
+        half = self.half
         for bias, window, hmat, pre, pre_a, pre_b, gate_out, gate_in, res, here, nxt in self.plan[j]:
             torch.addmm(bias, window, hmat, out=pre)  # [2 a, b]
             pre.sigmoid_()
-            torch.mul(pre_a.sub_(0.5), pre_b, out=gate_out)  # (sigmoid(2 a) - 1/2) sigmoid(b) = gate / 2
+            torch.mul(pre_a.sub_(half), pre_b, out=gate_out)  # (sigmoid(2 a) - 1/2) sigmoid(b) = gate / 2
             if nxt is not None:
                 if here is None:
                     torch.mm(gate_in, res, out=nxt)
