@@ -582,6 +582,7 @@ class _CachedSampler:
         self.head2 = (model.head2.bias, model.head2.masked_weight()[:, :, 0, 0].t().contiguous())
         if self.kind == "location_dependent":
             self.projmat = [(proj.bias, proj.weight[:, :, 0, 0].t().contiguous()) for proj in model.cond_proj]
+            self._rows: dict[int, tuple[list[Tensor], list[Tensor]]] = {}  # the last row's terms, asked for again
         else:
             # Row-independent terms, fixed for the whole run: (n W, 2p) per layer.
             self.vconst = [self._fixed(layer.v_conv.bias, i, 0) * self.double_a for i, layer in enumerate(layers)]
@@ -618,12 +619,16 @@ class _CachedSampler:
         the horizontal ones include the link's bias unless `link` is false (row 0 has no link)."""
         if self.kind != "location_dependent":
             return self.vconst, self.hconst if link else self.hconst0
+        if link and row in self._rows:  # each row is asked for twice: vertical terms, then horizontal
+            return self._rows.pop(row)
         vs, hs = [], []
         for i, layer in enumerate(self.m.layers):
             b, w = self.projmat[i]
             cond_v, cond_h = torch.addmm(b, rearrange(self.cmap[:, :, row], "n f w -> (n w) f"), w).chunk(2, dim=-1)
             vs.append((cond_v + layer.v_conv.bias) * self.double_a)
             hs.append((cond_h + layer.h_conv.bias + layer.link.bias if link else cond_h + layer.h_conv.bias) * self.double_a)
+        if link:
+            self._rows = {row: (vs, hs)}
         return vs, hs
 
     def _vertical_row(self, row: int) -> None:
@@ -634,7 +639,7 @@ class _CachedSampler:
         for i, layer in enumerate(self.m.layers):
             rows = self.vbuf[i][:, row : row + layer.v_rows]  # (n, k//2 + 1, W + pad, f)
             windows = rearrange(rows.unfold(2, layer.kernel, 1), "n a w f b -> (n w) (a b f)")
-            v_pre = torch.addmm(vconst[i], windows, self.vmat[i])  # [a, b / 2]
+            v_pre = torch.addmm(vconst[i], windows, self.vmat[i])  # [2 a, b]
             torch.addmm(hconst[i], v_pre, self.linkmat[i], out=self.hbias[i].view(n * W, -1))
             if i + 1 < self.L:
                 nxt = self.m.layers[i + 1]
