@@ -8,6 +8,7 @@ Configuration (issue 4, DESIGN.md sec. 6): 10 gated layers, 64 channels, 7x7 mas
     .venv/bin/python bench/pixelcnn.py --skip-naive    # without the naive sampler (about 2.5 minutes)
     .venv/bin/python bench/pixelcnn.py --profile       # where the training step spends its time
     .venv/bin/python bench/pixelcnn.py --bf16 --skip-sampling   # training under CPU bf16 autocast
+    .venv/bin/python bench/pixelcnn.py --roofline      # the convolutions alone: an upper bound on training speed
 
 Each measurement is repeated and the best run is reported, with the load average next to
 it: run it on a quiet machine. Results go in docs/benchmarks.md.
@@ -22,7 +23,7 @@ import time
 
 import torch
 
-from gentk.pixelcnn import PixelCNNDecoder
+from gentk.pixelcnn import PixelCNNDecoder, cpu_has_native_bf16
 
 
 def load() -> str:
@@ -70,6 +71,51 @@ def bench_training(args) -> float:
     return best
 
 
+def conv_shapes(model: PixelCNNDecoder, batch: int) -> list[tuple[str, tuple, tuple, bool]]:
+    """Every convolution of one training step, as (name, input shape, weight shape, input needs a
+    gradient), with the shapes `GatedLayer.forward` gives them (inputs already padded)."""
+    _, height, width = model.image_shape
+    shapes = []
+    for i, layer in enumerate(model.layers):
+        f, p2, k = layer.v_conv.in_channels, layer.v_conv.out_channels, layer.kernel
+        needs_grad = i > 0  # the image needs no gradient
+        shapes += [
+            (f"layer {i} vertical", (batch, f, height + layer.v_rows - 1, width + 2 * (k // 2)), (p2, f, layer.v_rows, k), needs_grad),
+            (f"layer {i} horizontal", (batch, f, height, width + layer.h_cols - 1), (p2, f, 1, layer.h_cols), needs_grad),
+            (f"layer {i} link", (batch, p2, height - 1, width), (p2, p2, 1, 1), True),
+            (f"layer {i} residual+skip", (batch, p2 // 2, height, width), (p2, p2 // 2, 1, 1), True),
+        ]
+    p, out = model.head1.in_channels, model.head2.out_channels
+    return shapes + [("head 1", (batch, p, height, width), (p, p, 1, 1), True), ("head 2", (batch, p, height, width), (out, p, 1, 1), True)]
+
+
+def time_conv(x_shape, w_shape, needs_grad: bool, memory_format, bf16: bool, repeats: int) -> float:
+    """Best time of one convolution's forward and backward (input, weight and bias gradients)."""
+    x = torch.randn(x_shape).contiguous(memory_format=memory_format).requires_grad_(needs_grad)
+    w = torch.randn(w_shape).contiguous(memory_format=memory_format).requires_grad_(True)
+    b = torch.zeros(w_shape[0], requires_grad=True)
+    wrt = [x, w, b] if needs_grad else [w, b]
+    best = float("inf")
+    for r in range(repeats + 1):  # the first run creates oneDNN's primitives
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            y = torch.nn.functional.conv2d(x, w, b)
+        torch.autograd.grad(y, wrt, torch.ones_like(y))
+        if r:
+            best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def bench_roofline(args) -> None:
+    """Training time if the step did nothing but its convolutions, in each memory format."""
+    model = build(args)
+    shapes = conv_shapes(model, args.batch)
+    for bf16 in (False, True) if cpu_has_native_bf16() else (False,):
+        for name, memory_format in (("NCHW", torch.contiguous_format), ("channels_last", torch.channels_last)):
+            total = sum(time_conv(x, w, g, memory_format, bf16, args.repeats) for _, x, w, g in shapes)
+            print(f"  {'bf16' if bf16 else 'fp32'} convolutions alone, {name}: {total * 1e3:.0f} ms per step of {args.batch} -> at most {args.batch / total:.1f} images/s ({load()})", flush=True)
+
+
 def bench_sampling(args) -> tuple[float, float | None]:
     model = build(args).eval()
     c = torch.randn(16, 10, generator=torch.Generator().manual_seed(1))
@@ -103,10 +149,14 @@ def main() -> None:
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--bf16", action="store_true", help="train with the decoder's bf16 option (CPU bfloat16 autocast)")
+    parser.add_argument("--roofline", action="store_true", help="time the training step's convolutions alone (forward and backward), fp32 and bf16, NCHW and channels_last")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, {load()}")
+    if args.roofline:
+        bench_roofline(args)
+        return
     if not args.skip_training:
         rate = bench_training(args)
         print(f"training: best {rate:.1f} images/s (batch {args.batch}, {args.layers} layers, {args.channels} channels)")

@@ -18,6 +18,7 @@ from gentk.pixelcnn import (
     bernoulli_log_prob,
     bits_per_dim,
     cpu_has_native_bf16,
+    gate,
     categorical256_log_prob,
     logistic_mixture_log_prob,
 )
@@ -179,6 +180,15 @@ def test_the_code_changes_the_likelihood(conditioning):
     model, code = make((1, 4, 4), conditioning)
     x = data((1, 4, 4), "bernoulli")
     assert (model(x, code) - model(x, code + 1)).abs().min() > 1e-6
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_the_gate_is_tanh_times_sigmoid_with_the_right_gradient(memory_format):
+    pre = torch.randn(2, 8, 3, 4, dtype=torch.float64).contiguous(memory_format=memory_format).requires_grad_(True)
+    a, b = pre.chunk(2, dim=1)
+    assert torch.allclose(gate(pre), torch.tanh(a) * torch.sigmoid(b), atol=1e-12, rtol=0)
+    assert torch.autograd.gradcheck(gate, (pre,))
+    assert torch.autograd.gradgradcheck(gate, (pre,))  # gradient penalties differentiate twice
 
 
 # --------------------------------------------------------------------------- sampling
