@@ -271,9 +271,17 @@ class _Gate(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         (pre,) = ctx.saved_tensors
         tanh_a, sig_b = _Gate._factors(pre, ctx.dim)
-        grad_a = torch.ops.aten.tanh_backward(grad * sig_b, tanh_a)
-        grad_b = torch.ops.aten.sigmoid_backward(grad * tanh_a, sig_b)
-        return torch.cat([grad_a, grad_b], dim=ctx.dim), None
+        if torch.is_grad_enabled():  # create_graph: differentiable ops, for a second derivative
+            grad_a = torch.ops.aten.tanh_backward(grad * sig_b, tanh_a)
+            grad_b = torch.ops.aten.sigmoid_backward(grad * tanh_a, sig_b)
+            return torch.cat([grad_a, grad_b], dim=ctx.dim), None
+        # Written into the two halves of one tensor in pre's layout: torch.cat of the halves
+        # took 2.3 ms per gate in channels last (measured), longer than the arithmetic.
+        grad_pre = torch.empty_like(pre)
+        grad_a, grad_b = grad_pre.chunk(2, dim=ctx.dim)
+        torch.ops.aten.tanh_backward.grad_input(grad * sig_b, tanh_a, grad_input=grad_a)
+        torch.ops.aten.sigmoid_backward.grad_input(grad * tanh_a, sig_b, grad_input=grad_b)
+        return grad_pre, None
 
 
 def gate(pre: Tensor, dim: int = 1) -> Tensor:
@@ -313,19 +321,34 @@ class GatedLayer(nn.Module):
         if cond_h is not None:
             h_pre += cond_h
         if v_pre.shape[2] > 1:
-            # Row i of the horizontal stack may use vertical rows <= i-1 only: shift the link
-            # down one row (row 0 gets nothing, the last vertical row is dropped). The link runs
-            # on all rows, whose tensor is dense, and is added out of place: an in-place add
-            # into rows 1: of h_pre costs a full copy in backward (0.6 s per step in channels
-            # last, measured).
-            h_pre = h_pre + F.pad(self.link(v_pre)[:, :, :-1], (0, 0, 1, 0)).contiguous(memory_format=_memory_format(h_pre))
+            # Row i of the horizontal stack may use vertical rows <= i-1 only: the link's
+            # output is added shifted down one row (row 0 gets nothing, the last vertical row
+            # is dropped). The link runs on all rows, whose tensor is dense.
+            h_pre = _AddShiftedDown.apply(h_pre, self.link(v_pre))
         res, skip = self.out(gate(h_pre)).chunk(2, dim=1)
         return gate(v_pre), res if self.first else res + h, skip
 
 
-def _memory_format(t: Tensor) -> torch.memory_format:
-    """The memory format `t` is laid out in (channels last, or the default)."""
-    return torch.channels_last if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+class _AddShiftedDown(torch.autograd.Function):
+    """h + (link shifted down one row): out[:, :, i] = h[:, :, i] + link[:, :, i - 1], in place on h.
+
+    Written out because autograd's versions of it are slow in channels last: an in-place add
+    into the row slice h[:, :, 1:] copies the whole gradient in backward (0.6 s per training
+    step, measured), and a slice's backward allocates its gradient in NCHW, which the
+    convolution before it must convert back. Both directions here keep the input's layout.
+    """
+
+    @staticmethod
+    def forward(ctx, h: Tensor, link: Tensor) -> Tensor:
+        ctx.mark_dirty(h)
+        h[:, :, 1:].add_(link[:, :, :-1])  # add_ on the view: `+=` would copy it back onto itself
+        return h
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        grad_link = torch.zeros_like(grad)  # same layout as grad
+        grad_link[:, :, :-1] = grad[:, :, 1:]
+        return grad, grad_link
 
 
 class SpatialMap(nn.Module):
@@ -453,15 +476,17 @@ class PixelCNNDecoder(nn.Module):
         inp = 2 * x - 1  # centre the input
         if self.config.conditioning == "input_concat":
             inp = torch.cat([inp, cmap], dim=1)
-        if inp.device.type == "cpu":
-            # oneDNN's convolutions are faster on channels-last activations (measured with
-            # bench/pixelcnn.py --roofline, docs/benchmarks.md); every layer keeps its input's format.
-            inp = inp.contiguous(memory_format=torch.channels_last)
         v = h = inp
         skip = None
         for i, layer in enumerate(self.layers):
             cond_v, cond_h = self._layer_cond(i, bias, cmap)
             v, h, s = layer(v, h, cond_v, cond_h)
+            if i == 0 and inp.device.type == "cpu":
+                # oneDNN's convolutions are faster on channels-last activations (measured with
+                # bench/pixelcnn.py --roofline, docs/benchmarks.md), and each convolution keeps
+                # its input's format. Converting after the first layer also covers 1-channel
+                # images, whose layout is the same in both formats (so oneDNN picks NCHW).
+                v, h, s = (t.contiguous(memory_format=torch.channels_last) for t in (v, h, s))
             skip = s if i == 0 else skip + s if i == 1 else skip.add_(s)  # in place once skip is a fresh sum
         out = self.head2(F.relu(self.head1(F.relu(skip))))
         return rearrange(out, "b (c k) h w -> b c k h w", c=self.image_shape[0])
