@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gentk.errors import GentkError
 from gentk.pixelcnn import (
     CONDITIONINGS,
     LIKELIHOODS,
     PixelCNNDecoder,
+    _AddShiftedDown,
     bernoulli_log_prob,
     bits_per_dim,
     cpu_has_native_bf16,
@@ -189,6 +191,55 @@ def test_the_gate_is_tanh_times_sigmoid_with_the_right_gradient(memory_format):
     assert torch.allclose(gate(pre), torch.tanh(a) * torch.sigmoid(b), atol=1e-12, rtol=0)
     assert torch.autograd.gradcheck(gate, (pre,))
     assert torch.autograd.gradgradcheck(gate, (pre,))  # gradient penalties differentiate twice
+
+
+def test_the_shifted_link_add_keeps_the_layout_and_has_the_right_gradient():
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        h = torch.randn(2, 4, 3, 5, dtype=torch.float64).contiguous(memory_format=memory_format).requires_grad_(True)
+        link = torch.randn(2, 4, 3, 5, dtype=torch.float64).contiguous(memory_format=memory_format).requires_grad_(True)
+        out = _AddShiftedDown.apply(h.clone(), link)
+        expected = h + torch.nn.functional.pad(link[:, :, :-1], (0, 0, 1, 0))
+        assert torch.equal(out, expected) and out.is_contiguous(memory_format=memory_format)
+        assert torch.autograd.gradcheck(lambda h, link: _AddShiftedDown.apply(h.clone(), link), (h, link))
+
+
+def reference_logits(model, x, code):
+    """The decoder written the plain way (NCHW, torch.tanh, padded inputs, in-place link add):
+    the network the faster code must reproduce, value and gradient."""
+    bias, cmap = model._conditioning(code)
+    v = h = 2 * x - 1
+    if model.config.conditioning == "input_concat":
+        v = h = torch.cat([v, cmap], dim=1)
+    skip = 0
+    for i, layer in enumerate(model.layers):
+        cond_v, cond_h = model._layer_cond(i, bias, cmap)
+        k = layer.kernel
+        v_pre = F.conv2d(F.pad(v, (k // 2, k // 2, layer.v_rows - 1, 0)), layer.v_conv.weight, layer.v_conv.bias)
+        h_pre = F.conv2d(F.pad(h, (layer.h_cols - 1, 0, 0, 0)), layer.h_conv.masked_weight(), layer.h_conv.bias)
+        if cond_v is not None:
+            v_pre, h_pre = v_pre + cond_v, h_pre + cond_h
+        h_pre = h_pre.clone()
+        h_pre[:, :, 1:] += F.conv2d(v_pre[:, :, :-1], layer.link.weight, layer.link.bias)
+        a, b = h_pre.chunk(2, dim=1)
+        res, s = F.conv2d(torch.tanh(a) * torch.sigmoid(b), layer.out.masked_weight(), layer.out.bias).chunk(2, dim=1)
+        a, b = v_pre.chunk(2, dim=1)
+        v, h, skip = torch.tanh(a) * torch.sigmoid(b), res if i == 0 else h + res, skip + s
+    out = F.conv2d(F.relu(F.conv2d(F.relu(skip), model.head1.masked_weight(), model.head1.bias)), model.head2.masked_weight(), model.head2.bias)
+    return out.reshape(x.shape[0], x.shape[1], -1, *x.shape[2:])
+
+
+@pytest.mark.parametrize("conditioning", CONDITIONINGS)
+@pytest.mark.parametrize("shape", [(1, 6, 6), (3, 4, 5)])
+def test_the_network_equals_its_plain_reference_in_value_and_gradient(shape, conditioning):
+    model, code = make(shape, conditioning, "bernoulli")
+    x = data(shape, "bernoulli")
+    fast, slow = model.logits(x, code), reference_logits(model, x, code)
+    assert torch.allclose(fast, slow, atol=1e-5, rtol=0)
+    proj = torch.randn_like(fast)
+    grads = [torch.autograd.grad((out * proj).sum(), list(model.parameters()), allow_unused=True) for out in (fast, slow)]
+    for name, (g_fast, g_slow) in zip([n for n, _ in model.named_parameters()], zip(*grads)):
+        assert (g_fast is None) == (g_slow is None), name
+        assert g_fast is None or torch.allclose(g_fast, g_slow, atol=1e-5, rtol=1e-4), name
 
 
 # --------------------------------------------------------------------------- sampling
