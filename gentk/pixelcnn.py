@@ -583,10 +583,10 @@ class _CachedSampler:
     Convolutions become matmuls on these windows (one per layer and row for the vertical
     stack, one per layer and pixel for the horizontal one). The per-pixel step writes into
     preallocated buffers through views made once, and uses exact rewrites to need few and
-    cheap kernels: tanh(a) = 2 sigmoid(2 a) - 1, so one in-place sigmoid serves both gate
-    halves (the a half of the weights is doubled; sigmoid is about 4 times faster than tanh
-    on this CPU, measured) and (sigmoid(2 a) - 1/2) sigmoid(b) is half the gate, the factor 2
-    moving into the 1x1 convs after it; a constant 1 appended to
+    cheap kernels: tanh(a) = 1 - 2 sigmoid(-2 a), so with pre-activations computed as
+    [-2 a, b] (the a half of the weights scaled by -2, exact) one in-place sigmoid serves both
+    gate halves (sigmoid is about 4 times faster than tanh on this CPU, measured) and one
+    addcmul gives the gate, sigmoid(b) - 2 sigmoid(b) sigmoid(-2 a); a constant 1 appended to
     the gate output carries those convs' biases inside their matmuls; and the skip 1x1 convs
     of all layers are one matmul on all layers' gate buffers side by side. The link from the
     vertical stack is written straight into the next row's hbias by one matmul per layer.
@@ -607,36 +607,30 @@ class _CachedSampler:
         self.kind = model.config.conditioning
         self.bias, self.cmap = model._conditioning(c)
         new = lambda *shape: torch.zeros(*shape, device=self.device, dtype=self.dtype)  # noqa: E731
-        # Pre-activations are computed as [2 a, b]; scaling by powers of two is exact.
-        self.double_a = torch.cat([torch.full((p,), 2.0), torch.ones(p)]).to(self.device, self.dtype)
-        # A 0-dim tensor operand: with a Python float, each subtraction first converts it
-        # (sub_(0.5) 6.1 us, sub_(tensor) 2.9 us on 16 x 64, measured).
-        self.half = torch.tensor(0.5, device=self.device, dtype=self.dtype)
-        width = p + 1  # one layer's gate buffer: [gate / 2, 1]
+        # Pre-activations are computed as [-2 a, b]; scaling by powers of two is exact.
+        self.pre_scale = torch.cat([torch.full((p,), -2.0), torch.ones(p)]).to(self.device, self.dtype)
+        width = p + 1  # one layer's gate buffer: [gate, 1]
         self.gates = new(n, self.L * width)
         self.gates[:, width - 1 :: width] = 1.0
 
         def after_gate(conv, part: slice) -> Tensor:
-            """Part of a 1x1 conv on the gate output, as a matrix acting on [gate / 2, 1]."""
+            """Part of a 1x1 conv on the gate output, as a matrix acting on [gate, 1]."""
             w = conv.masked_weight()[part, :, 0, 0].t()
-            return torch.cat([2.0 * w, conv.bias[part][None]]).contiguous()
+            return torch.cat([w, conv.bias[part][None]]).contiguous()
 
         self.vbuf, self.vmat, self.linkmat, self.hbuf, self.hbias, self.hmat = [], [], [], [], [], []
         self.pre, self.gate_out, self.gate_in, self.res = [], [], [], []
         for i, layer in enumerate(layers):
             f_in, k = layer.v_conv.in_channels, layer.kernel
             self.vbuf.append(new(n, self.H + layer.v_rows - 1, self.W + 2 * (k // 2), f_in))
-            # The vertical stack uses the same rewrite as the horizontal one: its a half is
-            # computed doubled and its cache holds half the gate (hence 2 on the inputs of
-            # every layer after the first); the link undoes the doubling of a.
-            in_scale = 1.0 if i == 0 else 2.0
-            self.vmat.append((rearrange(layer.v_conv.weight, "o f a b -> (a b f) o") * (in_scale * self.double_a)).contiguous())
-            link_in = (1.0 / self.double_a)[:, None]
-            self.linkmat.append((layer.link.weight[:, :, 0, 0].t() * link_in * self.double_a).contiguous())
+            # The vertical stack uses the same rewrite as the horizontal one; the link undoes
+            # the scaling of a.
+            self.vmat.append((rearrange(layer.v_conv.weight, "o f a b -> (a b f) o") * self.pre_scale).contiguous())
+            self.linkmat.append((layer.link.weight[:, :, 0, 0].t() / self.pre_scale[:, None] * self.pre_scale).contiguous())
             self.hbuf.append(new(n, self.W + layer.h_cols - 1, f_in))
             self.hbias.append(new(n, self.W, 2 * p))
             # (2p, f, 1, t) -> (t f, 2p): one matmul with the flattened (taps, features) window.
-            self.hmat.append((rearrange(layer.h_conv.masked_weight(), "o f 1 t -> (t f) o") * self.double_a).contiguous())
+            self.hmat.append((rearrange(layer.h_conv.masked_weight(), "o f 1 t -> (t f) o") * self.pre_scale).contiguous())
             g = self.gates[:, i * width : (i + 1) * width]
             self.gate_in.append(g)
             self.gate_out.append(g[:, :p])
@@ -653,9 +647,9 @@ class _CachedSampler:
             self._rows: dict[int, tuple[list[Tensor], list[Tensor]]] = {}  # the last row's terms, asked for again
         else:
             # Row-independent terms, fixed for the whole run: (n W, 2p) per layer.
-            self.vconst = [self._fixed(layer.v_conv.bias, i, 0) * self.double_a for i, layer in enumerate(layers)]
-            self.hconst = [self._fixed(layer.h_conv.bias + layer.link.bias, i, 1) * self.double_a for i, layer in enumerate(layers)]
-            self.hconst0 = [self._fixed(layer.h_conv.bias, i, 1) * self.double_a for i, layer in enumerate(layers)]
+            self.vconst = [self._fixed(layer.v_conv.bias, i, 0) * self.pre_scale for i, layer in enumerate(layers)]
+            self.hconst = [self._fixed(layer.h_conv.bias + layer.link.bias, i, 1) * self.pre_scale for i, layer in enumerate(layers)]
+            self.hconst0 = [self._fixed(layer.h_conv.bias, i, 1) * self.pre_scale for i, layer in enumerate(layers)]
         # Pixel j's work per layer, as argument tuples made once (views into the buffers):
         # (row bias, window, weights, pre-activation and its halves, gate output, gate with its
         # 1, residual weights, this layer's input slot, next layer's input slot or None).
@@ -693,8 +687,8 @@ class _CachedSampler:
         for i, layer in enumerate(self.m.layers):
             b, w = self.projmat[i]
             cond_v, cond_h = torch.addmm(b, rearrange(self.cmap[:, :, row], "n f w -> (n w) f"), w).chunk(2, dim=-1)
-            vs.append((cond_v + layer.v_conv.bias) * self.double_a)
-            hs.append((cond_h + layer.h_conv.bias + layer.link.bias if link else cond_h + layer.h_conv.bias) * self.double_a)
+            vs.append((cond_v + layer.v_conv.bias) * self.pre_scale)
+            hs.append((cond_h + layer.h_conv.bias + layer.link.bias if link else cond_h + layer.h_conv.bias) * self.pre_scale)
         if link:
             self._rows = {row: (vs, hs)}
         return vs, hs
@@ -707,22 +701,21 @@ class _CachedSampler:
         for i, layer in enumerate(self.m.layers):
             rows = self.vbuf[i][:, row : row + layer.v_rows]  # (n, k//2 + 1, W + pad, f)
             windows = rearrange(rows.unfold(2, layer.kernel, 1), "n a w f b -> (n w) (a b f)")
-            v_pre = torch.addmm(vconst[i], windows, self.vmat[i])  # [2 a, b]
+            v_pre = torch.addmm(vconst[i], windows, self.vmat[i])  # [-2 a, b]
             torch.addmm(hconst[i], v_pre, self.linkmat[i], out=self.hbias[i].view(n * W, -1))
             if i + 1 < self.L:
                 nxt = self.m.layers[i + 1]
                 half = nxt.kernel // 2
                 s = v_pre.sigmoid_().view(n, W, -1)
-                a = s[..., : self.p].sub_(self.half)
-                torch.mul(a, s[..., self.p :], out=self.vbuf[i + 1][:, row + nxt.v_rows - 1, half : half + W])  # gate / 2
+                s_b = s[..., self.p :]
+                torch.addcmul(s_b, s_b, s[..., : self.p], value=-2.0, out=self.vbuf[i + 1][:, row + nxt.v_rows - 1, half : half + W])  # gate
 
     def _pixel(self, j: int) -> Tensor:
         """Horizontal stack + head at column j of the current row: parameters (n, C K)."""
-        half = self.half
         for bias, window, hmat, pre, pre_a, pre_b, gate_out, gate_in, res, here, nxt in self.plan[j]:
-            torch.addmm(bias, window, hmat, out=pre)  # [2 a, b]
+            torch.addmm(bias, window, hmat, out=pre)  # [-2 a, b]
             pre.sigmoid_()
-            torch.mul(pre_a.sub_(half), pre_b, out=gate_out)  # (sigmoid(2 a) - 1/2) sigmoid(b) = gate / 2
+            torch.addcmul(pre_b, pre_b, pre_a, value=-2.0, out=gate_out)  # sigmoid(b) (1 - 2 sigmoid(-2 a)) = gate
             if nxt is not None:
                 if here is None:
                     torch.mm(gate_in, res, out=nxt)
