@@ -312,43 +312,45 @@ class GatedLayer(nn.Module):
         self.link = nn.Conv2d(2 * channels, 2 * channels, 1)
         self.out = _conv1x1(features, pre_groups, groups)  # [residual, skip]
 
-    def forward(self, v: Tensor, h: Tensor, cond_v: Tensor | None, cond_h: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, v: Tensor | None, h: Tensor, cond_v: Tensor | None, cond_h: Tensor | None) -> tuple[Tensor | None, Tensor, Tensor]:
+        """v: the vertical stack on rows 0 .. H-2 only (None for a 1-row image): row i of the
+        horizontal stack uses vertical rows <= i-1, so vertical row H-1 would never reach the
+        output and is not computed. h: the horizontal stack, all H rows."""
         # In-place adds below act on fresh conv outputs, which no backward pass needs.
-        v_pre = self.v_conv(F.pad(v, (self.kernel // 2, self.kernel // 2, self.v_rows - 1, 0)))
-        if cond_v is not None:
-            v_pre += cond_v
         h_pre = self.h_conv(F.pad(h, (self.h_cols - 1, 0, 0, 0)))
         if cond_h is not None:
             h_pre += cond_h
-        if v_pre.shape[2] > 1:
-            # Row i of the horizontal stack may use vertical rows <= i-1 only: the link's
-            # output is added shifted down one row (row 0 gets nothing, the last vertical row
-            # is dropped). The link runs on all rows, whose tensor is dense.
-            h_pre = _AddShiftedDown.apply(h_pre, self.link(v_pre))
+        v_out = None
+        if v is not None:
+            v_pre = self.v_conv(F.pad(v, (self.kernel // 2, self.kernel // 2, self.v_rows - 1, 0)))
+            if cond_v is not None:
+                v_pre += cond_v
+            # The link: vertical row i-1 into horizontal row i (row 0 gets nothing).
+            h_pre = _AddToRowsBelowFirst.apply(h_pre, self.link(v_pre))
+            v_out = gate(v_pre)
         res, skip = self.out(gate(h_pre)).chunk(2, dim=1)
-        return gate(v_pre), res if self.first else res + h, skip
+        return v_out, res if self.first else res + h, skip
 
 
-class _AddShiftedDown(torch.autograd.Function):
-    """h + (link shifted down one row): out[:, :, i] = h[:, :, i] + link[:, :, i - 1], in place on h.
+class _AddToRowsBelowFirst(torch.autograd.Function):
+    """h[:, :, 1:] += link, in place on h, with a gradient in the input's memory layout.
 
-    Written out because autograd's versions of it are slow in channels last: an in-place add
-    into the row slice h[:, :, 1:] copies the whole gradient in backward (0.6 s per training
-    step, measured), and a slice's backward allocates its gradient in NCHW, which the
-    convolution before it must convert back. Both directions here keep the input's layout.
+    Written out because autograd's version of it is slow in channels last: an in-place add
+    into the row slice h[:, :, 1:] copies the whole gradient in backward (CopySlices, 0.6 s
+    per training step, measured); here the gradient of h passes through unchanged and the
+    link's is one copy, in the link's layout.
     """
 
     @staticmethod
     def forward(ctx, h: Tensor, link: Tensor) -> Tensor:
         ctx.mark_dirty(h)
-        h[:, :, 1:].add_(link[:, :, :-1])  # add_ on the view: `+=` would copy it back onto itself
+        ctx.memory_format = torch.channels_last if link.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        h[:, :, 1:].add_(link)  # add_ on the view: `+=` would copy it back onto itself
         return h
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        grad_link = torch.zeros_like(grad)  # same layout as grad
-        grad_link[:, :, :-1] = grad[:, :, 1:]
-        return grad, grad_link
+        return grad, grad[:, :, 1:].contiguous(memory_format=ctx.memory_format)
 
 
 class SpatialMap(nn.Module):
@@ -476,17 +478,20 @@ class PixelCNNDecoder(nn.Module):
         inp = 2 * x - 1  # centre the input
         if self.config.conditioning == "input_concat":
             inp = torch.cat([inp, cmap], dim=1)
-        v = h = inp
+        h = inp
+        v = inp[:, :, :-1] if inp.shape[2] > 1 else None  # the vertical stack's rows 0 .. H-2
         skip = None
         for i, layer in enumerate(self.layers):
             cond_v, cond_h = self._layer_cond(i, bias, cmap)
+            if self.config.conditioning == "location_dependent" and v is not None:
+                cond_v = cond_v[:, :, :-1]  # the map's rows the vertical stack has
             v, h, s = layer(v, h, cond_v, cond_h)
             if i == 0 and inp.device.type == "cpu":
                 # oneDNN's convolutions are faster on channels-last activations (measured with
                 # bench/pixelcnn.py --roofline, docs/benchmarks.md), and each convolution keeps
                 # its input's format. Converting after the first layer also covers 1-channel
                 # images, whose layout is the same in both formats (so oneDNN picks NCHW).
-                v, h, s = (t.contiguous(memory_format=torch.channels_last) for t in (v, h, s))
+                v, h, s = (None if t is None else t.contiguous(memory_format=torch.channels_last) for t in (v, h, s))
             skip = s if i == 0 else skip + s if i == 1 else skip.add_(s)  # in place once skip is a fresh sum
         out = self.head2(F.relu(self.head1(F.relu(skip))))
         return rearrange(out, "b (c k) h w -> b c k h w", c=self.image_shape[0])

@@ -16,7 +16,7 @@ from gentk.pixelcnn import (
     CONDITIONINGS,
     LIKELIHOODS,
     PixelCNNDecoder,
-    _AddShiftedDown,
+    _AddToRowsBelowFirst,
     bernoulli_log_prob,
     bits_per_dim,
     cpu_has_native_bf16,
@@ -193,14 +193,15 @@ def test_the_gate_is_tanh_times_sigmoid_with_the_right_gradient(memory_format):
     assert torch.autograd.gradgradcheck(gate, (pre,))  # gradient penalties differentiate twice
 
 
-def test_the_shifted_link_add_keeps_the_layout_and_has_the_right_gradient():
+def test_the_link_add_keeps_the_layout_and_has_the_right_gradient():
     for memory_format in (torch.contiguous_format, torch.channels_last):
         h = torch.randn(2, 4, 3, 5, dtype=torch.float64).contiguous(memory_format=memory_format).requires_grad_(True)
-        link = torch.randn(2, 4, 3, 5, dtype=torch.float64).contiguous(memory_format=memory_format).requires_grad_(True)
-        out = _AddShiftedDown.apply(h.clone(), link)
-        expected = h + torch.nn.functional.pad(link[:, :, :-1], (0, 0, 1, 0))
-        assert torch.equal(out, expected) and out.is_contiguous(memory_format=memory_format)
-        assert torch.autograd.gradcheck(lambda h, link: _AddShiftedDown.apply(h.clone(), link), (h, link))
+        link = torch.randn(2, 4, 2, 5, dtype=torch.float64).contiguous(memory_format=memory_format).requires_grad_(True)
+        out = _AddToRowsBelowFirst.apply(h.clone(), link)
+        assert torch.equal(out, h + torch.nn.functional.pad(link, (0, 0, 1, 0))) and out.is_contiguous(memory_format=memory_format)
+        (grad_link,) = torch.autograd.grad(_AddToRowsBelowFirst.apply(h.clone(), link), link, torch.ones_like(h).contiguous(memory_format=memory_format))
+        assert grad_link.is_contiguous(memory_format=memory_format)
+        assert torch.autograd.gradcheck(lambda h, link: _AddToRowsBelowFirst.apply(h.clone(), link), (h, link))
 
 
 def reference_logits(model, x, code):
