@@ -80,7 +80,8 @@ def conv_shapes(model: PixelCNNDecoder, batch: int) -> list[tuple[str, tuple, tu
         f, p2, k = layer.v_conv.in_channels, layer.v_conv.out_channels, layer.kernel
         needs_grad = i > 0  # the image needs no gradient
         shapes += [
-            (f"layer {i} vertical", (batch, f, height + layer.v_rows - 1, width + 2 * (k // 2)), (p2, f, layer.v_rows, k), needs_grad),
+            # The vertical stack and the link run on rows 0 .. H-2 (see GatedLayer.forward).
+            (f"layer {i} vertical", (batch, f, height - 1 + layer.v_rows - 1, width + 2 * (k // 2)), (p2, f, layer.v_rows, k), needs_grad),
             (f"layer {i} horizontal", (batch, f, height, width + layer.h_cols - 1), (p2, f, 1, layer.h_cols), needs_grad),
             (f"layer {i} link", (batch, p2, height - 1, width), (p2, p2, 1, 1), True),
             (f"layer {i} residual+skip", (batch, p2 // 2, height, width), (p2, p2 // 2, 1, 1), True),
