@@ -579,8 +579,11 @@ class _CachedSampler:
     """State of one cached sampling run: per-layer input caches and per-row biases.
 
     Buffers (per layer l, kernel k_l, input features f_l, p = channels), all channels-last:
-      vbuf[l]  (n, H + k_l//2, W + 2 (k_l//2), f_l)  the layer's vertical input, zero-padded
-               exactly as `GatedLayer.forward` pads it; row r lives at index r + k_l//2;
+      vbuf[l]  (n, k_l//2 + 1, W + 2 (k_l//2), f_l)  the layer's vertical input on the rows
+               its kernel covers, the newest last, zero-padded exactly as `GatedLayer.forward`
+               pads it (zeros above row 0); each new row shifts the others up (`_push_row`),
+               so the cache is a few rows, not the image (35 MB of fresh memory per call for
+               16 MNIST images, whose page faults cost about 8 ms, measured);
       hbuf[l]  (n, W + k_l//2, f_l)  the layer's horizontal input on the current row, so
                that a pixel's window is one contiguous (taps, features) block;
       hbias[l] (n, W, 2p)  horizontal pre-activation terms fixed for the row: conv bias +
@@ -627,7 +630,7 @@ class _CachedSampler:
         self.pre, self.gate_out, self.gate_in, self.res = [], [], [], []
         for i, layer in enumerate(layers):
             f_in, k = layer.v_conv.in_channels, layer.kernel
-            self.vbuf.append(new(n, self.H + layer.v_rows - 1, self.W + 2 * (k // 2), f_in))
+            self.vbuf.append(new(n, layer.v_rows, self.W + 2 * (k // 2), f_in))
             # The vertical stack uses the same rewrite as the horizontal one; the link undoes
             # the scaling of a.
             self.vmat.append((rearrange(layer.v_conv.weight, "o f a b -> (a b f) o") * self.pre_scale).contiguous())
@@ -668,11 +671,6 @@ class _CachedSampler:
                 pre = self.pre[i]
                 steps.append((self.hbias[i][:, j], window, self.hmat[i], pre, pre[:, :p], pre[:, p:], self.gate_out[i], self.gate_in[i], self.res[i], here, nxt))
             self.plan.append(steps)
-        if self.kind == "input_concat":
-            # The map is known in advance: fill its channels of the first layer's vertical cache.
-            first = layers[0]
-            half = first.kernel // 2
-            self.vbuf[0][:, first.v_rows - 1 :, half : half + self.W, self.C :] = rearrange(self.cmap, "n f h w -> n h w f")
 
     def _fixed(self, bias: Tensor, i: int, half: int) -> Tensor:
         """bias + layer i's conditioning of stack `half` (0 vertical, 1 horizontal), as (n W, 2p)."""
@@ -704,7 +702,7 @@ class _CachedSampler:
         n, W = self.n, self.W
         vconst, hconst = self._row_const(row)[0], self._row_const(row + 1)[1]  # hbias is for row + 1
         for i, layer in enumerate(self.m.layers):
-            rows = self.vbuf[i][:, row : row + layer.v_rows]  # (n, k//2 + 1, W + pad, f)
+            rows = self.vbuf[i]  # (n, k//2 + 1, W + pad, f): rows row - k//2 .. row
             windows = rearrange(rows.unfold(2, layer.kernel, 1), "n a w f b -> (n w) (a b f)")
             v_pre = torch.addmm(vconst[i], windows, self.vmat[i])  # [-2 a, b]
             torch.addmm(hconst[i], v_pre, self.linkmat[i], out=self.hbias[i].view(n * W, -1))
@@ -713,7 +711,15 @@ class _CachedSampler:
                 half = nxt.kernel // 2
                 s = v_pre.sigmoid_().view(n, W, -1)
                 s_b = s[..., self.p :]
-                torch.addcmul(s_b, s_b, s[..., : self.p], value=-2.0, out=self.vbuf[i + 1][:, row + nxt.v_rows - 1, half : half + W])  # gate
+                torch.addcmul(s_b, s_b, s[..., : self.p], value=-2.0, out=self._push_row(i + 1)[:, half : half + W])  # gate
+
+    def _push_row(self, i: int) -> Tensor:
+        """Shift layer i's vertical cache up by one row; return the last row (n, W + pad, f),
+        now free for the newest row (its padding columns stay zero)."""
+        buf = self.vbuf[i]
+        for a in range(buf.shape[1] - 1):
+            buf[:, a].copy_(buf[:, a + 1])
+        return buf[:, -1]
 
     def _pixel(self, j: int) -> Tensor:
         """Horizontal stack + head at column j of the current row: parameters (n, C K)."""
@@ -760,7 +766,10 @@ class _CachedSampler:
                         torch.add(minus_one, value, alpha=2, out=inputs[j][ch])  # the input 2x - 1
             if row + 1 < self.H:
                 # The row is complete: cache it for the vertical stack and run that stack once.
-                self.vbuf[0][:, row + first.v_rows - 1, half : half + self.W, :C] = rearrange(2 * x_row - 1, "n c w -> n w c")
+                newest = self._push_row(0)[:, half : half + self.W]
+                newest[..., :C] = rearrange(2 * x_row - 1, "n c w -> n w c")
+                if self.kind == "input_concat":
+                    newest[..., C:] = rearrange(self.cmap[:, :, row], "n f w -> n w f")
                 with _threads(threads):
                     self._vertical_row(row)
         return (x, used) if return_params else x
