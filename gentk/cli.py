@@ -113,7 +113,8 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
     from gentk.train import train
 
     result = train(recipe, plugins=plugins, out=args.out, device=args.device, resume=args.resume, force=args.force, offline=args.offline)
-    print(f"run directory: {result.run_dir}")
+    if result.run_dir is not None:  # None on ranks other than 0 under torchrun
+        print(f"run directory: {result.run_dir}")
     return 0
 
 

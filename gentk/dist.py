@@ -105,9 +105,32 @@ def init(info: DistInfo, device: torch.device) -> None:
     tdist.init_process_group(**kwargs)
 
 
-def shutdown() -> None:
-    if tdist.is_available() and tdist.is_initialized():
-        tdist.destroy_process_group()
+_FINAL_BARRIER: list[Any] = []  # see shutdown
+
+
+def shutdown(clean: bool = True) -> None:
+    """Leave the process group; after a `clean` finish, only once every rank is done.
+
+    Why the barrier, and why its handle is kept until the interpreter exits: gloo's
+    worker threads outlive ``destroy_process_group`` (the DDP wrappers leave a reference
+    to the group behind), and a worker that drops the last reference to a finished
+    collective frees that collective's tensors, which takes the GIL. If the interpreter
+    is shutting down by then, the worker thread is killed inside C++ code and the whole
+    process aborts ("terminate called without an active exception", SIGABRT), seen under
+    torchrun when rank 1 exited while rank 0 was still writing its checkpoint. The
+    barrier makes every rank's collectives finish before any rank leaves; the barrier's
+    work holds the collectives still in flight when it started, and keeping it here
+    means their last reference is dropped by the main thread, at exit, not by a worker.
+    After an error there is no barrier, since the other ranks may never reach it;
+    torchrun stops them.
+    """
+    if not (tdist.is_available() and tdist.is_initialized()):
+        return
+    if clean:
+        work = tdist.barrier(async_op=True)
+        work.wait()
+        _FINAL_BARRIER.append(work)
+    tdist.destroy_process_group()
 
 
 def barrier(info: DistInfo) -> None:
@@ -239,7 +262,7 @@ class PartSync:
         self.wrappers[name] = DistributedDataParallel(
             module,
             device_ids=[self.device] if self.device.type == "cuda" else None,
-            broadcast_buffers=False,  # buffers here are constants (PixelCNN masks); no collective per forward
+            forward_sync_buffers=False,  # buffers here are constants (PixelCNN masks): synced once at wrap time, no collective per forward
         )
         return self.wrappers[name]
 

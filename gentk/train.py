@@ -77,10 +77,14 @@ def train(
     started_group = info.distributed and not torch.distributed.is_initialized()
     dist.init(info, chosen)
     try:
-        return _train(recipe, plugins, Path(out), chosen, info, resume, force, offline, model, data)
-    finally:
+        result = _train(recipe, plugins, Path(out), chosen, info, resume, force, offline, model, data)
+    except BaseException:
         if started_group:
-            dist.shutdown()
+            dist.shutdown(clean=False)
+        raise
+    if started_group:
+        dist.shutdown()
+    return result
 
 
 def _train(recipe, plugins, out, device, info, resume, force, offline, model, data) -> TrainResult:
