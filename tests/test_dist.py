@@ -124,8 +124,9 @@ def test_adversarial_recipe_trains_and_resumes_under_two_processes(tmp_path):
     recipe_file = tmp_path / "tiny_ddp_aae.toml"
     recipe_file.write_text(ADVERSARIAL)
     done = torchrun(recipe_file, tmp_path, "--set", "train.steps=2")
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[-3000:]  # every rank exits cleanly (see dist.shutdown)
     (run,) = tmp_path.glob("tiny_ddp_aae-*")
+    assert done.stdout.count("run directory:") == 1 and str(run) in done.stdout  # rank 0 alone says where
     done = torchrun(recipe_file, tmp_path, "--resume", "auto", "--force")  # the recipe now says 4 steps
     assert done.returncode == 0, done.stderr[-3000:]
     assert "train.steps: 2 -> 4" in done.stdout + done.stderr  # the --force warning names the change
