@@ -12,8 +12,8 @@ import sys
 import textwrap
 from collections.abc import Sequence
 
-from gentk import __version__
-from gentk.errors import GentkError
+from gentk import __version__, dist
+from gentk.errors import GentkError, TrainingInterrupted
 from gentk.plugins import Plugins, load_plugins
 from gentk.recipe import load_recipe, option_docs
 from gentk.registry import KINDS
@@ -264,7 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"gentk: warning: {failure.describe()}; it is disabled (`gentk plugins -v` shows why).", file=sys.stderr)
         return args.func(args, plugins)
     except GentkError as exc:
-        print(f"gentk: error: {exc}", file=sys.stderr)
+        # An interrupted run stops every rank at the same step with the same message: rank 0 says it.
+        if not (isinstance(exc, TrainingInterrupted) and not dist.from_environment().is_main):
+            print(f"gentk: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("gentk: interrupted", file=sys.stderr)

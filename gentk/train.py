@@ -78,6 +78,10 @@ def train(
     dist.init(info, chosen)
     try:
         result = _train(recipe, plugins, Path(out), chosen, info, resume, force, offline, model, data)
+    except TrainingInterrupted:
+        if started_group:  # every rank stops at the same step (the stop request is all-reduced)
+            dist.shutdown()
+        raise
     except BaseException:
         if started_group:
             dist.shutdown(clean=False)
@@ -594,15 +598,24 @@ def write_samples(model, recipe: Recipe, device, path: Path) -> Path:
 class StopRequest:
     """SIGINT / SIGTERM ask the loop to save and stop after the current step.
 
-    A second SIGINT while that happens interrupts at once (the previous checkpoint stays).
+    A second SIGINT while that happens interrupts at once (the previous checkpoint stays),
+    unless it comes within `same_press_s` of the first: under torchrun one Ctrl-C reaches
+    each worker twice, from the terminal and forwarded by torchrun, milliseconds apart.
     """
 
-    def __init__(self) -> None:
+    same_press_s = 1.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.requested: str | None = None
+        self.clock = clock
+        self.at = 0.0
 
     def handle(self, signum, frame) -> None:
-        self.requested = signal.Signals(signum).name
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        now = self.clock()
+        if self.requested is None:
+            self.requested, self.at = signal.Signals(signum).name, now
+        elif signum == signal.SIGINT and now - self.at > self.same_press_s:
+            raise KeyboardInterrupt
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:

@@ -135,6 +135,38 @@ def test_adversarial_recipe_trains_and_resumes_under_two_processes(tmp_path):
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow
+def test_ctrl_c_under_torchrun_saves_once_and_the_run_resumes(tmp_path):
+    # A terminal's Ctrl-C goes to the whole process group: torchrun and both workers, which
+    # torchrun then signals again. Every rank must stop at the same step after saving.
+    import signal
+    import time
+
+    recipe_file = tmp_path / "tiny_ddp_aae.toml"
+    recipe_file.write_text(ADVERSARIAL)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "gentk", "run", str(recipe_file), "--out", str(tmp_path), "--device", "cpu", "--set", "train.steps=100000", "--set", "train.log_every=10"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(p.stat().st_size for p in tmp_path.glob("tiny_ddp_aae-*/metrics.jsonl")):  # training has started
+            assert time.monotonic() < deadline and child.poll() is None, child.communicate()
+            time.sleep(0.05)
+        os.killpg(child.pid, signal.SIGINT)
+        out, err = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+    (run,) = tmp_path.glob("tiny_ddp_aae-*")
+    state = checkpoint.load(run / "checkpoints" / "latest.pt")
+    assert state["world_size"] == 2 and state["step"] >= 1
+    assert err.count("Resume with:") == 1, err[-3000:]  # rank 0 says it, once
+    assert f"SIGINT at step {state['step']} of 100000" in err
+    done = torchrun(run / "recipe.toml", tmp_path, "--resume", str(run), "--force", "--set", f"train.steps={state['step'] + 2}")  # as the message says
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert checkpoint.load(run / "checkpoints" / "latest.pt")["step"] == state["step"] + 2
+
+
 def test_single_process_helpers_are_no_ops():
     info = dist.DistInfo()
     assert not info.distributed and info.is_main

@@ -254,6 +254,21 @@ def test_ema_averages_and_evaluates_with_the_average():
     assert model.weight.tolist() == [[3.0, 3.0]]
 
 
+def test_one_ctrl_c_that_reaches_a_torchrun_worker_twice_is_one_stop_request():
+    from gentk.train import StopRequest
+
+    now = [100.0]
+    stop = StopRequest(clock=lambda: now[0])
+    stop.handle(signal.SIGINT, None)
+    now[0] += 0.01
+    stop.handle(signal.SIGINT, None)  # the same press, forwarded by torchrun: still a request to save
+    stop.handle(signal.SIGTERM, None)
+    assert stop.requested == "SIGINT"
+    now[0] += 2.0
+    with pytest.raises(KeyboardInterrupt):  # a second press: stop at once
+        stop.handle(signal.SIGINT, None)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_to_the_command_line_saves_and_says_how_to_resume(tmp_path, recipe_file, signum):
     import subprocess
