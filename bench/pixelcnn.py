@@ -9,6 +9,7 @@ Configuration (issue 4, DESIGN.md sec. 6): 10 gated layers, 64 channels, 7x7 mas
     .venv/bin/python bench/pixelcnn.py --profile       # where the training step spends its time
     .venv/bin/python bench/pixelcnn.py --bf16 --skip-sampling   # training under CPU bf16 autocast
     .venv/bin/python bench/pixelcnn.py --roofline      # the convolutions alone: an upper bound on training speed
+    .venv/bin/python bench/pixelcnn.py --roofline --peak   # GFLOP/s of sgemm and of each convolution
 
 Each measurement is repeated and the best run is reported, with the load average next to
 it: run it on a quiet machine. Results go in docs/benchmarks.md.
@@ -107,10 +108,40 @@ def time_conv(x_shape, w_shape, needs_grad: bool, memory_format, bf16: bool, rep
     return best
 
 
+def conv_flops(x_shape, w_shape, needs_grad: bool) -> float:
+    """Floating-point operations of one convolution's forward and backward (2 per multiply-add;
+    the input gradient only where the input needs one). Inputs are already padded."""
+    batch, _, height, width = x_shape
+    out_ch, in_ch, kh, kw = w_shape
+    forward = 2 * batch * (height - kh + 1) * (width - kw + 1) * out_ch * in_ch * kh * kw
+    return forward * (3 if needs_grad else 2)
+
+
+def bench_peak(args, shapes) -> None:
+    """What this CPU's fp32 kernels reach: a large sgemm, and each convolution of the step alone."""
+    a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
+    a @ b
+    best = float("inf")
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    print(f"  fp32 sgemm 4096 x 4096 x 4096: {2 * 4096**3 / best / 1e9:.0f} GFLOP/s ({load()})", flush=True)
+    total_flops = 0.0
+    for name, x, w, g in shapes:
+        seconds = time_conv(x, w, g, torch.channels_last, False, args.repeats)
+        total_flops += conv_flops(x, w, g)
+        print(f"  fp32 channels last, {name:28s} {seconds * 1e3:6.1f} ms forward+backward, {conv_flops(x, w, g) / seconds / 1e9:4.0f} GFLOP/s", flush=True)
+    print(f"  the step's convolutions: {total_flops / args.batch / 1e9:.2f} GFLOP per image (forward and backward)", flush=True)
+
+
 def bench_roofline(args) -> None:
     """Training time if the step did nothing but its convolutions, in each memory format."""
     model = build(args)
     shapes = conv_shapes(model, args.batch)
+    if args.peak:
+        bench_peak(args, shapes)
+        return
     for bf16 in (False, True) if cpu_has_native_bf16() else (False,):
         for name, memory_format in (("NCHW", torch.contiguous_format), ("channels_last", torch.channels_last)):
             total = sum(time_conv(x, w, g, memory_format, bf16, args.repeats) for _, x, w, g in shapes)
@@ -151,6 +182,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--bf16", action="store_true", help="train with the decoder's bf16 option (CPU bfloat16 autocast)")
     parser.add_argument("--roofline", action="store_true", help="time the training step's convolutions alone (forward and backward), fp32 and bf16, NCHW and channels_last")
+    parser.add_argument("--peak", action="store_true", help="with --roofline: GFLOP/s of a large fp32 sgemm and of each of the step's convolutions alone")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)

@@ -353,6 +353,21 @@ class _AddToRowsBelowFirst(torch.autograd.Function):
         return grad, grad[:, :, 1:].contiguous(memory_format=ctx.memory_format)
 
 
+def _channels_last(x: Tensor) -> Tensor:
+    """x (b, c, h, w) in channels-last memory format, with strides that say so.
+
+    For one channel both formats have the same memory, and `contiguous(channels_last)`
+    returns the tensor unchanged, with NCHW strides; oneDNN then runs the first layer in
+    NCHW (7x the time of its vertical convolution, measured) and every later layer gets
+    its gradients in the wrong format. Writing the strides out (channel stride 1) makes
+    the first layer channels last too.
+    """
+    if x.shape[1] == 1 and x.is_contiguous():
+        b, _, height, width = x.shape
+        return x.as_strided(x.shape, (height * width, 1, width, 1))
+    return x.contiguous(memory_format=torch.channels_last)
+
+
 class SpatialMap(nn.Module):
     """c -> linear -> (map_channels, H/4, W/4) -> deconv -> ReLU -> deconv -> (map_channels, H, W).
 
@@ -478,6 +493,11 @@ class PixelCNNDecoder(nn.Module):
         inp = 2 * x - 1  # centre the input
         if self.config.conditioning == "input_concat":
             inp = torch.cat([inp, cmap], dim=1)
+        if inp.device.type == "cpu":
+            # oneDNN's convolutions are faster on channels-last activations (measured with
+            # bench/pixelcnn.py --roofline, docs/benchmarks.md), and each convolution keeps
+            # its input's format, so every layer's activations follow.
+            inp = _channels_last(inp)
         h = inp
         v = inp[:, :, :-1] if inp.shape[2] > 1 else None  # the vertical stack's rows 0 .. H-2
         skip = None
@@ -486,12 +506,6 @@ class PixelCNNDecoder(nn.Module):
             if self.config.conditioning == "location_dependent" and v is not None:
                 cond_v = cond_v[:, :, :-1]  # the map's rows the vertical stack has
             v, h, s = layer(v, h, cond_v, cond_h)
-            if i == 0 and inp.device.type == "cpu":
-                # oneDNN's convolutions are faster on channels-last activations (measured with
-                # bench/pixelcnn.py --roofline, docs/benchmarks.md), and each convolution keeps
-                # its input's format. Converting after the first layer also covers 1-channel
-                # images, whose layout is the same in both formats (so oneDNN picks NCHW).
-                v, h, s = (None if t is None else t.contiguous(memory_format=torch.channels_last) for t in (v, h, s))
             skip = s if i == 0 else skip + s if i == 1 else skip.add_(s)  # in place once skip is a fresh sum
         out = self.head2(F.relu(self.head1(F.relu(skip))))
         return rearrange(out, "b (c k) h w -> b c k h w", c=self.image_shape[0])
