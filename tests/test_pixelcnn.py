@@ -243,6 +243,24 @@ def test_the_network_equals_its_plain_reference_in_value_and_gradient(shape, con
         assert g_fast is None or torch.allclose(g_fast, g_slow, atol=1e-5, rtol=1e-4), name
 
 
+@pytest.mark.parametrize("shape", [(1, 6, 6), (3, 4, 5)])
+def test_every_convolution_runs_channels_last_on_cpu(shape):
+    """oneDNN keeps each convolution in its input's format, and channels last is the fast
+    one; a 1-channel input must say so in its strides (channel stride 1), or the first
+    layer runs NCHW. The function is the reference's (test above)."""
+    model, code = make(shape, "adaptive_bias", "bernoulli")
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda m, args, name=name: seen.append((name, args[0]))) for name, m in model.named_modules() if name.startswith("layers.") and isinstance(m, torch.nn.Conv2d)]
+    try:
+        model.logits(data(shape, "bernoulli"), code)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(seen) == 4 * len(model.layers)
+    for name, x in seen:
+        assert x.stride(1) == 1 and x.is_contiguous(memory_format=torch.channels_last), (name, x.stride())
+
+
 # --------------------------------------------------------------------------- sampling
 
 
