@@ -76,19 +76,17 @@ def train(
     chosen = dist.choose_device(device or recipe.train.device, info)
     started_group = info.distributed and not torch.distributed.is_initialized()
     dist.init(info, chosen)
+    clean = False  # whether every rank reaches the final barrier (see dist.shutdown)
     try:
         result = _train(recipe, plugins, Path(out), chosen, info, resume, force, offline, model, data)
+        clean = True
+        return result
     except TrainingInterrupted:
-        if started_group:  # every rank stops at the same step (the stop request is all-reduced)
-            dist.shutdown()
+        clean = True  # every rank stops at the same step (the stop request is all-reduced)
         raise
-    except BaseException:
+    finally:
         if started_group:
-            dist.shutdown(clean=False)
-        raise
-    if started_group:
-        dist.shutdown()
-    return result
+            dist.shutdown(clean=clean)
 
 
 def _train(recipe, plugins, out, device, info, resume, force, offline, model, data) -> TrainResult:
