@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, metavar="auto|PATH", help="continue the latest run of this recipe (auto) or the run directory / checkpoint PATH")
     p.add_argument("--force", action="store_true", help="resume even if the recipe changed")
     p.add_argument("--offline", action="store_true", help="never download data; say which files are missing instead")
+    p.add_argument("--minutes", type=float, default=None, metavar="N", help="a wall-clock budget: stop at N minutes, save and run the final evaluation (same as --set train.minutes=N)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("check", help="validate recipes and build their models; trains nothing")
@@ -109,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
-    recipe = load_recipe(args.recipe, args.overrides, plugins=plugins)
+    overrides = list(args.overrides) + ([f"train.minutes={args.minutes!r}"] if args.minutes is not None else [])
+    recipe = load_recipe(args.recipe, overrides, plugins=plugins)
     from gentk.train import train
 
     result = train(recipe, plugins=plugins, out=args.out, device=args.device, resume=args.resume, force=args.force, offline=args.offline)

@@ -191,6 +191,7 @@ class TrainSpec:
     """The ``[train]`` table."""
 
     steps: int = option(10000, "training steps (each runs every phase once)", ge=1)
+    minutes: float | None = option(None, "wall-clock budget in minutes, counted over resumes: training stops at the first step past it, saves and runs the final evaluation (steps stays the upper bound and sets the schedules' length)", gt=0)
     log_every: int = option(50, "steps between logged scalars", ge=1)
     checkpoint_every: int = option(1000, "steps between checkpoints", ge=1)
     keep_last: int = option(3, "periodic checkpoints kept besides latest and best", ge=1)

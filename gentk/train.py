@@ -156,6 +156,7 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
     seed_everything(recipe.seed + info.rank)  # each rank its own noise; rank 0 as a single process
     if state is not None:
         step, best = restore(state, model, ema, optimizers, schedules, scalers, batches, labeled_batches, info, force)
+    clock_run = RunClock(state.get("elapsed", 0.0) if state is not None else 0.0, cfg.minutes)
     sync = dist.PartSync(model, info, device)  # DDP per part under torchrun; nothing on one process
 
     # -- the run directory (rank 0 only)
@@ -189,6 +190,7 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
             "image_shape": list(data.image_shape),
             "best": best,
             "world_size": info.world_size,
+            "elapsed": clock_run.seconds(),
         }
         return checkpoint.save(ckpt, run_dir / "checkpoints", keep_last=cfg.keep_last, best=is_best)
 
@@ -201,9 +203,12 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
     last_saved = step if state is not None else None
     final: dict[str, float] = {}
     model.train()
+    out_of_time = clock_run.spent()
+    if out_of_time and step < cfg.steps:
+        say(f"gentk: the run's time budget (train.minutes = {cfg.minutes:g}) is spent at step {step}; nothing to train. Raise train.minutes (--minutes N) to continue it.")
     try:
         with stop.installed():
-            while step < cfg.steps:
+            while step < cfg.steps and not out_of_time:
                 batch = next(batches).to(device)
                 labeled = next(labeled_batches).to(device) if labeled_batches is not None else None
                 for ts in training_steps:
@@ -238,15 +243,20 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
                     ema.update(model)
                 step += 1
                 progress.update(step)
+                # the time budget: rank 0's clock decides, so every rank stops at the same step
+                if cfg.minutes is not None:
+                    out_of_time = dist.any_rank(clock_run.spent(), info, device)
+                last = step == cfg.steps or out_of_time
 
                 # log the mean of each scalar since the last log, averaged over ranks
-                if step % cfg.log_every == 0 or step == cfg.steps:
+                if step % cfg.log_every == 0 or last:
                     scalars = dist.mean_scalars({k: v / counted for k, v in sums.items()}, info, device)
                     elapsed = time.perf_counter() - clock
                     scalars["speed/steps_per_s"] = (step - clock_step) / elapsed
                     scalars["speed/images_per_s"] = scalars["speed/steps_per_s"] * recipe.data.common.batch_size
                     for name, schedule in schedules.items():
                         scalars[f"lr/{name}"] = schedule.get_last_lr()[0]
+                    scalars["time/minutes"] = clock_run.seconds() / 60
                     if info.is_main:
                         log.write(step, scalars)
                         plugins.pm.hook.gentk_log(run_dir=run_dir, step=step, scalars=scalars)
@@ -258,16 +268,19 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
                 # checkpoint before evaluating: an evaluation may take minutes and changes nothing
                 paused = time.perf_counter()
                 interrupted = dist.any_rank(stop.requested is not None, info, device)
-                if step % cfg.checkpoint_every == 0 or step == cfg.steps or interrupted:
+                if step % cfg.checkpoint_every == 0 or last or interrupted:
                     save(step)
                     last_saved = step
                 if interrupted:
                     raise TrainingInterrupted(interrupt_message(stop.requested, step, cfg.steps, run_dir, recipe), run_dir=run_dir, step=step)
 
                 # evaluate; the best evaluation so far is checkpointed at once (as best.pt)
-                if step % recipe.eval.every == 0 or step == cfg.steps:
+                if step % recipe.eval.every == 0 or last:
+                    if out_of_time:
+                        say(f"gentk: time budget of {cfg.minutes:g} minutes reached at step {step} of {cfg.steps}; saved, now the final evaluation.")
                     with sync.unwrapped(model):
                         metrics = run_evaluation(model, ema, data, recipe, plugins, device, info, run_dir, step)
+                    metrics["time/minutes"] = clock_run.seconds() / 60
                     final.update(metrics)
                     if info.is_main:
                         log.write(step, metrics)
@@ -288,7 +301,7 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
     if info.is_main:  # eval.json: the final evaluation; keeps what `gentk eval` added there
         path = run_dir / "eval.json"
         record = json.loads(path.read_text()) if path.is_file() else {}
-        record.update(step=step, best=best, metrics={k: v for k, v in final.items() if k.startswith("eval/")})
+        record.update(step=step, best=best, minutes=round(clock_run.seconds() / 60, 3), metrics={k: v for k, v in final.items() if k.startswith("eval/")})
         rundir.write_json(path, record)
     return TrainResult(run_dir=run_dir if info.is_main else None, metrics=final, step=step)
 
@@ -418,6 +431,25 @@ def compile_parts(model: torch.nn.Module) -> None:
             compile_parts(module)
 
 
+class RunClock:
+    """Wall-clock time of a run, counted over resumes, and its optional budget (train.minutes).
+
+    It counts everything the training processes spend after building the run, evaluations
+    included (the final evaluation comes after the budget); the checkpoint keeps the total.
+    """
+
+    def __init__(self, before: float, minutes: float | None) -> None:
+        self.before = before  # seconds spent by earlier processes of this run
+        self.budget = None if minutes is None else 60.0 * minutes
+        self.start = time.perf_counter()
+
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.start
+
+    def spent(self) -> bool:
+        return self.budget is not None and self.seconds() >= self.budget
+
+
 class EMA:
     """An exponential moving average of the weights (Polyak averaging), used to evaluate."""
 
@@ -472,7 +504,8 @@ def find_resume(resume, out: Path, recipe: Recipe) -> Path | None:
 
 def check_same_recipe(state: dict, recipe: Recipe, path: Path, force: bool) -> None:
     """Refuse to continue a run with a different recipe, unless forced."""
-    changes = diff(state["recipe"], recipe.to_dict())
+    # a wall-clock budget changes neither the model nor its trajectory: raising it continues a run
+    changes = [c for c in diff(state["recipe"], recipe.to_dict()) if not c.startswith("train.minutes:")]
     if not changes:
         return
     shown = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")

@@ -313,3 +313,29 @@ def test_evaluating_more_often_does_not_change_training(tmp_path, plugins, recip
     a, b = weights(often), weights(once)
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
+
+
+def test_a_time_budget_stops_saves_evaluates_and_can_be_raised(tmp_path, plugins, recipe_file, capsys):
+    # 0.6 s of wall time for a budget of 100000 steps: the run stops at the budget, not the steps
+    recipe = load(recipe_file, plugins, "train.minutes=0.01", "train.steps=100000", "eval.every=100000", "train.log_every=5")
+    result = train(recipe, plugins=plugins, out=tmp_path)
+    run, stopped = result.run_dir, result.step
+    assert 0 < stopped < 100000
+    assert weights(run)["step"] == stopped and weights(run)["elapsed"] >= 0.6
+    record = json.loads((run / "eval.json").read_text())
+    assert record["step"] == stopped and record["minutes"] >= 0.01
+    assert math.isfinite(record["metrics"]["eval/validation/reconstruction/loss"])
+    rows = losses(run)
+    assert rows[-1]["step"] == stopped and "eval/validation/reconstruction/loss" in rows[-1]
+    logged = [r["time/minutes"] for r in rows if "train/reconstruction/loss" in r]
+    assert logged == sorted(logged) and logged[-1] >= 0.01  # wall time beside every logged scalar
+    assert "time budget of 0.01 minutes reached at step" in capsys.readouterr().out
+
+    # resuming a spent budget trains nothing and says how to continue
+    again = train(recipe, plugins=plugins, out=tmp_path, resume="auto")
+    assert again.run_dir == run and again.step == stopped
+    assert "time budget (train.minutes = 0.01) is spent" in capsys.readouterr().out
+    # a larger budget continues the same run without --force (the budget is not the model)
+    raised = (weights(run)["elapsed"] + 3.0) / 60
+    more = train(load(recipe_file, plugins, f"train.minutes={raised}", "train.steps=100000", "eval.every=100000", "train.log_every=5"), plugins=plugins, out=tmp_path, resume="auto")
+    assert more.run_dir == run and more.step > stopped and weights(run)["elapsed"] >= raised * 60
