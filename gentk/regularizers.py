@@ -24,6 +24,7 @@ from typing import Literal
 import attrs
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 from gentk.distributions import categorical_kl, normal_kl, normal_log_prob
@@ -131,14 +132,34 @@ class KLRegularizer(nn.Module):
 # --------------------------------------------------------------------------- adversarial
 
 
+def with_batch_mean(z: Tensor) -> Tensor:
+    """Each row of z (B, D) followed by the mean of all rows: (B, 2 D).
+
+    A minibatch feature (Salimans et al. 2016, §3.2, in its simplest form): a discriminator
+    that sees it judges each code together with the batch it came from, so it can tell a
+    batch whose codes crowd a few prior modes from a batch of prior samples, which a
+    per-example discriminator sees only through slow, saturating gradients.
+    """
+    return torch.cat([z, z.mean(0, keepdim=True).expand_as(z)], dim=-1)
+
+
 class Discriminator(nn.Module):
-    """An MLP z -> one logit (B,): the probability that z came from the prior."""
+    """An MLP z -> one logit (B,): the probability that z came from the prior.
 
-    def __init__(self, size: int, hidden: list[int], act: str) -> None:
+    With ``batch_features`` it sees each z beside its batch's mean (`with_batch_mean`), so
+    every call must pass one batch from one source (all prior samples, or all codes).
+    """
+
+    def __init__(self, size: int, hidden: list[int], act: str, batch_features: bool = False) -> None:
         super().__init__()
-        self.net = mlp([size, *hidden, 1], act)
+        self.batch_features = batch_features
+        self.net = mlp([2 * size if batch_features else size, *hidden, 1], act)
 
-    def forward(self, z: Tensor) -> Tensor:
+    def forward(self, z: Tensor, batches: int = 1) -> Tensor:
+        """Logits (B,) of z (B, D); `batches` equal batches stacked in z each get their own mean."""
+        if self.batch_features:
+            z = rearrange(z, "(g b) d -> g b d", g=batches)
+            z = rearrange(torch.stack([with_batch_mean(part) for part in z]), "g b d -> (g b) d")
         return self.net(z).squeeze(-1)
 
 
@@ -157,12 +178,13 @@ class AdversarialRegularizer(nn.Module):
         discriminator: list[int] = option(doc="hidden widths of the discriminator MLP (AAE paper: [1000, 1000])", factory=lambda: [1000, 1000], ge=1)
         activation: Literal["relu", "leaky_relu", "elu", "tanh", "softplus"] = option("relu", "nonlinearity of the discriminator")
         gradient_penalty: float = option(0.0, "weight gamma / 2 of the R1 penalty on real samples (0: off)", ge=0)
+        batch_features: bool = option(False, "the discriminator also sees the batch mean of the codes (a minibatch feature), so it can tell codes that crowd a few categories from prior samples")
 
-    def __init__(self, *, size: int, prior: nn.Module, head: str, discriminator: list[int] | None = None, activation: str = "relu", gradient_penalty: float = 0.0) -> None:
+    def __init__(self, *, size: int, prior: nn.Module, head: str, discriminator: list[int] | None = None, activation: str = "relu", gradient_penalty: float = 0.0, batch_features: bool = False) -> None:
         super().__init__()
         if getattr(prior, "support", "real") == "simplex" and head != "categorical":
             raise ValueError(f"a {head} head cannot match a prior on the simplex (one-hot samples); use a categorical head")
-        self.discriminator = Discriminator(size, list(discriminator or [1000, 1000]), activation)
+        self.discriminator = Discriminator(size, list(discriminator or [1000, 1000]), activation, batch_features)
         self.gradient_penalty = gradient_penalty
 
     def parts(self) -> dict[str, nn.Module]:
@@ -171,12 +193,15 @@ class AdversarialRegularizer(nn.Module):
     def discriminator_loss(self, real: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, float]]:
         """Loss of the discriminator on prior samples `real` and detached codes `fake`.
 
-        One forward pass over both halves, so that a DDP-wrapped discriminator sees one call.
+        One forward pass over both halves, so that a DDP-wrapped discriminator sees one call
+        (with batch features, the halves are stacked as two batches and scored separately).
         The R1 penalty is added only where gradients are enabled (not in evaluation).
         """
         penalize = self.gradient_penalty > 0 and torch.is_grad_enabled()
         real = real.detach().requires_grad_(penalize)
-        logits = self.discriminator(torch.cat([real, fake.detach()]))
+        if len(real) != len(fake):
+            raise ValueError(f"the discriminator scores as many prior samples as codes; got {len(real)} and {len(fake)}")
+        logits = self.discriminator(torch.cat([real, fake.detach()]), batches=2)
         real_logits, fake_logits = logits[: len(real)], logits[len(real) :]
         loss = gan_discriminator_loss(real_logits, fake_logits)
         logs = {"d_loss": loss.item(), "d_real": torch.sigmoid(real_logits).mean().item(), "d_fake": torch.sigmoid(fake_logits).mean().item()}

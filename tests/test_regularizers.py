@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gentk.distributions import categorical_kl, normal_kl, normal_log_prob
@@ -150,3 +151,35 @@ def test_adversarial_game_moves_far_codes_to_the_prior():
         z = encoder(torch.randn(20000, 2))
     assert z.mean(0).abs().max() < 0.25, z.mean(0)
     assert (torch.cov(z.T) - torch.eye(2)).abs().max() < 0.3, torch.cov(z.T)
+
+
+def test_batch_features_let_the_discriminator_see_a_batch_that_crowds_one_category():
+    """Known answer: with the batch mean as a feature, a discriminator can separate a batch of
+    one repeated one-hot code from uniform one-hot prior samples although every single code is
+    a valid prior sample; without it, the two are the same examples and it cannot."""
+    torch.manual_seed(0)
+    k, b = 4, 64
+    prior = CategoricalPrior(size=k)
+    crowded = F.one_hot(torch.zeros(b, dtype=torch.long), k).float()  # every code is category 0
+    final = {}
+    for batch_features in (False, True):
+        reg = AdversarialRegularizer(size=k, prior=prior, head="categorical", discriminator=[32], batch_features=batch_features)
+        opt = torch.optim.Adam(reg.discriminator.parameters(), lr=1e-2)
+        for _ in range(300):
+            real = torch.cat([crowded[: b // k], prior.sample(b - b // k)])  # real batches hold category 0 too
+            opt.zero_grad()
+            loss, logs = reg.discriminator_loss(real, crowded)
+            loss.backward()
+            opt.step()
+        # how the discriminator scores category-0 codes coming as a crowded batch
+        with torch.no_grad():
+            final[batch_features] = torch.sigmoid(reg.discriminator(crowded)).mean().item()
+    assert final[True] < 0.05  # the crowded batch is recognised as fake
+    assert final[False] > 0.1  # per example, category 0 looks like some real samples
+    # the generator's gradient reaches every code through the batch mean
+    reg = AdversarialRegularizer(size=k, prior=prior, head="categorical", discriminator=[8], batch_features=True)
+    codes = torch.full((b, k), 1.0 / k, requires_grad=True)
+    reg.generator_loss(codes)[0].backward()
+    assert codes.grad is not None and torch.isfinite(codes.grad).all()
+    with pytest.raises(ValueError, match="as many prior samples as codes"):
+        reg.discriminator_loss(prior.sample(3), crowded)
