@@ -156,7 +156,6 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
     seed_everything(recipe.seed + info.rank)  # each rank its own noise; rank 0 as a single process
     if state is not None:
         step, best = restore(state, model, ema, optimizers, schedules, scalers, batches, labeled_batches, info, force)
-    clock_run = RunClock(state.get("elapsed", 0.0) if state is not None else 0.0, cfg.minutes)
     sync = dist.PartSync(model, info, device)  # DDP per part under torchrun; nothing on one process
 
     # -- the run directory (rank 0 only)
@@ -203,7 +202,8 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
     last_saved = step if state is not None else None
     final: dict[str, float] = {}
     model.train()
-    out_of_time = clock_run.spent()
+    clock_run = RunClock(state.get("elapsed", 0.0) if state is not None else 0.0, cfg.minutes)
+    out_of_time = state is not None and clock_run.spent()  # a fresh run takes at least one step
     if out_of_time and step < cfg.steps:
         say(f"gentk: the run's time budget (train.minutes = {cfg.minutes:g}) is spent at step {step}; nothing to train. Raise train.minutes (--minutes N) to continue it.")
     try:

@@ -339,3 +339,12 @@ def test_a_time_budget_stops_saves_evaluates_and_can_be_raised(tmp_path, plugins
     raised = (weights(run)["elapsed"] + 3.0) / 60
     more = train(load(recipe_file, plugins, f"train.minutes={raised}", "train.steps=100000", "eval.every=100000", "train.log_every=5"), plugins=plugins, out=tmp_path, resume="auto")
     assert more.run_dir == run and more.step > stopped and weights(run)["elapsed"] >= raised * 60
+
+
+def test_the_minutes_flag_is_the_budget_key(tmp_path, recipe_file):
+    from gentk.cli import main
+
+    assert main(["run", str(recipe_file), "--minutes", "0.005", "--set", "train.steps=100000", "--set", "eval.every=100000", "--out", str(tmp_path)]) == 0
+    (run,) = tmp_path.glob("tiny_semisup-*")
+    assert "minutes = 0.005" in (run / "recipe.toml").read_text()
+    assert 0 < json.loads((run / "eval.json").read_text())["step"] < 100000
