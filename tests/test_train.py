@@ -178,7 +178,8 @@ def test_resume_after_sigint_equals_uninterrupted_training(tmp_path, plugins, re
             assert same, f"data position {stream}.{key} differs"
     # the logged scalars agree step for step (the resumed run's log was cut at step 5 and continued)
     def logged(run):
-        return [{k: v for k, v in e.items() if not k.startswith("speed/")} for e in losses(run)]
+        # wall-clock readings (speed, minutes) differ between any two runs; everything else must not
+        return [{k: v for k, v in e.items() if not k.startswith(("speed/", "time/"))} for e in losses(run)]
 
     assert logged(whole) == logged(part)
 
@@ -252,6 +253,13 @@ def test_ema_averages_and_evaluates_with_the_average():
     with ema.applied(model):
         assert model.weight.tolist() == [[2.0, 2.0]]
     assert model.weight.tolist() == [[3.0, 3.0]]
+    # warm-up: the first update (none before it) keeps 1/10 of the average, later ones the decay
+    ema = EMA(model, 0.5)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model, updates=0)
+    assert ema.state_dict()["weight"].flatten().tolist() == pytest.approx([0.1 * 3.0 + 0.9 * 1.0] * 2)
+    assert ema.decay_at(0) == pytest.approx(0.1) and ema.decay_at(8) == 0.5 and ema.decay_at(None) == 0.5
 
 
 def test_one_ctrl_c_that_reaches_a_torchrun_worker_twice_is_one_stop_request():
