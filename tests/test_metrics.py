@@ -279,6 +279,8 @@ def test_metric_options_are_validated(plugins):
     assert parse_options(["iwae.k=50", "code_space.plot=false", "cluster_error.latent=y"]) == {"iwae": {"k": 50}, "code_space": {"plot": False}, "cluster_error": {"latent": "y"}}
     with pytest.raises(GentkError, match="METRIC.KEY=VALUE"):
         parse_options(["k=50"])
+    with pytest.raises(GentkError, match="--option iwae.k=\\[1,: cannot parse"):  # the rules of --set
+        parse_options(["iwae.k=[1,"])
     with pytest.raises(GentkError, match="Did you mean 'k'"):
         build_metric(plugins, "iwae", {"kk": 3})
     with pytest.raises(GentkError, match="iwae"):
