@@ -189,7 +189,7 @@ def cmd_data_prepare(args: argparse.Namespace, plugins: Plugins) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
-    from gentk.metrics import evaluate_run, parse_options
+    from gentk.evaluate import evaluate_run, parse_options
     from gentk.report import format_table
 
     if args.max_examples is not None and args.max_examples < 1:
@@ -204,29 +204,25 @@ def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
 
 
 def cmd_sample(args: argparse.Namespace, plugins: Plugins) -> int:
-    import math
     import time
     from pathlib import Path
 
     import torch
 
-    from gentk.metrics import load_run
+    from gentk.evaluate import load_run, sample_images
     from gentk.rundir import save_grid
 
     if args.n < 1:
         raise GentkError("-n must be at least 1.")
     run = load_run(args.run_dir, which=args.checkpoint, device=args.device, plugins=plugins)
+    latent = None
+    if args.per_category:
+        latent = next((name for name, spec in run.model.latents.items() if spec.head == "categorical"), None)
+        if latent is None:
+            raise GentkError("--per-category needs a model with a categorical latent; this one has none. Drop --per-category.")
     generator = torch.Generator(device=run.device).manual_seed(args.seed)
     started = time.perf_counter()
-    if args.per_category:
-        categories = [spec.size for spec in run.model.latents.values() if spec.head == "categorical"]
-        if not categories:
-            raise GentkError("--per-category needs a model with a categorical latent; this one has none. Drop --per-category.")
-        per_row = max(1, math.ceil(args.n / categories[0]))
-        images = run.model.sample_per_category(per_row, generator=generator, temperature=args.temperature)
-    else:
-        per_row = max(1, round(math.sqrt(args.n)))
-        images = run.model.sample(args.n, generator=generator, temperature=args.temperature)
+    images, per_row = sample_images(run.model, args.n, generator=generator, latent=latent, temperature=args.temperature)
     if run.device.type == "cuda":
         torch.cuda.synchronize(run.device)
     seconds = time.perf_counter() - started
@@ -239,7 +235,7 @@ def cmd_sample(args: argparse.Namespace, plugins: Plugins) -> int:
 
 def cmd_compare(args: argparse.Namespace, plugins: Plugins) -> int:
     from gentk.compare import compare, parse_seeds
-    from gentk.metrics import parse_options
+    from gentk.evaluate import parse_options
 
     study = compare(args.recipe, seeds=parse_seeds(args.seeds), overrides=args.overrides, name=args.name, out=args.out, device=args.device, offline=args.offline, plugins=plugins, metrics=args.metrics, options=parse_options(args.options))
     print(f"report: {study / 'report.md'} and {study / 'report.html'}")

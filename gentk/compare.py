@@ -111,7 +111,7 @@ def compare(
     metrics evaluated on the test split after training (default: each recipe's own
     ``eval.metrics``), with `options` as for `gentk eval --option`.
     """
-    from gentk.metrics import evaluate_run
+    from gentk.evaluate import evaluate_run
     from gentk.train import train
 
     if plugins is None:

@@ -67,8 +67,10 @@ def gentk_register_regularizers(register):
     latent's head kind: "deterministic", "gaussian" or "categorical"). The ``phase``
     attribute says where it acts: "reconstruction" (``penalty(head_out, step)`` -> (scalar,
     logs) added to the reconstruction loss, and ``kl(head_out)`` -> (B,) for the ELBO),
-    "regularization" (``parts()`` -> {"discriminator": module}, ``discriminator_loss(real,
-    fake)`` and ``generator_loss(fake)``, each -> (scalar, logs)) or None. ``head_out`` is
+    "regularization" (``parts()`` -> {name: module}, its trainable modules under names of
+    its choice, e.g. {"discriminator": module}, each held in an attribute of its own;
+    ``discriminator_loss(real, fake)`` and ``generator_loss(fake)``, each -> (scalar,
+    logs)) or None. ``head_out`` is
     the encoder's dict for this latent. An optional class attribute ``heads`` (e.g.
     ("gaussian", "categorical")) lists the head kinds it accepts, checked when a recipe
     loads. See `gentk.regularizers`.

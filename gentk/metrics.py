@@ -27,15 +27,15 @@ has no density q(z | x) at all, so only the reconstruction NLL -log p(x | z) is 
 
 Registered metrics (``eval.metrics`` in a recipe; ``gentk eval --metrics``) follow the
 call convention of docs/architecture.md: ``metric(model=, data=, device=, split=,
-batch_size=, max_examples=, seed=, run_dir=, step=) -> {key: float}``.
+batch_size=, max_examples=, seed=, run_dir=, step=) -> {key: float}``. Building them with
+options and running them on a model or a run directory is `gentk.evaluate`'s work; this
+module imports neither it nor the engine.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -442,160 +442,3 @@ def gentk_register_metrics(register):
     register("cluster_error", ClusterError, doc="clustering error (%) of a categorical latent: aae, majority, hungarian protocols")
     register("semisup_error", SemisupError, doc="test error (%) of the supervised categorical head")
     register("code_space", CodeSpace, doc="distance of q(z) to p(z) (MMD, moments) and a 2-D code scatter coloured by label")
-
-
-# --------------------------------------------------------------------------- evaluating a run directory
-
-
-@attrs.frozen
-class LoadedRun:
-    """A run directory's recipe, data and model with a checkpoint's weights (the EMA ones if any)."""
-
-    run_dir: Path
-    checkpoint: Path
-    step: int
-    recipe: Any
-    data: Any
-    model: Any
-    device: torch.device
-
-
-def load_run(run_dir: str | Path, *, which: str = "latest", device: str | None = None, plugins=None, offline: bool = False) -> LoadedRun:
-    """Rebuild a finished or interrupted run from its checkpoint (``which``: latest or best).
-
-    The recipe comes from the checkpoint itself, so it is the one that wrote the weights.
-    When the run kept an EMA of the weights, the model gets the EMA weights, as the engine's
-    own evaluations do.
-    """
-    from gentk import checkpoint, dist
-    from gentk.data import build_data
-    from gentk.model import build_model
-    from gentk.recipe import recipe_from_dict
-
-    if plugins is None:
-        from gentk.plugins import load_plugins
-
-        plugins = load_plugins()
-    run_dir = Path(run_dir)
-    if which not in ("latest", "best"):
-        raise GentkError(f"--checkpoint must be 'latest' or 'best', not '{which}'.")
-    path = run_dir / "checkpoints" / f"{which}.pt"
-    if not path.is_file():
-        if not run_dir.is_dir():
-            raise GentkError(f"'{run_dir}' is not a directory. Pass a run directory such as runs/NAME-TIME.")
-        present = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt")) if (run_dir / "checkpoints").is_dir() else []
-        hint = f"; it has {', '.join(present)}: try --checkpoint latest" if present else "; the run stopped before its first checkpoint"
-        raise GentkError(f"{run_dir} has no checkpoints/{which}.pt{hint}.")
-    state = checkpoint.load(path)
-    recipe = recipe_from_dict(state["recipe"], plugins=plugins, source=str(path))
-    chosen = dist.choose_device(device or recipe.train.device)
-    data = build_data(recipe.data, plugins, seed=recipe.seed, offline=offline)
-    model = build_model(recipe, image_shape=data.image_shape, plugins=plugins)
-    model.load_state_dict(state["model"])
-    if state.get("ema"):
-        live = model.state_dict()
-        with torch.no_grad():
-            for key, value in state["ema"].items():
-                live[key].copy_(value)
-    model.to(chosen).eval()
-    return LoadedRun(run_dir, path, int(state["step"]), recipe, data, model, chosen)
-
-
-def parse_options(items: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``["iwae.k=50", "code_space.plot=false"]`` -> {"iwae": {"k": 50}, ...}; values are TOML."""
-    import tomllib
-
-    out: dict[str, dict[str, Any]] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        metric, dot, name = key.strip().partition(".")
-        if not sep or not dot or not name:
-            raise GentkError(f"--option '{item}': expected METRIC.KEY=VALUE, e.g. iwae.k=50.")
-        try:
-            parsed = tomllib.loads(f"v = {value.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            parsed = value.strip()  # a bare word is a string, as in --set
-        out.setdefault(metric, {})[name] = parsed
-    return out
-
-
-def build_metric(plugins, name: str, options: Mapping[str, Any] | None = None):
-    """A registered metric built with its defaults updated by `options` (validated by its Config)."""
-    from gentk.errors import did_you_mean
-
-    entry = plugins.get("metrics", name)
-    options = dict(options or {})
-    if entry.config is None:
-        if options:
-            raise GentkError(f"metric '{name}' has no options; got {', '.join(options)}.")
-        return entry.build(None)
-    fields = [f.name for f in attrs.fields(entry.config)]
-    for key in options:
-        if key not in fields:
-            raise GentkError(f"metric '{name}' has no option '{key}'. Its options: {', '.join(fields) or 'none'}.{did_you_mean(key, fields)}")
-    try:
-        config = entry.config(**options)
-    except (TypeError, ValueError) as exc:
-        raise GentkError(f"metric '{name}': {exc}. `gentk list metrics {name}` shows its options.") from None
-    return entry.build(config)
-
-
-def evaluate(model, data, names: Sequence[str], *, plugins, device, split: str = "test", batch_size: int = 100, max_examples: int | None = None, seed: int = 0, run_dir: Path | None = None, step: int = 0, options: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, float]:
-    """Call each named metric on `split` under ``torch.no_grad()``; returns {key: float} (keys unprefixed)."""
-    options = options or {}
-    unknown = sorted(set(options) - set(names))
-    if unknown:
-        raise GentkError(f"--option for {', '.join(unknown)}, which {'is' if len(unknown) == 1 else 'are'} not among the metrics evaluated ({', '.join(names)}).")
-    metrics = [build_metric(plugins, name, options.get(name)) for name in names]  # every option error before any work
-    results: dict[str, float] = {}
-    model.eval()
-    with torch.no_grad():
-        for metric in metrics:
-            values = metric(model=model, data=data, device=device, split=split, batch_size=batch_size, max_examples=max_examples, seed=seed, run_dir=run_dir, step=step)
-            results.update({k: float(v) for k, v in (values or {}).items()})
-    return results
-
-
-def evaluate_run(run_dir: str | Path, *, names: Sequence[str] | None = None, which: str = "latest", split: str = "test", max_examples: int | None = None, options: Mapping[str, Mapping[str, Any]] | None = None, device: str | None = None, plugins=None, offline: bool = False) -> dict[str, Any]:
-    """Evaluate a run directory's checkpoint and merge the result into its eval.json.
-
-    names: the metrics (default: the recipe's ``eval.metrics``). Also computes the held-out
-    losses of every training step on `split`. Returns the record written under
-    ``evaluations[<checkpoint>/<split>]`` of eval.json: checkpoint, step, split, options,
-    seconds, and ``metrics`` ({"eval/<split>/<key>": float}).
-    """
-    from gentk import checkpoint, dist, rundir
-    from gentk.train import held_out_losses, seed_everything
-
-    if plugins is None:
-        from gentk.plugins import load_plugins
-
-        plugins = load_plugins()
-    run = load_run(run_dir, which=which, device=device, plugins=plugins, offline=offline)
-    names = list(run.recipe.eval.metrics if names is None else names)
-    if split not in run.data.split_sizes or run.data.split_sizes[split] == 0:
-        raise GentkError(f"this run's data has no '{split}' examples; splits: {', '.join(f'{k} ({v})' for k, v in run.data.split_sizes.items())}.")
-    started = time.perf_counter()
-    batch_size = run.recipe.data.common.batch_size
-    with checkpoint.preserved_rng(), torch.no_grad():
-        seed_everything(run.recipe.seed)  # metrics that draw random numbers give the same result each time
-        limited = attrs.evolve(run.recipe, eval=attrs.evolve(run.recipe.eval, max_examples=max_examples))  # losses on the same examples as the metrics
-        values = held_out_losses(run.model, run.data, split, limited, run.device, dist.DistInfo())
-        found = evaluate(run.model, run.data, names, plugins=plugins, device=run.device, split=split, batch_size=batch_size, max_examples=max_examples, seed=run.recipe.seed, run_dir=run.run_dir, step=run.step, options=options)
-    values.update({f"eval/{split}/{k}": v for k, v in found.items()})
-    record = {
-        "checkpoint": str(run.checkpoint.relative_to(run.run_dir)),
-        "step": run.step,
-        "steps": run.recipe.train.steps,
-        "split": split,
-        "max_examples": max_examples,
-        "metric_names": names,
-        "options": {k: dict(v) for k, v in (options or {}).items()},
-        "seconds": time.perf_counter() - started,
-        "metrics": values,
-    }
-    path = run.run_dir / "eval.json"
-    existing = json.loads(path.read_text()) if path.is_file() else {}
-    existing.setdefault("evaluations", {})[f"{which}/{split}"] = record
-    rundir.write_json(path, existing)
-    return record

@@ -13,7 +13,9 @@ looks inside it:
 1. ``reconstruction`` (phase reconstruction): -log p(x|c) plus the penalties of
    KL-regularized latents (the (Pixel)VAE's negative ELBO), updating encoder and decoder;
 2. for each adversarially regularized latent NAME, ``discriminator.NAME`` (prior samples
-   vs detached codes) then ``generator.NAME`` (the encoder fools it), phase regularization;
+   vs detached codes; it updates the regularizer's parts, ``KEY.NAME`` for each KEY of its
+   ``parts()``, e.g. ``discriminator.NAME`` or a plugin's ``critic.NAME``) then
+   ``generator.NAME`` (the encoder fools it), phase regularization;
 3. for each supervised latent NAME, ``supervised.NAME``: cross-entropy of its head's logits
    on the labeled batch (phase supervised), updating the encoder.
 
@@ -132,9 +134,18 @@ class Model(nn.Module):
     def _set_part(self, name: str, module: nn.Module) -> None:
         if name in ("encoder", "decoder"):
             setattr(self, name, module)
-        else:
-            key, latent = name.split(".", 1)
-            setattr(self.regularizers[latent], key, module)
+            return
+        key, latent = name.split(".", 1)
+        regularizer = self.regularizers[latent]
+        current = regularizer.parts()[key]
+        for attribute, child in regularizer.named_children():  # the attribute that holds the part, whatever its name
+            if child is current:
+                setattr(regularizer, attribute, module)
+                return
+        raise GentkError(
+            f"the regularizer of latent '{latent}' ({type(regularizer).__name__}) returns part '{key}' from parts(), but holds it in no "
+            f"attribute of its own, so it cannot be wrapped (e.g. in DDP). Keep each part as an attribute (self.{key} = module)."
+        )
 
     def phases(self) -> list[str]:
         """The phases this model trains in, in the order of DESIGN.md §3."""
@@ -150,7 +161,8 @@ class Model(nn.Module):
         steps = [TrainingStep("reconstruction", "reconstruction", recon_parts, self.reconstruction_loss)]
         for name, reg in self.regularizers.items():
             if reg.phase == "regularization":
-                steps.append(TrainingStep(f"discriminator.{name}", "regularization", {f"discriminator.{name}": params(f"discriminator.{name}")}, _bind(self.discriminator_loss, name)))
+                critic = {f"{key}.{name}": params(f"{key}.{name}") for key in reg.parts()}  # the regularizer's own part names
+                steps.append(TrainingStep(f"discriminator.{name}", "regularization", critic, _bind(self.discriminator_loss, name)))
                 steps.append(TrainingStep(f"generator.{name}", "regularization", {"encoder": params("encoder")}, _bind(self.generator_loss, name)))
         for name, spec in self.latents.items():
             if spec.supervised:

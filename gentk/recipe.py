@@ -304,14 +304,18 @@ _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _PLAIN_WORD = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-/]*$")
 
 
-def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
-    """Parse ``key.path=VALUE``; VALUE is TOML, and a plain word is taken as a string."""
+def parse_override(text: str, *, flag: str = "--set", form: str = "KEY.PATH", example: str = "train.steps=500", path_example: str = "model.decoder.layers") -> tuple[tuple[str, ...], Any]:
+    """Parse ``KEY.PATH=VALUE`` as given to `flag`: the dotted key path and the value.
+
+    VALUE is TOML; a plain word (not true/false) is taken as a string. The one parser of
+    the command line's ``KEY=VALUE`` arguments (``--set``, ``gentk eval --option``).
+    """
     if "=" not in text:
-        raise RecipeError(f"--set {text}: expected KEY.PATH=VALUE, for example --set train.steps=500.")
+        raise RecipeError(f"{flag} {text}: expected {form}=VALUE, for example {flag} {example}.")
     key, _, raw = text.partition("=")
     path = tuple(part.strip() for part in key.strip().split("."))
     if not all(_BARE_KEY.match(p) for p in path):
-        raise RecipeError(f"--set {text}: '{key}' is not a dotted key path such as model.decoder.layers.")
+        raise RecipeError(f"{flag} {text}: '{key}' is not a dotted key path such as {path_example}.")
     raw = raw.strip()
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
@@ -320,7 +324,7 @@ def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
             value = raw
         else:
             raise RecipeError(
-                f"--set {text}: cannot parse '{raw}' as a TOML value. Write numbers as 3 or 1e-3, booleans as true/false, "
+                f"{flag} {text}: cannot parse '{raw}' as a TOML value. Write numbers as 3 or 1e-3, booleans as true/false, "
                 "strings as a plain word or in quotes ('\"two words\"'), arrays as [1, 2], tables as {a = 1}."
             ) from None
     return path, value

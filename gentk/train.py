@@ -35,7 +35,9 @@ from tqdm import tqdm
 
 from gentk import checkpoint, dist, rundir
 from gentk.errors import TrainingError, TrainingInterrupted
+from gentk.evaluate import run_evaluation
 from gentk.recipe import PhaseSpec, Recipe
+from gentk.seeding import seed_everything
 
 
 @attrs.frozen
@@ -306,35 +308,6 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
     return TrainResult(run_dir=run_dir if info.is_main else None, metrics=final, step=step)
 
 
-def load_trained(path: str | Path, *, plugins=None, which: str = "latest", ema: bool = True, device: str | torch.device = "cpu"):
-    """A trained model from a run directory or checkpoint file: ``(recipe, model, checkpoint)``.
-
-    which: "latest" or "best" (for a run directory). ema: use the EMA weights when the run
-    kept them. The model is rebuilt from the checkpoint's own recipe, in eval mode; the
-    dataset is not loaded (``recipe.data`` says which it was).
-    """
-    if plugins is None:
-        from gentk.plugins import load_plugins
-
-        plugins = load_plugins()
-    from gentk.model import build_model
-    from gentk.recipe import recipe_from_dict
-
-    path = Path(path)
-    if path.is_dir() and which == "best":
-        path = path / "checkpoints" / checkpoint.BEST if (path / "checkpoints").is_dir() else path / checkpoint.BEST
-    state = checkpoint.load(checkpoint.find(path), map_location=device)
-    recipe = recipe_from_dict(state["recipe"], plugins=plugins, source=str(path))
-    model = build_model(recipe, image_shape=tuple(state["image_shape"]), plugins=plugins)
-    model.load_state_dict(state["model"])
-    if ema and state["ema"] is not None:
-        live = model.state_dict()
-        with torch.no_grad():
-            for key, value in state["ema"].items():
-                live[key].copy_(value)
-    return recipe, model.to(device).eval(), state
-
-
 # --------------------------------------------------------------------------- set-up
 
 
@@ -353,16 +326,6 @@ def setup_torch(cfg, device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True  # the shapes never change within a run
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # also seeds every CUDA device
 
 
 def phase_spec(recipe: Recipe, phase: str, plugins) -> PhaseSpec:
@@ -578,59 +541,6 @@ def best_key(metrics: dict[str, float], first_step: str) -> str | None:
         if key in metrics and math.isfinite(metrics[key]):
             return key
     return None
-
-
-def run_evaluation(model, ema, data, recipe: Recipe, plugins, device, info, run_dir: Path, step: int) -> dict[str, float]:
-    """Held-out losses, the recipe's metrics and a sample grid, without moving any RNG."""
-    model.eval()
-    try:
-        with checkpoint.preserved_rng(), torch.no_grad(), (ema.applied(model) if ema else contextlib.nullcontext()):
-            split = "validation" if data.split_sizes.get("validation", 0) > 0 else "test"
-            metrics = held_out_losses(model, data, split, recipe, device, info)
-            results = None
-            if info.is_main:
-                results = {}
-                for name in recipe.eval.metrics:
-                    entry = plugins.get("metrics", name)
-                    metric = entry.build(entry.config() if entry.config is not None else None)
-                    values = metric(model=model, data=data, device=device, split=split, batch_size=recipe.data.common.batch_size, max_examples=recipe.eval.max_examples, seed=recipe.seed, run_dir=run_dir, step=step)
-                    results.update({f"eval/{split}/{k}": float(v) for k, v in (values or {}).items()})
-                if recipe.eval.samples > 0:
-                    write_samples(model, recipe, device, run_dir / "samples" / f"step-{step:08d}.png")
-            metrics.update(dist.broadcast_object(results, info))
-    finally:
-        model.train()
-    return metrics
-
-
-def held_out_losses(model, data, split: str, recipe: Recipe, device, info) -> dict[str, float]:
-    """``Model.eval_losses`` averaged over the split's examples (all ranks together)."""
-    sums: dict[str, float] = {}
-    count = 0
-    for batch in data.eval_batches(split, recipe.data.common.batch_size, max_examples=recipe.eval.max_examples, rank=info.rank, world_size=info.world_size):
-        batch = batch.to(device)
-        n = batch.x.shape[0]
-        for key, value in model.eval_losses(batch).items():
-            sums[key] = sums.get(key, 0.0) + float(value) * n
-        count += n
-    keys = sorted(sums)
-    totals = dist.sum_tensor(torch.tensor([sums[k] for k in keys] + [float(count)], dtype=torch.float64, device=device), info).tolist()
-    return {f"eval/{split}/{k}": v / max(totals[-1], 1.0) for k, v in zip(keys, totals[:-1])}
-
-
-def write_samples(model, recipe: Recipe, device, path: Path) -> Path:
-    """A PNG grid: one row per category for a categorical latent (the paper's Figure 6), else a square."""
-    generator = torch.Generator(device=device).manual_seed(recipe.seed)
-    n = recipe.eval.samples
-    latent = next((name for name, spec in recipe.model.latents.items() if spec.head == "categorical"), None)
-    if latent is not None and hasattr(model, "sample_per_category"):
-        per_row = max(1, math.ceil(n / recipe.model.latents[latent].size))
-        images = model.sample_per_category(per_row, latent=latent, generator=generator)
-        images = images.reshape(-1, *images.shape[-3:])
-    else:
-        per_row = max(1, round(math.sqrt(n)))
-        images = model.sample(n, generator=generator)
-    return rundir.save_grid(images, path, nrow=per_row)
 
 
 # --------------------------------------------------------------------------- stopping and reporting

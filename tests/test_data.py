@@ -228,3 +228,48 @@ def test_recipe_data_table_validates_dataset_options(plugins):
     spec = ComponentSpec("datasets", "synthetic", entry.config(binarize="dynamic"), DataOptions(batch_size=20, labeled=10))
     data = build_data(spec, plugins, seed=0)
     assert data.binarize == "dynamic" and len(data.labeled_indices) == 10
+
+
+def test_a_plugin_dataset_is_binarized_through_the_shared_image_options():
+    import attrs
+
+    from gentk.data import Arrays, ImageOptions, Loaded
+    from gentk.recipe import option
+
+    class Gray:  # a plugin's 8-bit dataset
+        def __init__(self, *, root=None, download=True, offline=False, **options):
+            self.options = self.Config(**options)
+
+        def load(self):
+            rng = np.random.default_rng(0)
+            split = Arrays(rng.integers(0, 256, (30, 1, 4, 4), dtype=np.uint8), np.arange(30, dtype=np.int64) % 3)
+            return Loaded({"train": split, "test": split}, num_classes=3, default_validation=5)
+
+    class Shared(Gray):  # its options derive from ImageOptions
+        @attrs.frozen
+        class Config(ImageOptions):
+            pass
+
+    class ByName(Gray):  # it declares a binarize option of its own
+        @attrs.frozen
+        class Config:
+            binarize: str = option("none", "binarization", choices=("none", "threshold"))
+
+    class Plugin:
+        @staticmethod
+        def gentk_register_datasets(register):
+            register("shared", Shared)
+            register("by_name", ByName)
+
+    plugins = load_plugins(builtin=(), plugins=[Plugin()], autoload=False)
+
+    def build(name, **options):
+        entry = plugins.get("datasets", name)
+        return build_data(ComponentSpec("datasets", name, entry.config(**options), DataOptions()), plugins)
+
+    assert build("shared").levels == 256
+    data = build("shared", binarize="threshold")
+    assert data.binarize == "threshold" and data.levels == 2
+    assert set(np.unique(next(data.train_batches(10, seed=0)).x.numpy())) <= {0.0, 1.0}
+    with pytest.raises(DataError, match="gentk.data.ImageOptions"):
+        build("by_name", binarize="threshold")

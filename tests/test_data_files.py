@@ -205,7 +205,7 @@ def test_cache_is_reused_then_rebuilt_when_truncated_or_stale(plugins, cache, tm
         assert f["train/images"].shape == (30, 1, 28, 28) and f.attrs["format_version"] == 1
         assert "train-images-idx3-ubyte" in f.attrs["sources"]
 
-    import gentk.data as data_module
+    import gentk.data.datasets as data_module
 
     calls = []
     real = data_module._convert_idx

@@ -141,7 +141,7 @@ def tiny(plugins, latents, decoder=None, encoder=None):
 
 
 def call(plugins, name, model, data, split="test", **options):
-    from gentk.metrics import build_metric
+    from gentk.evaluate import build_metric
 
     with torch.no_grad():
         return build_metric(plugins, name, options)(model=model, data=data, device=torch.device("cpu"), split=split, batch_size=25, max_examples=None, seed=0, run_dir=None, step=0)
@@ -263,7 +263,7 @@ def test_semisup_error_metric_known_answers(plugins):
 
 def test_code_space_metric_and_scatter(plugins, tmp_path):
     model, data = tiny(plugins, GAUSSIAN)
-    from gentk.metrics import build_metric
+    from gentk.evaluate import build_metric
 
     with torch.no_grad():
         values = build_metric(plugins, "code_space", {"examples": 50})(model=model, data=data, device=torch.device("cpu"), split="test", batch_size=25, max_examples=None, seed=0, run_dir=tmp_path, step=7)
@@ -274,11 +274,13 @@ def test_code_space_metric_and_scatter(plugins, tmp_path):
 
 
 def test_metric_options_are_validated(plugins):
-    from gentk.metrics import build_metric, parse_options
+    from gentk.evaluate import build_metric, parse_options
 
     assert parse_options(["iwae.k=50", "code_space.plot=false", "cluster_error.latent=y"]) == {"iwae": {"k": 50}, "code_space": {"plot": False}, "cluster_error": {"latent": "y"}}
     with pytest.raises(GentkError, match="METRIC.KEY=VALUE"):
         parse_options(["k=50"])
+    with pytest.raises(GentkError, match="--option iwae.k=\\[1,: cannot parse"):  # the rules of --set
+        parse_options(["iwae.k=[1,"])
     with pytest.raises(GentkError, match="Did you mean 'k'"):
         build_metric(plugins, "iwae", {"kk": 3})
     with pytest.raises(GentkError, match="iwae"):

@@ -168,3 +168,92 @@ def test_real_package_installs_and_registers(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
     assert float(out[0]) <= 3.0 + 1e-5  # inside the radius; radius * sqrt(u) has mean 2/3 * radius
     assert abs(float(out[1]) - 2.0) < 0.1
+
+
+def test_a_regularizer_whose_critic_part_is_named_critic_trains(tmp_path, write):
+    """Nothing requires a plugin's adversary to be called "discriminator": the model trains
+    the regularizer's own parts (here `critic.z`, held in an attribute named `net`)."""
+    import attrs
+    import torch
+    from torch import nn
+
+    import gentk
+    from gentk.regularizers import gan_discriminator_loss, gan_generator_loss
+
+    class CriticRegularizer(nn.Module):
+        """An adversarial regularizer whose trainable part is named "critic"."""
+
+        phase = "regularization"
+
+        @attrs.frozen
+        class Config:
+            pass
+
+        def __init__(self, *, size, prior, head):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(size, 8), nn.ReLU(), nn.Linear(8, 1))
+
+        def parts(self):
+            return {"critic": self.net}
+
+        def discriminator_loss(self, real, fake):
+            logits = self.net(torch.cat([real, fake.detach()]))
+            loss = gan_discriminator_loss(logits[: len(real)], logits[len(real) :])
+            return loss, {"d_loss": loss.item()}
+
+        def generator_loss(self, fake):
+            loss = gan_generator_loss(self.net(fake))
+            return loss, {"g_loss": loss.item()}
+
+    class CriticPlugin:
+        @staticmethod
+        def gentk_register_regularizers(register):
+            register("critic_gan", CriticRegularizer)
+
+    plugins = load_plugins(plugins=[CriticPlugin()], autoload=False)  # a fresh manager: builtins plus this plugin
+    recipe = gentk.load_recipe(
+        write(
+            "critic.toml",
+            """
+            name = "critic"
+            [data]
+            name = "synthetic"
+            binarize = "dynamic"
+            batch_size = 16
+            [model.encoder]
+            name = "mlp"
+            hidden = [16]
+            [model.latents.z]
+            size = 2
+            head = "deterministic"
+            prior = { name = "standard_normal" }
+            regularizer = { name = "critic_gan" }
+            [model.decoder]
+            name = "bernoulli"
+            body = "mlp"
+            hidden = [16]
+            [train]
+            steps = 3
+            [train.phases.regularization]
+            optimizer = { name = "adam", lr = 1e-3, part_lr = { "critic.z" = 1e-4 } }
+            [eval]
+            every = 3
+            samples = 0
+            max_examples = 16
+            """.replace("\n            ", "\n"),
+        ),
+        plugins=plugins,
+    )
+    model = gentk.build_model(recipe, image_shape=(1, 8, 8), plugins=plugins)
+    critic_step = next(s for s in model.training_steps() if s.name == "discriminator.z")
+    assert list(critic_step.parts) == ["critic.z"] and "critic.z" in model.parts()
+    before = [p.detach().clone() for p in model.regularizers["z"].net.parameters()]
+
+    result = gentk.train(recipe, plugins=plugins, out=tmp_path / "runs", model=model)
+    assert result.step == 3 and "train/discriminator.z/d_loss" in result.metrics and "train/generator.z/g_loss" in result.metrics
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.regularizers["z"].net.parameters())), "the critic was trained"
+
+    model.wrap_parts(lambda name, part: nn.ModuleDict({"module": part}) if name == "critic.z" else part)  # as DDP does, whatever the attribute
+    assert isinstance(model.regularizers["z"].net, nn.ModuleDict)
+    model.unwrap_parts()
+    assert isinstance(model.regularizers["z"].net, nn.Sequential)

@@ -303,7 +303,7 @@ def test_a_signal_to_the_command_line_saves_and_says_how_to_resume(tmp_path, rec
 
 
 def test_load_trained_rebuilds_the_model_from_a_run(tmp_path, plugins, recipe_file):
-    from gentk.train import load_trained
+    from gentk.evaluate import load_trained
 
     run = train(load(recipe_file, plugins, "train.steps=3"), plugins=plugins, out=tmp_path).run_dir
     recipe, model, state = load_trained(run, plugins=plugins, ema=False)

@@ -1,0 +1,285 @@
+"""Evaluation: loading a trained run, computing its held-out losses and metrics, sampling it.
+
+Everything that evaluates a model lives here, for the engine and for the command line alike:
+
+- `load_trained` / `load_run` rebuild a model from a checkpoint's own recipe, with the EMA
+  weights when the run kept them (`model_from_checkpoint`, the one place that copies them);
+- `build_metric` builds a registered metric (``eval.metrics``) with validated options,
+  `evaluate` calls a list of them, `parse_options` reads ``--option METRIC.KEY=VALUE``
+  (with the recipe's ``--set`` rules, `gentk.recipe.parse_override`);
+- `held_out_losses` averages ``Model.eval_losses`` over a split (all ranks together);
+- `run_evaluation` is what the engine does every ``eval.every`` steps: held-out losses,
+  the recipe's metrics and a sample grid, without moving any random-number generator;
+- `evaluate_run` is ``gentk eval``: a run directory's checkpoint, evaluated and merged
+  into its eval.json;
+- `sample_images` / `write_samples` draw a grid: one row per category of a categorical
+  latent (Makhzani & Frey 2017, Fig. 6), else a square.
+
+The metrics themselves (pure functions and registered metric components) are in
+`gentk.metrics`; this module sits above them and below the engine (`gentk.train`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from gentk import checkpoint, dist, rundir
+from gentk.errors import GentkError, did_you_mean
+from gentk.recipe import Recipe, parse_override, recipe_from_dict
+from gentk.seeding import seed_everything
+
+# --------------------------------------------------------------------------- loading a trained run
+
+
+def _plugins_or_default(plugins):
+    if plugins is None:
+        from gentk.plugins import load_plugins
+
+        plugins = load_plugins()
+    return plugins
+
+
+def model_from_checkpoint(state: Mapping[str, Any], recipe: Recipe, *, plugins, ema: bool = True):
+    """The model `recipe` describes with the checkpoint's weights: the EMA ones when the run kept them and `ema`.
+
+    Built for the checkpoint's ``image_shape``, on the CPU, in training mode.
+    """
+    from gentk.model import build_model
+
+    model = build_model(recipe, image_shape=tuple(state["image_shape"]), plugins=plugins)
+    model.load_state_dict(state["model"])
+    if ema and state.get("ema"):
+        live = model.state_dict()
+        with torch.no_grad():
+            for key, value in state["ema"].items():
+                live[key].copy_(value)
+    return model
+
+
+def load_trained(path: str | Path, *, plugins=None, which: str = "latest", ema: bool = True, device: str | torch.device = "cpu"):
+    """A trained model from a run directory or checkpoint file: ``(recipe, model, checkpoint)``.
+
+    which: "latest" or "best" (for a run directory). ema: use the EMA weights when the run
+    kept them. The model is rebuilt from the checkpoint's own recipe, in eval mode; the
+    dataset is not loaded (``recipe.data`` says which it was).
+    """
+    plugins = _plugins_or_default(plugins)
+    path = Path(path)
+    if path.is_dir() and which == "best":
+        path = path / "checkpoints" / checkpoint.BEST if (path / "checkpoints").is_dir() else path / checkpoint.BEST
+    state = checkpoint.load(checkpoint.find(path), map_location=device)
+    recipe = recipe_from_dict(state["recipe"], plugins=plugins, source=str(path))
+    model = model_from_checkpoint(state, recipe, plugins=plugins, ema=ema)
+    return recipe, model.to(device).eval(), state
+
+
+@attrs.frozen
+class LoadedRun:
+    """A run directory's recipe, data and model with a checkpoint's weights (the EMA ones if any)."""
+
+    run_dir: Path
+    checkpoint: Path
+    step: int
+    recipe: Any
+    data: Any
+    model: Any
+    device: torch.device
+
+
+def load_run(run_dir: str | Path, *, which: str = "latest", device: str | None = None, plugins=None, offline: bool = False) -> LoadedRun:
+    """Rebuild a finished or interrupted run from its checkpoint (``which``: latest or best).
+
+    The recipe comes from the checkpoint itself, so it is the one that wrote the weights.
+    When the run kept an EMA of the weights, the model gets the EMA weights, as the engine's
+    own evaluations do. Unlike `load_trained` it also builds the run's data.
+    """
+    from gentk.data import build_data
+
+    plugins = _plugins_or_default(plugins)
+    run_dir = Path(run_dir)
+    if which not in ("latest", "best"):
+        raise GentkError(f"--checkpoint must be 'latest' or 'best', not '{which}'.")
+    path = run_dir / "checkpoints" / f"{which}.pt"
+    if not path.is_file():
+        if not run_dir.is_dir():
+            raise GentkError(f"'{run_dir}' is not a directory. Pass a run directory such as runs/NAME-TIME.")
+        present = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt")) if (run_dir / "checkpoints").is_dir() else []
+        hint = f"; it has {', '.join(present)}: try --checkpoint latest" if present else "; the run stopped before its first checkpoint"
+        raise GentkError(f"{run_dir} has no checkpoints/{which}.pt{hint}.")
+    state = checkpoint.load(path)
+    recipe = recipe_from_dict(state["recipe"], plugins=plugins, source=str(path))
+    chosen = dist.choose_device(device or recipe.train.device)
+    data = build_data(recipe.data, plugins, seed=recipe.seed, offline=offline)
+    model = model_from_checkpoint(state, recipe, plugins=plugins)
+    model.to(chosen).eval()
+    return LoadedRun(run_dir, path, int(state["step"]), recipe, data, model, chosen)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def parse_options(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``["iwae.k=50", "code_space.plot=false"]`` -> {"iwae": {"k": 50}, ...}; values as in ``--set``."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        path, value = parse_override(item, flag="--option", form="METRIC.KEY", example="iwae.k=50", path_example="iwae.k")
+        if len(path) != 2:
+            raise GentkError(f"--option '{item}': expected METRIC.KEY=VALUE, e.g. iwae.k=50.")
+        metric, name = path
+        out.setdefault(metric, {})[name] = value
+    return out
+
+
+def build_metric(plugins, name: str, options: Mapping[str, Any] | None = None):
+    """A registered metric built with its defaults updated by `options` (validated by its Config)."""
+    entry = plugins.get("metrics", name)
+    options = dict(options or {})
+    if entry.config is None:
+        if options:
+            raise GentkError(f"metric '{name}' has no options; got {', '.join(options)}.")
+        return entry.build(None)
+    fields = [f.name for f in attrs.fields(entry.config)]
+    for key in options:
+        if key not in fields:
+            raise GentkError(f"metric '{name}' has no option '{key}'. Its options: {', '.join(fields) or 'none'}.{did_you_mean(key, fields)}")
+    try:
+        config = entry.config(**options)
+    except (TypeError, ValueError) as exc:
+        raise GentkError(f"metric '{name}': {exc}. `gentk list metrics {name}` shows its options.") from None
+    return entry.build(config)
+
+
+def evaluate(model, data, names: Sequence[str], *, plugins, device, split: str = "test", batch_size: int = 100, max_examples: int | None = None, seed: int = 0, run_dir: Path | None = None, step: int = 0, options: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, float]:
+    """Call each named metric on `split` under ``torch.no_grad()``; returns {key: float} (keys unprefixed)."""
+    options = options or {}
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise GentkError(f"--option for {', '.join(unknown)}, which {'is' if len(unknown) == 1 else 'are'} not among the metrics evaluated ({', '.join(names)}).")
+    metrics = [build_metric(plugins, name, options.get(name)) for name in names]  # every option error before any work
+    results: dict[str, float] = {}
+    model.eval()
+    with torch.no_grad():
+        for metric in metrics:
+            values = metric(model=model, data=data, device=device, split=split, batch_size=batch_size, max_examples=max_examples, seed=seed, run_dir=run_dir, step=step)
+            results.update({k: float(v) for k, v in (values or {}).items()})
+    return results
+
+
+def held_out_losses(model, data, split: str, recipe: Recipe, device, info) -> dict[str, float]:
+    """``Model.eval_losses`` averaged over the split's examples (all ranks together)."""
+    sums: dict[str, float] = {}
+    count = 0
+    for batch in data.eval_batches(split, recipe.data.common.batch_size, max_examples=recipe.eval.max_examples, rank=info.rank, world_size=info.world_size):
+        batch = batch.to(device)
+        n = batch.x.shape[0]
+        for key, value in model.eval_losses(batch).items():
+            sums[key] = sums.get(key, 0.0) + float(value) * n
+        count += n
+    keys = sorted(sums)
+    totals = dist.sum_tensor(torch.tensor([sums[k] for k in keys] + [float(count)], dtype=torch.float64, device=device), info).tolist()
+    return {f"eval/{split}/{k}": v / max(totals[-1], 1.0) for k, v in zip(keys, totals[:-1])}
+
+
+# --------------------------------------------------------------------------- during training
+
+
+def run_evaluation(model, ema, data, recipe: Recipe, plugins, device, info, run_dir: Path, step: int) -> dict[str, float]:
+    """Held-out losses, the recipe's metrics and a sample grid, without moving any RNG.
+
+    The engine's evaluation every ``eval.every`` steps: with the EMA weights when `ema` is
+    given, the metrics and samples on rank 0 only (then broadcast), the model back in
+    training mode afterwards.
+    """
+    model.eval()
+    try:
+        with checkpoint.preserved_rng(), torch.no_grad(), (ema.applied(model) if ema else contextlib.nullcontext()):
+            split = "validation" if data.split_sizes.get("validation", 0) > 0 else "test"
+            metrics = held_out_losses(model, data, split, recipe, device, info)
+            results = None
+            if info.is_main:
+                found = evaluate(model, data, recipe.eval.metrics, plugins=plugins, device=device, split=split, batch_size=recipe.data.common.batch_size, max_examples=recipe.eval.max_examples, seed=recipe.seed, run_dir=run_dir, step=step)
+                results = {f"eval/{split}/{k}": v for k, v in found.items()}
+                if recipe.eval.samples > 0:
+                    write_samples(model, recipe, device, run_dir / "samples" / f"step-{step:08d}.png")
+            metrics.update(dist.broadcast_object(results, info))
+    finally:
+        model.train()
+    return metrics
+
+
+# --------------------------------------------------------------------------- a run directory
+
+
+def evaluate_run(run_dir: str | Path, *, names: Sequence[str] | None = None, which: str = "latest", split: str = "test", max_examples: int | None = None, options: Mapping[str, Mapping[str, Any]] | None = None, device: str | None = None, plugins=None, offline: bool = False) -> dict[str, Any]:
+    """Evaluate a run directory's checkpoint and merge the result into its eval.json.
+
+    names: the metrics (default: the recipe's ``eval.metrics``). Also computes the held-out
+    losses of every training step on `split`. Returns the record written under
+    ``evaluations[<checkpoint>/<split>]`` of eval.json: checkpoint, step, split, options,
+    seconds, and ``metrics`` ({"eval/<split>/<key>": float}).
+    """
+    plugins = _plugins_or_default(plugins)
+    run = load_run(run_dir, which=which, device=device, plugins=plugins, offline=offline)
+    names = list(run.recipe.eval.metrics if names is None else names)
+    if split not in run.data.split_sizes or run.data.split_sizes[split] == 0:
+        raise GentkError(f"this run's data has no '{split}' examples; splits: {', '.join(f'{k} ({v})' for k, v in run.data.split_sizes.items())}.")
+    started = time.perf_counter()
+    batch_size = run.recipe.data.common.batch_size
+    with checkpoint.preserved_rng(), torch.no_grad():
+        seed_everything(run.recipe.seed)  # metrics that draw random numbers give the same result each time
+        limited = attrs.evolve(run.recipe, eval=attrs.evolve(run.recipe.eval, max_examples=max_examples))  # losses on the same examples as the metrics
+        values = held_out_losses(run.model, run.data, split, limited, run.device, dist.DistInfo())
+        found = evaluate(run.model, run.data, names, plugins=plugins, device=run.device, split=split, batch_size=batch_size, max_examples=max_examples, seed=run.recipe.seed, run_dir=run.run_dir, step=run.step, options=options)
+    values.update({f"eval/{split}/{k}": v for k, v in found.items()})
+    record = {
+        "checkpoint": str(run.checkpoint.relative_to(run.run_dir)),
+        "step": run.step,
+        "steps": run.recipe.train.steps,
+        "split": split,
+        "max_examples": max_examples,
+        "metric_names": names,
+        "options": {k: dict(v) for k, v in (options or {}).items()},
+        "seconds": time.perf_counter() - started,
+        "metrics": values,
+    }
+    path = run.run_dir / "eval.json"
+    existing = json.loads(path.read_text()) if path.is_file() else {}
+    existing.setdefault("evaluations", {})[f"{which}/{split}"] = record
+    rundir.write_json(path, existing)
+    return record
+
+
+# --------------------------------------------------------------------------- samples
+
+
+def sample_images(model, n: int, *, generator: torch.Generator, latent: str | None = None, temperature: float | None = None) -> tuple[torch.Tensor, int]:
+    """About `n` images and how many go in a grid row: ``(images (B, C, H, W), per_row)``.
+
+    latent: a categorical latent of `model` to draw one row per category of
+    (``ceil(n / K)`` images a row, so K rows); None draws `n` images for a square grid.
+    temperature: the decoder's sampling temperature (None: the model's default).
+    """
+    kwargs = {} if temperature is None else {"temperature": temperature}
+    if latent is not None:
+        per_row = max(1, math.ceil(n / model.latents[latent].size))
+        images = model.sample_per_category(per_row, latent=latent, generator=generator, **kwargs)
+        return images.reshape(-1, *images.shape[-3:]), per_row
+    per_row = max(1, round(math.sqrt(n)))
+    return model.sample(n, generator=generator, **kwargs), per_row
+
+
+def write_samples(model, recipe: Recipe, device, path: Path) -> Path:
+    """A PNG grid of ``eval.samples`` images: one row per category for a categorical latent (the paper's Figure 6), else a square."""
+    generator = torch.Generator(device=device).manual_seed(recipe.seed)
+    latent = next((name for name, spec in recipe.model.latents.items() if spec.head == "categorical"), None)
+    images, per_row = sample_images(model, recipe.eval.samples, generator=generator, latent=latent if hasattr(model, "sample_per_category") else None)
+    return rundir.save_grid(images, path, nrow=per_row)
