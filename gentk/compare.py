@@ -220,7 +220,7 @@ def _meta(name: str, paths, studies, overrides, seeds, results: list[RunResult])
 
 
 def _write(study_dir: Path, meta: dict[str, Any], results: list[RunResult], names: list[str]) -> None:
-    from gentk.report import plot_learning_curves, study_blocks, write_report
+    from gentk.report import error_series, plot_learning_curves, study_blocks, write_report
 
     series: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     samples, code_plots = [], []
@@ -241,6 +241,8 @@ def _write(study_dir: Path, meta: dict[str, Any], results: list[RunResult], name
             shutil.copyfile(plot, target)
             code_plots.append((f"{r.recipe}: {plot.name.split('-step-')[0]}", str(target.relative_to(study_dir))))
     curves = plot_learning_curves(series, study_dir / "curves.png")
-    blocks = study_blocks(meta, results, names, curves=str(curves.relative_to(study_dir)) if curves else None, samples=samples, code_plots=code_plots)
+    errors = error_series(series)
+    error_curves = plot_learning_curves(series, study_dir / "errors-minutes.png", errors, x="minutes") if errors else None
+    blocks = study_blocks(meta, results, names, curves=str(curves.relative_to(study_dir)) if curves else None, samples=samples, code_plots=code_plots, error_curves=str(error_curves.relative_to(study_dir)) if error_curves else None)
     write_report(study_dir, blocks, f"gentk compare: {meta['name']}")
     rundir.write_json(study_dir / "study.json", {"meta": meta, "results": [{**attrs.asdict(r), "run_dir": str(r.run_dir)} for r in results]})

@@ -52,13 +52,15 @@ PAPER: dict[tuple[str, str], PaperNumber] = {
     ("pixelgan_categorical", "cluster_error_aae"): PaperNumber(5.27, 1.81, f"{_T1}, PixelGAN AE, MNIST unsupervised (30 clusters)"),
     ("pixelgan_semisup", "semisup_error"): PaperNumber(1.08, 0.15, f"{_T1}, PixelGAN AE, MNIST 100 labels"),
     ("aae_semisup", "semisup_error"): PaperNumber(1.90, 0.10, f"{_T1}, AAE, MNIST 100 labels (Makhzani et al. 2016, Table 2)"),
+    ("aae_mnist_100", "semisup_error"): PaperNumber(1.90, 0.10, f"{_T1}, AAE, MNIST 100 labels (Makhzani et al. 2016, Table 2)"),
+    ("aae_mnist_unsup", "cluster_error_aae"): PaperNumber(4.10, 1.13, f"{_T1}, AAE, MNIST unsupervised, 30 clusters (Makhzani et al. 2016, Table 3)"),
     ("pixelcnn", "nll"): PaperNumber(81.30, None, "PixelCNN on binarized MNIST, test NLL in nats (van den Oord et al. 2016)"),
     ("pixelvae", "iwae_nll"): PaperNumber(79.66, None, "PixelVAE on binarized MNIST, test NLL in nats (Gulrajani et al. 2017)"),
     ("vae", "iwae_nll"): PaperNumber(86.76, None, "VAE, one stochastic layer, test NLL in nats, k = 5000 (Burda et al. 2016, Table 1)"),
 }
 
-# Table 1's AAE row, for docs/results.md and readers of this module: no recipe reproduces
-# these columns yet (the AAE clustering model is not among the recipes).
+# Table 1's AAE row, for docs/results.md and readers of this module (the MNIST columns are
+# reproduced by recipes/paper/aae_mnist_100.toml and aae_mnist_unsup.toml; SVHN is not).
 AAE_TABLE1 = {"mnist_unsup_30": (4.10, 1.13), "mnist_100": (1.90, 0.10), "svhn_1000": (17.70, 0.30)}
 
 
@@ -191,11 +193,38 @@ def metric_rows(results: Sequence[Any], recipes: Sequence[str]) -> list[list[str
     return rows
 
 
-def plot_learning_curves(series: dict[str, list[dict[str, Any]]], path: Path, names: Sequence[str] = ("train/reconstruction/loss", "eval/validation/reconstruction/loss")) -> Path | None:
-    """Curves of `names` (one panel each), a colour per recipe and a line per seed; None without matplotlib.
+def on_minutes(metrics: dict[str, Any], series: Any) -> Any | None:
+    """A series (step, value) with its steps replaced by the run's wall-clock minutes at those steps.
+
+    Minutes come from the run's ``time/minutes`` series (logged with every scalar row and
+    evaluation, counted over resumes), interpolated between logged steps; None for a run
+    that logged none (made before the time budget existed).
+    """
+    import numpy as np
+
+    clock = metrics.get("time/minutes")
+    if clock is None or not len(clock):
+        return None
+    out = np.empty(len(series), dtype=[("step", "f8"), ("value", "f8")])  # minutes are fractional
+    out["step"] = np.interp(series["step"], clock["step"], clock["value"])
+    out["value"] = series["value"]
+    return out
+
+
+def error_series(series: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The held-out error metrics (``eval/<split>/<..>error<..>``) that any run of `series` logged, sorted."""
+    return sorted({name for runs in series.values() for metrics in runs for name in metrics if name.startswith("eval/") and "error" in name.rsplit("/", 1)[-1]})
+
+
+def plot_learning_curves(series: dict[str, list[dict[str, Any]]], path: Path, names: Sequence[str] = ("train/reconstruction/loss", "eval/validation/reconstruction/loss"), *, x: str = "step") -> Path | None:
+    """Curves of `names` (one panel each), a colour per recipe and a line per seed; None without matplotlib
+    (or, against minutes, when no run logged its wall time).
 
     series: recipe -> list over seeds of {scalar name: array of (step, value)} (`gentk.rundir.read_metrics`).
+    x: "step", or "minutes" of wall time (`on_minutes`), which compares recipes at equal budget.
     """
+    if x not in ("step", "minutes"):
+        raise ValueError(f"x must be 'step' or 'minutes', not {x!r}")
     try:
         import matplotlib
 
@@ -205,26 +234,34 @@ def plot_learning_curves(series: dict[str, list[dict[str, Any]]], path: Path, na
         return None
     fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    drawn = 0
     for ax, name in zip(axes[0], names):
         for i, (recipe, runs) in enumerate(series.items()):
             for j, metrics in enumerate(runs):
-                if name in metrics and len(metrics[name]):
-                    data = metrics[name]
-                    few = len(data) < 20  # a line through one or two points is invisible: mark them
-                    ax.plot(data["step"], data["value"], color=colors[i % len(colors)], alpha=0.8, lw=1, marker="o" if few else None, ms=4, label=recipe if j == 0 else None)
+                data = metrics.get(name)
+                if data is None or not len(data):
+                    continue
+                if x == "minutes" and (data := on_minutes(metrics, data)) is None:
+                    continue
+                few = len(data) < 20  # a line through one or two points is invisible: mark them
+                ax.plot(data["step"], data["value"], color=colors[i % len(colors)], alpha=0.8, lw=1, marker="o" if few else None, ms=4, label=recipe if j == 0 else None)
+                drawn += 1
         ax.set_title(name)
-        ax.set_xlabel("step")
-        ax.set_ylabel("nats per image")
+        ax.set_xlabel("step" if x == "step" else "minutes of wall time")
+        ax.set_ylabel("error, %" if "error" in name.rsplit("/", 1)[-1] else "nats per image")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.tight_layout()
+    if x == "minutes" and not drawn:
+        plt.close(fig)
+        return None
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
-def study_blocks(meta: dict[str, Any], results: Sequence[Any], recipes: Sequence[str], *, curves: str | None, samples: list[tuple[str, str]], code_plots: list[tuple[str, str]]) -> list[Block]:
+def study_blocks(meta: dict[str, Any], results: Sequence[Any], recipes: Sequence[str], *, curves: str | None, samples: list[tuple[str, str]], code_plots: list[tuple[str, str]], error_curves: str | None = None) -> list[Block]:
     """The report of a study as blocks (see `gentk.compare.compare` for `meta` and `results`)."""
     seeds = meta["seeds"]
     blocks: list[Block] = [
@@ -249,6 +286,9 @@ def study_blocks(meta: dict[str, Any], results: Sequence[Any], recipes: Sequence
     ]
     if curves:
         blocks.append(Images([("reconstruction loss (train, held-out)", curves)]))
+    if error_curves:
+        blocks.append(Paragraph("Held-out error against minutes of wall time, the budget at which recipes of different speeds are compared fairly (each run's own clock: runs that shared the cores ran slower than on an idle machine)."))
+        blocks.append(Images([("held-out error against wall time", error_curves)]))
     else:
         blocks.append(Paragraph('matplotlib is not installed, so this report has no learning curves: pip install "gentk[plots]" and run the same `gentk compare` again (finished runs are reused).'))
     blocks.append(Heading("Samples"))

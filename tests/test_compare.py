@@ -76,6 +76,7 @@ def test_a_tiny_compare_end_to_end_then_reused(tmp_path, capsys):
         assert label in md
     assert "samples/vae-seed0.png" in md and (study / "samples" / "aae_semisup-seed0.png").is_file()
     assert (study / "curves.png").is_file() and "curves.png" in md
+    assert (study / "errors-minutes.png").is_file() and "errors-minutes.png" in md  # semisup_error against wall time
     assert "code_space/vae-seed0-z.png" in md
     page = (study / "report.html").read_text()
     assert "<table>" in page and 'src="samples/vae-seed0.png"' in page
@@ -189,3 +190,18 @@ def test_the_report_warns_when_data_or_budgets_differ(tmp_path, plugins):
     assert 'matplotlib is not installed' in md  # what the report says without learning curves
     aligned = [[gentk.load_recipe(p, ["train.steps=4"], plugins=plugins)] for p in paths]
     assert _meta("t", paths, aligned, ["train.steps=4"], [0], [])["differences"] == []
+
+
+def test_a_series_on_minutes_takes_each_step_at_the_run_clock():
+    """Known answer: steps between two logged clock readings get the linear interpolation."""
+    import numpy as np
+
+    pair = np.dtype([("step", "i8"), ("value", "f8")])
+    metrics = {"time/minutes": np.array([(10, 1.0), (20, 2.0)], dtype=pair)}
+    curve = np.array([(10, 50.0), (15, 40.0), (20, 30.0)], dtype=pair)
+    moved = report.on_minutes(metrics, curve)
+    assert moved["step"].tolist() == [1.0, 1.5, 2.0] and moved["value"].tolist() == [50.0, 40.0, 30.0]
+    assert curve["step"].tolist() == [10, 15, 20]  # the input is left as it was
+    assert report.on_minutes({}, curve) is None  # a run from before the clock was logged
+    series = {"a": [{"eval/validation/semisup_error": curve, "eval/validation/reconstruction/loss": curve, "time/minutes": metrics["time/minutes"]}], "b": [{"eval/test/cluster_error_aae": curve}]}
+    assert report.error_series(series) == ["eval/test/cluster_error_aae", "eval/validation/semisup_error"]
