@@ -491,12 +491,7 @@ def load_run(run_dir: str | Path, *, which: str = "latest", device: str | None =
     chosen = dist.choose_device(device or recipe.train.device)
     data = build_data(recipe.data, plugins, seed=recipe.seed, offline=offline)
     model = build_model(recipe, image_shape=data.image_shape, plugins=plugins)
-    model.load_state_dict(state["model"])
-    if state.get("ema"):
-        live = model.state_dict()
-        with torch.no_grad():
-            for key, value in state["ema"].items():
-                live[key].copy_(value)
+    checkpoint.load_weights(model, state, path)
     model.to(chosen).eval()
     return LoadedRun(run_dir, path, int(state["step"]), recipe, data, model, chosen)
 

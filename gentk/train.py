@@ -100,7 +100,10 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
         try:
             ckpt_path = find_resume(resume, out, recipe)
             if ckpt_path is not None:
-                check_same_recipe(checkpoint.load(ckpt_path), recipe, ckpt_path, force)
+                ckpt_path, loaded, note = checkpoint.load_resumable(ckpt_path)  # a damaged latest.pt gives way to a step file
+                if note:
+                    say(f"gentk: warning: {note}")
+                check_same_recipe(loaded, recipe, ckpt_path, force)
                 run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else rundir.new_run_dir(out, recipe.name)
             else:
                 run_dir = rundir.new_run_dir(out, recipe.name)
@@ -313,12 +316,7 @@ def load_trained(path: str | Path, *, plugins=None, which: str = "latest", ema: 
     state = checkpoint.load(checkpoint.find(path), map_location=device)
     recipe = recipe_from_dict(state["recipe"], plugins=plugins, source=str(path))
     model = build_model(recipe, image_shape=tuple(state["image_shape"]), plugins=plugins)
-    model.load_state_dict(state["model"])
-    if ema and state["ema"] is not None:
-        live = model.state_dict()
-        with torch.no_grad():
-            for key, value in state["ema"].items():
-                live[key].copy_(value)
+    checkpoint.load_weights(model, state, path, ema=ema)
     return recipe, model.to(device).eval(), state
 
 
@@ -511,7 +509,7 @@ def restore(state, model, ema, optimizers, schedules, scalers, batches, labeled_
         if ema is not None and state["ema"] is not None:
             ema.load_state_dict(state["ema"])
     except (KeyError, RuntimeError, ValueError) as exc:
-        raise TrainingError(f"the checkpoint does not fit this model ({type(exc).__name__}: {exc}). Was the model changed? Resume with the recipe that wrote it.") from None
+        raise TrainingError(f"the checkpoint does not fit this model ({type(exc).__name__}: {' '.join(str(exc).split())}). Was the model changed? Resume with the recipe that wrote it.") from None
     if state["world_size"] == info.world_size:
         position = state["data"][info.rank]
         batches.load_state_dict(position["train"])
