@@ -199,13 +199,19 @@ def save(state: dict[str, Any], directory: str | Path, *, keep_last: int, best: 
     Returns the step file. Files named by ``best.pt`` survive pruning through their link.
     """
     directory = Path(directory)
-    path = atomic_save(state, step_file(directory, state["step"]))
-    atomic_link(path, directory / LATEST)
-    if best:
-        atomic_link(path, directory / BEST)
-    periodic = sorted(directory.glob("step-*.pt"))
-    for old in periodic[:-keep_last]:
-        old.unlink()
+    path = step_file(directory, state["step"])
+    try:
+        atomic_save(state, path)
+        atomic_link(path, directory / LATEST)
+        if best:
+            atomic_link(path, directory / BEST)
+        periodic = sorted(directory.glob("step-*.pt"))
+        for old in periodic[:-keep_last]:
+            old.unlink()
+    except OSError as exc:  # a full disk, a read-only directory: what was saved before stays
+        from gentk.rundir import storage_error
+
+        raise storage_error(exc, path, kept=f"The previous checkpoint is intact ({LATEST} still names it), and the run continues from it with --resume.") from None
     for stale in directory.glob(".*.tmp-*"):  # left by a process killed mid-write
         try:
             pid = int(stale.name.rsplit("-", 1)[1])

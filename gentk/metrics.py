@@ -592,5 +592,10 @@ def evaluate_run(run_dir: str | Path, *, names: Sequence[str] | None = None, whi
     path = run.run_dir / "eval.json"
     existing = json.loads(path.read_text()) if path.is_file() else {}
     existing.setdefault("evaluations", {})[f"{which}/{split}"] = record
-    rundir.write_json(path, existing)
+    try:
+        rundir.write_json(path, existing)
+    except OSError as exc:  # a read-only run: the results are not lost, the caller gets them
+        from gentk.errors import ResultsNotSaved
+
+        raise ResultsNotSaved(f"{path.name} was not written: {rundir.storage_error(exc, path, kept='The results are those printed above.')}", record) from None
     return record

@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from gentk import checkpoint, dist, rundir
-from gentk.errors import TrainingError, TrainingInterrupted
+from gentk.errors import GentkError, TrainingError, TrainingInterrupted
 from gentk.recipe import PhaseSpec, Recipe
 
 
@@ -78,18 +78,23 @@ def train(
     dist.init(info, chosen)
     clean = False  # whether every rank reaches the final barrier (see dist.shutdown)
     try:
-        result = _train(recipe, plugins, Path(out), chosen, info, resume, force, offline, model, data)
+        with contextlib.ExitStack() as claim:  # _train enters the run directory's lock here
+            result = _train(recipe, plugins, Path(out), chosen, info, resume, force, offline, model, data, claim)
         clean = True
         return result
     except TrainingInterrupted:
         clean = True  # every rank stops at the same step (the stop request is all-reduced)
+        raise
+    except OSError as exc:
+        if rundir.is_storage_error(exc):  # a full disk, a read-only run directory
+            raise rundir.storage_error(exc) from None
         raise
     finally:
         if started_group:
             dist.shutdown(clean=clean)
 
 
-def _train(recipe, plugins, out, device, info, resume, force, offline, model, data) -> TrainResult:
+def _train(recipe, plugins, out, device, info, resume, force, offline, model, data, claim) -> TrainResult:
     cfg = recipe.train
     setup_torch(cfg, device)
     say = print if info.is_main else (lambda *a, **k: None)
@@ -107,8 +112,9 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
                 run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else rundir.new_run_dir(out, recipe.name)
             else:
                 run_dir = rundir.new_run_dir(out, recipe.name)
+            claim.enter_context(rundir.claim(run_dir, fresh=ckpt_path is None))  # one process per run directory
             decision = (str(ckpt_path) if ckpt_path else None, str(run_dir), None)
-        except TrainingError as exc:
+        except GentkError as exc:
             decision = (None, None, str(exc))
     ckpt_path, run_dir, error = dist.broadcast_object(decision, info)
     if error is not None:
@@ -166,10 +172,11 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
     if info.is_main:
         rundir.make_layout(run_dir)
         (run_dir / "recipe.toml").write_text(f"# resolved from {recipe.source}\n" + recipe.to_toml())
-        rundir.write_json(run_dir / "env.json", rundir.environment(device, info.world_size))
+        rundir.write_environment(run_dir, rundir.environment(device, info.world_size), step)
         if hasattr(data, "write_manifest"):
             data.write_manifest(run_dir)
-        log.truncate(step)  # drop what a previous process logged after its last checkpoint
+        for note in log.truncate(step):  # drop what a previous process logged after its last checkpoint; repair
+            say(f"gentk: warning: {note}")
 
     def save(at_step: int, *, is_best: bool = False) -> Path | None:
         rng = dist.gather_objects(checkpoint.rng_state(), info)

@@ -218,3 +218,183 @@ def test_resume_says_it_passes_over_a_damaged_latest(copy, plugins, capsys):
     assert result.run_dir == run and result.step == 8 and checkpoint.load(run / "checkpoints" / "latest.pt")["step"] == 8
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and steps.count(5) == 1  # what came after step 4 was logged once
+
+
+# --------------------------------------------------------------------------- run state on disk (items 1-3, 10)
+
+
+def logged(step, value):
+    return {"train/a/loss": value, "lr/a": 0.1} if step % 2 else {"train/a/loss": value, "eval/test/a/loss": value + 1}
+
+
+def filled_log(tmp_path, steps=6):
+    log = rundir.MetricsLog(tmp_path)
+    for step in range(1, steps + 1):
+        log.write(step, logged(step, float(step)))
+    return log
+
+
+def test_a_partial_last_metrics_line_is_dropped_and_said(tmp_path):
+    log = filled_log(tmp_path)
+    with log.jsonl_path.open("a") as f:
+        f.write('{"step": 7, "train/a/lo')  # a full disk cut the write short
+    notes = log.truncate(5)
+    assert len(notes) == 1 and "partial" in notes[0]
+    assert [json.loads(line)["step"] for line in log.jsonl_path.read_text().splitlines()] == [1, 2, 3, 4, 5]
+    assert rundir.read_metrics(tmp_path)["train/a/loss"]["step"].tolist() == [1, 2, 3, 4, 5]
+
+
+def test_a_damaged_metrics_file_is_rebuilt_from_the_other(tmp_path):
+    log = filled_log(tmp_path)
+    expected = rundir.read_metrics(tmp_path)
+    log.h5_path.write_bytes(b"\x89HDF\r\n garbage")
+    notes = log.truncate(6)
+    assert "metrics.h5" in notes[0] and "rebuilt" in notes[0] and (tmp_path / "metrics.h5.damaged").exists()
+    rebuilt = rundir.read_metrics(tmp_path)
+    assert rebuilt.keys() == expected.keys() and all((rebuilt[k] == expected[k]).all() for k in expected)
+
+    lines = log.jsonl_path.read_text().splitlines()
+    log.jsonl_path.write_text("\n".join(lines[:2] + ["\0\0\0garbage"] + lines[3:]) + "\n")  # damaged in the middle
+    notes = log.truncate(4)
+    assert "metrics.jsonl" in notes[0] and "rebuilt" in notes[0]
+    events = [json.loads(line) for line in log.jsonl_path.read_text().splitlines()]
+    assert events == [{"step": s, **logged(s, float(s))} for s in range(1, 5)]
+
+
+def test_metrics_damaged_beyond_repair_are_one_paragraph(tmp_path):
+    log = filled_log(tmp_path)
+    log.h5_path.write_bytes(b"garbage")
+    log.jsonl_path.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(gentk.GentkError, match=r"metrics\.jsonl.*metrics\.h5.*move both aside") as error:
+        log.truncate(2)
+    assert "\n" not in str(error.value)
+
+
+def test_resume_repairs_a_partial_metrics_line_from_the_command_line(copy, capsys):
+    run = copy()
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 9, "train/reconstruction/lo')
+    code, out, err = cli(capsys, "run", run / "recipe.toml", "--resume", "auto", "--out", run.parent, "--set", "train.steps=10", "--force")
+    assert code == 0, err
+    assert "partial" in out
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-3:] == [9, 10, 10]  # training at 9 and 10, then the evaluation at 10
+
+
+class Refused:
+    """Makes every write under `root` fail with `code` (ENOSPC: a full disk, EROFS: read-only).
+
+    Patches the Python-level calls that create or change files; h5py's C library is
+    reached through MetricsLog, whose first write (metrics.jsonl) goes through io.open.
+    """
+
+    def __init__(self, monkeypatch, root, code, after=0):
+        import io
+        import os
+
+        self.root, self.code, self.left = str(root), code, after
+        real_open, real_os_open, real_mkdir, real_replace = io.open, os.open, os.mkdir, os.replace
+
+        def refuse(path):
+            if str(path).startswith(self.root):
+                if self.left > 0:
+                    self.left -= 1
+                    return
+                raise OSError(self.code, os.strerror(self.code), str(path))
+
+        def fake_open(file, mode="r", *args, **kwargs):
+            if any(c in mode for c in "wax+"):
+                refuse(file)
+            return real_open(file, mode, *args, **kwargs)
+
+        def fake_os_open(path, flags, *args, **kwargs):
+            if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+                refuse(path)
+            return real_os_open(path, flags, *args, **kwargs)
+
+        def fake_mkdir(path, *args, **kwargs):
+            refuse(path)
+            return real_mkdir(path, *args, **kwargs)
+
+        def fake_replace(src, dst, *args, **kwargs):
+            refuse(dst)
+            return real_replace(src, dst, *args, **kwargs)
+
+        import builtins
+
+        monkeypatch.setattr(io, "open", fake_open)
+        monkeypatch.setattr(builtins, "open", fake_open)
+        monkeypatch.setattr(os, "open", fake_os_open)
+        monkeypatch.setattr(os, "mkdir", fake_mkdir)
+        monkeypatch.setattr(os, "replace", fake_replace)
+
+
+def test_a_full_disk_while_training_is_a_clean_error(tmp_path, recipe_file, monkeypatch, capsys):
+    out = tmp_path / "runs"
+    out.mkdir()
+    Refused(monkeypatch, out, errno.ENOSPC, after=40)  # the run starts, then the disk fills
+    code, _, err = cli(capsys, "run", recipe_file, "--out", out)
+    monkeypatch.undo()
+    assert code == 2 and "No space left on device" in err and "Traceback" not in err and err.count("\n") == 1, err
+    (run,) = out.glob("tiny-*")
+    if (run / "checkpoints" / "latest.pt").exists():  # what was saved before the disk filled still loads
+        checkpoint.load(run / "checkpoints" / "latest.pt")
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_a_checkpoint_that_cannot_be_written_keeps_the_previous_one(tmp_path, code, monkeypatch):
+    directory = tmp_path / "checkpoints"
+    checkpoint.save(full_state(4), directory, keep_last=3)
+    Refused(monkeypatch, directory, code)
+    with pytest.raises(gentk.GentkError, match="previous checkpoint") as error:
+        checkpoint.save(full_state(8), directory, keep_last=3)
+    monkeypatch.undo()
+    assert "\n" not in str(error.value)
+    assert checkpoint.load(directory / "latest.pt")["step"] == 4 and not list(directory.glob(".*tmp*"))
+
+
+def test_read_only_places_are_clean_errors(copy, recipe_file, tmp_path, monkeypatch, capsys):
+    run = copy()
+    Refused(monkeypatch, tmp_path, errno.EROFS)
+    for args in (["run", recipe_file, "--out", tmp_path / "fresh"], ["run", run / "recipe.toml", "--resume", run, "--out", run.parent], ["sample", run, "-n", "4", "--out", tmp_path / "grids" / "s.png"]):
+        code, out, err = cli(capsys, *args)
+        assert code == 2 and "Read-only file system" in err and "Traceback" not in err and err.count("\n") == 1, (args, err)
+    # eval computes its table, prints it, then says why eval.json was not written
+    before = (run / "eval.json").read_text()
+    code, out, err = cli(capsys, "eval", run)
+    assert code == 2 and "recon_nll" in out and "eval.json was not written" in err and "Read-only" in err, (out, err)
+    assert (run / "eval.json").read_text() == before
+
+
+def test_two_processes_never_train_one_run_directory(copy, capsys):
+    import subprocess
+    import sys
+
+    run = copy()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from gentk import rundir\nwith rundir.claim(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)", str(run)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = (run / "metrics.jsonl").read_text()
+        code, out, err = cli(capsys, "run", run / "recipe.toml", "--resume", "auto", "--out", run.parent, "--set", "train.steps=10", "--force")
+        assert code == 2 and f"process {holder.pid}" in err and "Traceback" not in err, err
+        assert (run / "metrics.jsonl").read_text() == before
+    finally:
+        holder.kill()
+        holder.wait()
+    code, out, err = cli(capsys, "run", run / "recipe.toml", "--resume", "auto", "--out", run.parent, "--set", "train.steps=10", "--force")
+    assert code == 0, err  # the lock of a killed process is gone with it
+
+
+def test_a_failed_start_leaves_no_empty_run_directory_and_resumes_keep_env_history(copy, recipe_file, tmp_path, plugins):
+    out = tmp_path / "fresh"
+    with pytest.raises(gentk.GentkError):
+        train(load(recipe_file, plugins, "train.amp=bf16"), plugins=plugins, out=out, device="cpu")  # refused after the directory is made
+    assert not list(out.glob("tiny-*"))
+    run = copy()
+    first = json.loads((run / "env.json").read_text())
+    train(load(run / "recipe.toml", plugins, "train.steps=10"), plugins=plugins, out=run.parent, resume=run, force=True)
+    env = json.loads((run / "env.json").read_text())
+    assert env["start_step"] == 8 and env["history"] == [{k: v for k, v in first.items() if k != "history"}]
