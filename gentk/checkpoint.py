@@ -294,6 +294,18 @@ def load_resumable(path: Path, map_location: str | torch.device = "cpu") -> tupl
     raise TrainingError(f"'{path.parent}' holds no checkpoint. The run may have stopped before its first checkpoint; start it again without --resume.")
 
 
+def log_interval(state: dict[str, Any] | None, info) -> tuple[dict[str, float], int]:
+    """The running sums and step count of the log interval a checkpoint was written in.
+
+    ``({}, 0)`` for a fresh run, a checkpoint without them (format 1), or one written by
+    another number of processes (whose sums were per rank).
+    """
+    if state is None or "interval" not in state or state["world_size"] != info.world_size:
+        return {}, 0
+    mine = state["interval"][info.rank]
+    return {k: float(v) for k, v in mine["sums"].items()}, int(mine["counted"])
+
+
 # --------------------------------------------------------------------------- random number generators
 
 

@@ -175,6 +175,16 @@ class MetricsLog:
             os.replace(tmp, self.jsonl_path)
         return notes
 
+    def logged(self, step: int, prefix: str) -> bool:
+        """Whether metrics.jsonl has a scalar whose name starts with `prefix` at `step`."""
+        if not self.jsonl_path.exists():
+            return False
+        for line in self.jsonl_path.read_text().splitlines():
+            event = json.loads(line)
+            if event["step"] == step and any(k.startswith(prefix) for k in event):
+                return True
+        return False
+
     def _read_jsonl(self, notes: list[str]) -> tuple[list[dict] | None, str | None]:
         """(events, None), or (None, what is wrong); (None, None) when neither file exists."""
         if not self.jsonl_path.exists():

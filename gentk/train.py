@@ -180,6 +180,7 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
 
     def save(at_step: int, *, is_best: bool = False) -> Path | None:
         rng = dist.gather_objects(checkpoint.rng_state(), info)
+        interval = dist.gather_objects({"sums": dict(sums), "counted": counted}, info)
         positions = dist.gather_objects({"train": checkpoint.plain(batches.state_dict()), "labeled": checkpoint.plain(labeled_batches.state_dict()) if labeled_batches else None}, info)
         if not info.is_main:
             return None
@@ -199,19 +200,39 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
             "image_shape": list(data.image_shape),
             "best": best,
             "world_size": info.world_size,
+            "interval": interval,
         }
         return checkpoint.save(ckpt, run_dir / "checkpoints", keep_last=cfg.keep_last, best=is_best)
 
     # -- the loop
     stop = StopRequest()
     progress = Progress(cfg.steps, step, enabled=info.is_main)
-    sums: dict[str, float] = {}
-    counted = 0
+    sums, counted = checkpoint.log_interval(state, info)  # a resumed run logs the means an unbroken one would
     clock, clock_step = time.perf_counter(), step
     last_saved = step if state is not None else None
     final: dict[str, float] = {}
+
+    def evaluate(at_step: int) -> None:
+        """Evaluate; the best evaluation so far is checkpointed at once (as best.pt), then logged."""
+        nonlocal best, last_saved
+        with sync.unwrapped(model):
+            metrics = run_evaluation(model, ema, data, recipe, plugins, device, info, run_dir, at_step)
+        final.update(metrics)
+        key = best_key(metrics, training_steps[0].name)
+        if key is not None and (best is None or metrics[key] < best["value"]):
+            best = {"name": key, "value": metrics[key], "step": at_step}
+            save(at_step, is_best=True)
+            last_saved = at_step
+        if info.is_main:  # logged last: a resume re-runs an evaluation whose rows are missing
+            log.write(at_step, metrics)
+            plugins.pm.hook.gentk_after_eval(run_dir=run_dir, step=at_step, metrics=metrics)
+            progress.write(f"step {at_step}: " + format_scalars(metrics))
+
     model.train()
     try:
+        # an evaluation due at the checkpoint's step that never completed (killed, or stopped before it)
+        if state is not None and (step % recipe.eval.every == 0 or step == cfg.steps) and dist.broadcast_object(info.is_main and not log.logged(step, "eval/"), info):
+            evaluate(step)
         with stop.installed():
             while step < cfg.steps:
                 batch = next(batches).to(device)
@@ -274,20 +295,8 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
                 if interrupted:
                     raise TrainingInterrupted(interrupt_message(stop.requested, step, cfg.steps, run_dir, recipe), run_dir=run_dir, step=step)
 
-                # evaluate; the best evaluation so far is checkpointed at once (as best.pt)
                 if step % recipe.eval.every == 0 or step == cfg.steps:
-                    with sync.unwrapped(model):
-                        metrics = run_evaluation(model, ema, data, recipe, plugins, device, info, run_dir, step)
-                    final.update(metrics)
-                    if info.is_main:
-                        log.write(step, metrics)
-                        plugins.pm.hook.gentk_after_eval(run_dir=run_dir, step=step, metrics=metrics)
-                        progress.write(f"step {step}: " + format_scalars(metrics))
-                    key = best_key(metrics, training_steps[0].name)
-                    if key is not None and (best is None or metrics[key] < best["value"]):
-                        best = {"name": key, "value": metrics[key], "step": step}
-                        save(step, is_best=True)
-                        last_saved = step
+                    evaluate(step)
                 clock += time.perf_counter() - paused  # speed/* counts training time only
     finally:
         progress.close()
@@ -639,11 +648,14 @@ def interrupt_message(signame: str | None, step: int, total: int, run_dir: Path,
 
 
 def nan_message(ts, step: int, value: float, run_dir: Path, last_saved: int | None) -> str:
-    kept = f"The last good checkpoint (step {last_saved}) is in {run_dir}/checkpoints" if last_saved is not None else "No checkpoint was written yet"
+    fix = f"gentk run {run_dir}/recipe.toml --set train.phases.{ts.phase}.clip_grad=1.0"
+    if last_saved is None:  # nothing to resume from: the fix starts a new run
+        kept, fix = "No checkpoint was written yet, so there is nothing to resume", f"{fix} --out {run_dir.parent}, a new run"
+    else:
+        kept, fix = f"The last good checkpoint (step {last_saved}) is in {run_dir}/checkpoints", f"{fix} --resume {run_dir} --force"
     return (
         f"the {ts.phase} phase (training step '{ts.name}') gave a non-finite loss ({value}) at step {step}; the run stopped without saving. "
-        f"{kept}. Lower train.phases.{ts.phase}.optimizer.lr or set train.phases.{ts.phase}.clip_grad "
-        f"(e.g. gentk run {run_dir}/recipe.toml --set train.phases.{ts.phase}.clip_grad=1.0 --resume {run_dir} --force)."
+        f"{kept}. Lower train.phases.{ts.phase}.optimizer.lr or set train.phases.{ts.phase}.clip_grad (e.g. {fix})."
     )
 
 

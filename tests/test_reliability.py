@@ -398,3 +398,96 @@ def test_a_failed_start_leaves_no_empty_run_directory_and_resumes_keep_env_histo
     train(load(run / "recipe.toml", plugins, "train.steps=10"), plugins=plugins, out=run.parent, resume=run, force=True)
     env = json.loads((run / "env.json").read_text())
     assert env["start_step"] == 8 and env["history"] == [{k: v for k, v in first.items() if k != "history"}]
+
+
+# --------------------------------------------------------------------------- resumed runs log what whole runs log (items 4, 5, 11)
+
+
+class Killed(BaseException):
+    """Stands for a kill -9: nothing after it runs, nothing catches it."""
+
+
+class DiesDuringEvaluation:
+    """A plugin with a metric that kills the run the first time it evaluates `at` (0: never)."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    @gentk.hookimpl
+    def gentk_register_metrics(self, register):
+        plugin = self
+
+        class Dies:
+            def __call__(self, *, step, **_):
+                if step == plugin.at:
+                    plugin.at = 0
+                    raise Killed
+                return {"alive": 1.0}
+
+        register("dies", Dies, doc="a metric that kills the run once")
+
+
+def without_speed(run):
+    return [{k: v for k, v in json.loads(line).items() if not k.startswith("speed/")} for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_logged_losses_after_a_resume_mid_interval_equal_a_whole_run(tmp_path, recipe_file, plugins):
+    overrides = ("train.steps=12", "train.log_every=4", "eval.every=5")
+    whole = train(load(recipe_file, plugins, *overrides), plugins=plugins, out=tmp_path / "whole").run_dir
+
+    class InterruptDuringTheEvaluationAt5:  # the engine saves at step 6, in the middle of the interval 5-8
+        @gentk.hookimpl
+        def gentk_after_eval(self, run_dir, step, metrics):
+            if step == 5:
+                import os
+                import signal
+
+                os.kill(os.getpid(), signal.SIGINT)
+
+    stopping = gentk.load_plugins(autoload=False, plugins=[InterruptDuringTheEvaluationAt5()])
+    with pytest.raises(gentk.errors.TrainingInterrupted) as stop:
+        train(load(recipe_file, stopping, *overrides), plugins=stopping, out=tmp_path / "parts")
+    assert stop.value.step == 6
+    part = train(load(recipe_file, plugins, *overrides), plugins=plugins, out=tmp_path / "parts", resume="auto").run_dir
+    assert without_speed(part) == without_speed(whole)
+
+
+@pytest.mark.parametrize("at", [4, 8], ids=["periodic", "final"])
+def test_an_evaluation_killed_midway_is_run_on_resume(tmp_path, recipe_file, at):
+    overrides = ("eval.metrics=[\"recon_nll\", \"dies\"]",)
+    never = gentk.load_plugins(autoload=False, plugins=[DiesDuringEvaluation(0)])
+    whole = train(load(recipe_file, never, *overrides), plugins=never, out=tmp_path / "whole").run_dir
+
+    dying = gentk.load_plugins(autoload=False, plugins=[DiesDuringEvaluation(at)])
+    with pytest.raises(Killed):
+        train(load(recipe_file, dying, *overrides), plugins=dying, out=tmp_path / "parts")
+    result = train(load(recipe_file, never, *overrides), plugins=never, out=tmp_path / "parts", resume="auto")
+    part = result.run_dir
+    assert without_speed(part) == without_speed(whole)
+    assert [e["step"] for e in without_speed(part) if "eval/validation/alive" in e or "eval/test/alive" in e] == [4, 8]
+    record = json.loads((part / "eval.json").read_text())
+    assert record["best"] is not None and record["best"] == json.loads((whole / "eval.json").read_text())["best"]
+    assert (part / "checkpoints" / "best.pt").exists() and (part / "samples" / f"step-{at:08d}.png").exists()
+
+
+def test_a_nan_before_the_first_checkpoint_does_not_suggest_a_resume(tmp_path, recipe_file, plugins):
+    from gentk.data import build_data
+    from gentk.model import build_model
+
+    recipe = load(recipe_file, plugins)
+    data = build_data(recipe.data, plugins, seed=recipe.seed)
+    model = build_model(recipe, image_shape=data.image_shape, plugins=plugins)
+    steps = model.training_steps()
+
+    def poisoned(batch, loss=steps[0].loss):
+        value, logs = loss(batch)
+        return value * float("nan"), logs
+
+    import attrs
+
+    model.training_steps = lambda: [attrs.evolve(steps[0], loss=poisoned), *steps[1:]]
+    with pytest.raises(TrainingError) as error:
+        train(recipe, plugins=plugins, out=tmp_path, model=model, data=data)
+    message = str(error.value)
+    assert "at step 1" in message and "--resume" not in message and "No checkpoint was written" in message
+    assert f"--out {tmp_path}" in message and "clip_grad" in message
