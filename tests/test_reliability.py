@@ -491,3 +491,19 @@ def test_a_nan_before_the_first_checkpoint_does_not_suggest_a_resume(tmp_path, r
     message = str(error.value)
     assert "at step 1" in message and "--resume" not in message and "No checkpoint was written" in message
     assert f"--out {tmp_path}" in message and "clip_grad" in message
+
+
+# --------------------------------------------------------------------------- names and plugins (items 12, 16)
+
+
+@pytest.mark.parametrize("name", ["../../ESCAPED", "/var/x", "a/b", "", ".", "..", "a\\\\b", "x\\u0000y"])
+def test_a_recipe_name_is_one_path_component(recipe_file, tmp_path, plugins, capsys, name):
+    with pytest.raises(gentk.GentkError, match=r"name: .*one folder name") as error:
+        load(recipe_file, plugins, f'name="{name}"')
+    assert "\n" not in str(error.value)
+    code, out, err = cli(capsys, "run", recipe_file, "--set", f'name="{name}"', "--out", tmp_path / "runs")
+    assert code == 2 and "one folder name" in err and not (tmp_path / "runs").exists() and not (tmp_path.parent / "ESCAPED").exists()
+
+
+def test_a_name_with_dots_and_dashes_is_fine(recipe_file, plugins):
+    assert load(recipe_file, plugins, 'name="aae-mnist_v1.2"').name == "aae-mnist_v1.2"
