@@ -13,7 +13,7 @@ import textwrap
 from collections.abc import Sequence
 
 from gentk import __version__, dist
-from gentk.errors import GentkError, ResultsNotSaved, TrainingInterrupted
+from gentk.errors import DuplicateNameError, GentkError, ResultsNotSaved, TrainingInterrupted
 from gentk.plugins import Plugins, load_plugins
 from gentk.recipe import load_recipe, option_docs
 from gentk.registry import KINDS
@@ -169,6 +169,10 @@ def cmd_plugins(args: argparse.Namespace, plugins: Plugins) -> int:
             print("  " + failure.describe())
             if args.verbose:
                 print(textwrap.indent(failure.details.rstrip(), "    "))
+    if plugins.clashes:
+        print("name clashes (the second plugin is dropped; other commands refuse to run until one is disabled):")
+        for clash in plugins.clashes:
+            print("  " + clash)
     return 0
 
 
@@ -263,10 +267,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         load, disable = _plugin_options(args.plugin_args)
-        plugins = load_plugins(plugins=load, disable=disable)
+        plugins = load_plugins(plugins=load, disable=disable, clashes="keep")
         if args.func is not cmd_plugins:
             for failure in plugins.failures:
                 print(f"gentk: warning: {failure.describe()}; it is disabled (`gentk plugins -v` shows why).", file=sys.stderr)
+            if plugins.clashes and args.func is not cmd_list:  # which component a name means would be a guess
+                raise DuplicateNameError(plugins.clashes[0])
+            for clash in plugins.clashes:
+                print(f"gentk: warning: {clash}", file=sys.stderr)
         return args.func(args, plugins)
     except GentkError as exc:
         # An interrupted run stops every rank at the same step with the same message: rank 0 says it.
