@@ -144,23 +144,18 @@ def with_batch_mean(z: Tensor) -> Tensor:
 
 
 class Discriminator(nn.Module):
-    """An MLP z -> one logit (B,): the probability that z came from the prior.
+    """An MLP of a code's features (B, F) -> one logit (B,): the probability that the code came from the prior.
 
-    With ``batch_features`` it sees each z beside its batch's mean (`with_batch_mean`), so
-    every call must pass one batch from one source (all prior samples, or all codes).
+    Its forward takes one tensor, so a wrapper (DDP) sees a plain call; the regularizer
+    builds the features (`AdversarialRegularizer.features`).
     """
 
-    def __init__(self, size: int, hidden: list[int], act: str, batch_features: bool = False) -> None:
+    def __init__(self, features: int, hidden: list[int], act: str) -> None:
         super().__init__()
-        self.batch_features = batch_features
-        self.net = mlp([2 * size if batch_features else size, *hidden, 1], act)
+        self.net = mlp([features, *hidden, 1], act)
 
-    def forward(self, z: Tensor, batches: int = 1) -> Tensor:
-        """Logits (B,) of z (B, D); `batches` equal batches stacked in z each get their own mean."""
-        if self.batch_features:
-            z = rearrange(z, "(g b) d -> g b d", g=batches)
-            z = rearrange(torch.stack([with_batch_mean(part) for part in z]), "g b d -> (g b) d")
-        return self.net(z).squeeze(-1)
+    def forward(self, features: Tensor) -> Tensor:
+        return self.net(features).squeeze(-1)
 
 
 class AdversarialRegularizer(nn.Module):
@@ -184,8 +179,18 @@ class AdversarialRegularizer(nn.Module):
         super().__init__()
         if getattr(prior, "support", "real") == "simplex" and head != "categorical":
             raise ValueError(f"a {head} head cannot match a prior on the simplex (one-hot samples); use a categorical head")
-        self.discriminator = Discriminator(size, list(discriminator or [1000, 1000]), activation, batch_features)
+        self.batch_features = batch_features
+        self.discriminator = Discriminator(2 * size if batch_features else size, list(discriminator or [1000, 1000]), activation)
         self.gradient_penalty = gradient_penalty
+
+    def features(self, z: Tensor, batches: int = 1) -> Tensor:
+        """What the discriminator sees of codes z (B, D): z itself, or with ``batch_features``
+        each z beside its batch's mean (`with_batch_mean`), where z stacks `batches` equal
+        batches, each from one source (all prior samples, or all codes)."""
+        if not self.batch_features:
+            return z
+        grouped = rearrange(z, "(g b) d -> g b d", g=batches)
+        return rearrange(torch.stack([with_batch_mean(part) for part in grouped]), "g b d -> (g b) d")
 
     def parts(self) -> dict[str, nn.Module]:
         return {"discriminator": self.discriminator}
@@ -201,7 +206,7 @@ class AdversarialRegularizer(nn.Module):
         real = real.detach().requires_grad_(penalize)
         if len(real) != len(fake):
             raise ValueError(f"the discriminator scores as many prior samples as codes; got {len(real)} and {len(fake)}")
-        logits = self.discriminator(torch.cat([real, fake.detach()]), batches=2)
+        logits = self.discriminator(self.features(torch.cat([real, fake.detach()]), batches=2))
         real_logits, fake_logits = logits[: len(real)], logits[len(real) :]
         loss = gan_discriminator_loss(real_logits, fake_logits)
         logs = {"d_loss": loss.item(), "d_real": torch.sigmoid(real_logits).mean().item(), "d_fake": torch.sigmoid(fake_logits).mean().item()}
@@ -213,7 +218,7 @@ class AdversarialRegularizer(nn.Module):
 
     def generator_loss(self, fake: Tensor) -> tuple[Tensor, dict[str, float]]:
         """The encoder's non-saturating loss on codes `fake` (gradients flow into the encoder)."""
-        loss = gan_generator_loss(self.discriminator(fake))
+        loss = gan_generator_loss(self.discriminator(self.features(fake)))
         return loss, {"g_loss": loss.item()}
 
 

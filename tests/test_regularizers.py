@@ -173,7 +173,7 @@ def test_batch_features_let_the_discriminator_see_a_batch_that_crowds_one_catego
             opt.step()
         # how the discriminator scores category-0 codes coming as a crowded batch
         with torch.no_grad():
-            final[batch_features] = torch.sigmoid(reg.discriminator(crowded)).mean().item()
+            final[batch_features] = torch.sigmoid(reg.discriminator(reg.features(crowded))).mean().item()
     assert final[True] < 0.05  # the crowded batch is recognised as fake
     assert final[False] > 0.1  # per example, category 0 looks like some real samples
     # the generator's gradient reaches every code through the batch mean

@@ -73,7 +73,8 @@ PINNED = {
     "train/discriminator.y/loss@6": 1.4389170408248901,
     "train/generator.y/loss@6": 0.5341635346412659,
     "train/supervised.y/loss@6": 1.3965038061141968,
-    "eval/validation/reconstruction/loss": 45.18876647949219,
+    # evaluated with the EMA weights: re-pinned when the EMA's decay gained its warm-up (45.18876647949219 before)
+    "eval/validation/reconstruction/loss": 45.02737808227539,
     "weights": 255.37737199456024,
 }
 
@@ -106,7 +107,8 @@ def test_same_recipe_and_seed_give_the_same_bits(tmp_path):
         assert a[section].keys() == b[section].keys()
         for key in a[section]:
             assert torch.equal(a[section][key], b[section][key]), f"{section}.{key} differs between two runs"
-    assert {k: v for k, v in first.metrics.items() if not k.startswith("speed/")} == {k: v for k, v in second.metrics.items() if not k.startswith("speed/")}
+    clockless = lambda metrics: {k: v for k, v in metrics.items() if not k.startswith(("speed/", "time/"))}  # noqa: E731  (wall-clock readings differ)
+    assert clockless(first.metrics) == clockless(second.metrics)
     found = fingerprint(losses_a, a)
     assert found.keys() == PINNED.keys()
     for key, value in PINNED.items():
