@@ -17,6 +17,14 @@ unpickles code:
     image_shape  [C, H, W] of the data the model was built for
     best         {"name": metric, "value": float, "step": int} or None
     world_size   ranks that trained it
+    interval     [per rank: {"sums": {scalar: running sum}, "counted": steps}] of the log
+                 interval in progress, so that a resumed run logs the same means
+    checksum     SHA-256 of everything above (see `content_digest`), checked on load
+
+Loading checks the format, the checksum and that every key above is there, so a file
+damaged after it was written (a flipped bit, a truncated copy) is an error that names
+the file, never weights that load and train on as NaN. Files of format 1 (before the
+checksum) still load, unchecked.
 
 Writing goes to a temporary file in the same directory, is flushed and fsync'ed, then
 renamed over the target (and the directory fsync'ed), so a crash at any moment leaves
@@ -27,8 +35,11 @@ as hard links to one of them (a copy where links are not supported).
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -38,9 +49,11 @@ import torch
 
 from gentk.errors import TrainingError
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
+READABLE_FORMATS = (1, 2)  # 1: without checksum, interval
 LATEST = "latest.pt"
 BEST = "best.pt"
+RUN_KEYS = ("step", "model", "ema", "optimizers", "schedules", "scalers", "data", "rng", "recipe", "image_shape", "best", "world_size")
 
 
 # --------------------------------------------------------------------------- atomic files
@@ -63,11 +76,41 @@ def _temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+def content_digest(value: Any) -> str:
+    """SHA-256 of nested plain data: keys, types, numbers, strings, and each tensor's dtype, shape and bytes."""
+    digest = hashlib.sha256()
+
+    def feed(v: Any) -> None:
+        if isinstance(v, torch.Tensor):
+            t = v.detach().cpu().contiguous()
+            digest.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(v, dict):
+            digest.update(f"D{len(v)}".encode())
+            for key in sorted(v, key=repr):
+                feed(key)
+                feed(v[key])
+        elif isinstance(v, (list, tuple)):
+            digest.update(f"L{len(v)}".encode())
+            for item in v:
+                feed(item)
+        else:  # None, bool, int, float, str: repr tells their types apart (1, 1.0, True, "1")
+            digest.update(f"S{v!r};".encode())
+
+    feed(value)
+    return digest.hexdigest()
+
+
 def atomic_save(state: dict[str, Any], path: str | Path) -> Path:
-    """Write `state` to `path` so that readers see the old file or the complete new one."""
+    """Write `state` to `path` so that readers see the old file or the complete new one.
+
+    The file gets a ``checksum`` of the state's content (the caller's dict is not changed).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_path(path)
+    state = {k: v for k, v in state.items() if k != "checksum"}
+    state["checksum"] = content_digest(state)
     try:
         with open(tmp, "wb") as f:
             torch.save(state, f)
@@ -97,17 +140,50 @@ def atomic_link(source: Path, target: Path) -> None:
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True`` and check its format."""
+    """Read a checkpoint with ``weights_only=True``; check its format, checksum and keys."""
     path = Path(path)
     if not path.is_file():
         raise TrainingError(f"checkpoint '{path}' does not exist. Pass a run directory or a .pt file under its checkpoints/.")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # a truncated or foreign file: say which and what to do
-        raise TrainingError(f"cannot read checkpoint '{path}': {type(exc).__name__}: {exc}. It may be incomplete; pick another file in {path.parent}.") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+    except Exception as exc:  # a truncated or foreign file: say which and what to do (never torch's advice to unpickle code)
+        unsafe = _unsafe_global(exc)
+        if unsafe is not None:
+            raise TrainingError(f"cannot read checkpoint '{path}': it holds a Python object of type {unsafe}, and gentk checkpoints hold plain data only (tensors, numbers, strings, lists, dicts), so that loading one never runs code. gentk did not write this file, or it was changed since; pick another file in {path.parent}.") from None
+        raise TrainingError(f"cannot read checkpoint '{path}': {type(exc).__name__}: {_one_line(exc)}. It may be incomplete; pick another file in {path.parent}.") from None
+    if not isinstance(state, dict) or state.get("format") not in READABLE_FORMATS:
         raise TrainingError(f"'{path}' is not a gentk checkpoint of format {CHECKPOINT_FORMAT}.")
+    if state["format"] >= 2:
+        stored = state.pop("checksum", None)
+        if stored != content_digest(state):
+            raise TrainingError(f"checkpoint '{path}' is damaged: its content does not match the checksum written with it ({'none' if stored is None else 'a different one'}), so a weight or a state changed after it was saved (a disk or copy error). Its values cannot be trusted; resume from another file in {path.parent} (a run directory resumes from the newest intact one by itself).")
+    missing = [key for key in RUN_KEYS if key not in state]
+    if missing:
+        raise TrainingError(f"checkpoint '{path}' has no {', '.join(repr(k) for k in missing)}: it is not a complete gentk checkpoint (the engine writes {', '.join(RUN_KEYS)}). It was cut or edited after it was written; use another file in {path.parent}.")
     return state
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()).rstrip(".")
+
+
+def _unsafe_global(exc: BaseException) -> str | None:
+    """The class torch's weights-only unpickler refused, if that was the error."""
+    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc)) if isinstance(exc, pickle.UnpicklingError) else None
+    return match.group(1) if match else None
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, Any], path: str | Path, *, ema: bool = True) -> None:
+    """Put a checkpoint's weights into `model` (its EMA weights, when the run kept them and `ema`)."""
+    try:
+        model.load_state_dict(state["model"])
+        if ema and state["ema"]:
+            live = model.state_dict()
+            with torch.no_grad():
+                for key, value in state["ema"].items():
+                    live[key].copy_(value)
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise TrainingError(f"checkpoint '{path}' does not fit the model its own recipe builds: {_one_line(exc)}. The file was changed after the run wrote it, or comes from another version of a plugin; use another file in {Path(path).parent}.") from None
 
 
 # --------------------------------------------------------------------------- the checkpoints/ folder
@@ -123,13 +199,19 @@ def save(state: dict[str, Any], directory: str | Path, *, keep_last: int, best: 
     Returns the step file. Files named by ``best.pt`` survive pruning through their link.
     """
     directory = Path(directory)
-    path = atomic_save(state, step_file(directory, state["step"]))
-    atomic_link(path, directory / LATEST)
-    if best:
-        atomic_link(path, directory / BEST)
-    periodic = sorted(directory.glob("step-*.pt"))
-    for old in periodic[:-keep_last]:
-        old.unlink()
+    path = step_file(directory, state["step"])
+    try:
+        atomic_save(state, path)
+        atomic_link(path, directory / LATEST)
+        if best:
+            atomic_link(path, directory / BEST)
+        periodic = sorted(directory.glob("step-*.pt"))
+        for old in periodic[:-keep_last]:
+            old.unlink()
+    except OSError as exc:  # a full disk, a read-only directory: what was saved before stays
+        from gentk.rundir import storage_error
+
+        raise storage_error(exc, path, kept=f"The previous checkpoint is intact ({LATEST} still names it), and the run continues from it with --resume.") from None
     for stale in directory.glob(".*.tmp-*"):  # left by a process killed mid-write
         try:
             pid = int(stale.name.rsplit("-", 1)[1])
@@ -151,11 +233,18 @@ def _alive(pid: int) -> bool:
 
 
 def find(resume: str | Path) -> Path:
-    """The checkpoint file a ``--resume PATH`` means: a file, a run directory or its checkpoints/."""
+    """The checkpoint file a ``--resume PATH`` means: a file, a run directory or its checkpoints/.
+
+    For a directory that is its ``latest.pt``, even when only step files are left: then
+    `load_resumable` falls back to them.
+    """
     path = Path(resume)
     for candidate in (path, path / "checkpoints" / LATEST, path / LATEST):
         if candidate.is_file():
             return candidate
+    for directory in (path / "checkpoints", path):
+        if any(directory.glob("step-*.pt")):
+            return directory / LATEST
     if path.is_dir():
         raise TrainingError(f"'{path}' holds no checkpoint (looked for checkpoints/{LATEST}). The run may have stopped before its first checkpoint; start it again without --resume.")
     raise TrainingError(f"--resume '{path}': no such file or directory. Pass a run directory (runs/NAME-TIME), a checkpoint file, or 'auto'.")
@@ -166,10 +255,55 @@ def latest_run(base: str | Path, name: str) -> Path | None:
     base = Path(base)
     if not base.is_dir():
         return None
-    runs = [d for d in base.glob(f"{name}-*") if (d / "checkpoints" / LATEST).is_file()]
-    if not runs:
+    newest = {}
+    for run in base.glob(f"{name}-*"):
+        files = [p for p in (run / "checkpoints").glob("*.pt") if p.name != BEST] if (run / "checkpoints").is_dir() else []
+        if files:
+            newest[run] = max(p.stat().st_mtime for p in files)
+    if not newest:
         return None
-    return max(runs, key=lambda d: ((d / "checkpoints" / LATEST).stat().st_mtime, d.name))
+    return max(newest, key=lambda d: (newest[d], d.name))
+
+
+def load_resumable(path: Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any], str | None]:
+    """Load the checkpoint to resume from: ``(file, state, note)``.
+
+    A ``latest.pt`` that is missing or damaged gives way to the newest intact
+    ``step-*.pt`` beside it; `note` then says which files were passed over (else None).
+    Any other file is loaded as it is.
+    """
+    path = Path(path)
+    if path.name != LATEST:
+        return path, load(path, map_location), None
+    skipped = []
+    if path.is_file():
+        try:
+            return path, load(path, map_location), None
+        except TrainingError as exc:
+            skipped.append((path, str(exc)))
+    for candidate in sorted(path.parent.glob("step-*.pt"), reverse=True):
+        try:
+            state = load(candidate, map_location)
+        except TrainingError as exc:
+            skipped.append((candidate, str(exc)))
+            continue
+        passed = ([] if path.is_file() else [f"there is no {LATEST}"]) + [f"{p.name} is unusable ({why.rstrip('.')})" for p, why in skipped]
+        return candidate, state, f"{'; '.join(passed)}. Resuming from {candidate.name} (step {state['step']}) instead."
+    if skipped:
+        raise TrainingError(f"no intact checkpoint in {path.parent}: " + " ".join(why for _, why in skipped))
+    raise TrainingError(f"'{path.parent}' holds no checkpoint. The run may have stopped before its first checkpoint; start it again without --resume.")
+
+
+def log_interval(state: dict[str, Any] | None, info) -> tuple[dict[str, float], int]:
+    """The running sums and step count of the log interval a checkpoint was written in.
+
+    ``({}, 0)`` for a fresh run, a checkpoint without them (format 1), or one written by
+    another number of processes (whose sums were per rank).
+    """
+    if state is None or "interval" not in state or state["world_size"] != info.world_size:
+        return {}, 0
+    mine = state["interval"][info.rank]
+    return {k: float(v) for k, v in mine["sums"].items()}, int(mine["counted"])
 
 
 # --------------------------------------------------------------------------- random number generators

@@ -13,7 +13,7 @@ import textwrap
 from collections.abc import Sequence
 
 from gentk import __version__, dist
-from gentk.errors import GentkError, TrainingInterrupted
+from gentk.errors import DuplicateNameError, GentkError, ResultsNotSaved, TrainingInterrupted
 from gentk.plugins import Plugins, load_plugins
 from gentk.recipe import load_recipe, option_docs
 from gentk.registry import KINDS
@@ -171,6 +171,10 @@ def cmd_plugins(args: argparse.Namespace, plugins: Plugins) -> int:
             print("  " + failure.describe())
             if args.verbose:
                 print(textwrap.indent(failure.details.rstrip(), "    "))
+    if plugins.clashes:
+        print("name clashes (the second plugin is dropped; other commands refuse to run until one is disabled):")
+        for clash in plugins.clashes:
+            print("  " + clash)
     return 0
 
 
@@ -194,11 +198,16 @@ def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
 
     if args.max_examples is not None and args.max_examples < 1:
         raise GentkError("--max-examples must be at least 1.")
-    record = evaluate_run(args.run_dir, names=args.metrics, which=args.checkpoint, split=args.split, max_examples=args.max_examples, options=parse_options(args.options), device=args.device, plugins=plugins, offline=args.offline)
+    try:
+        record, unsaved = evaluate_run(args.run_dir, names=args.metrics, which=args.checkpoint, split=args.split, max_examples=args.max_examples, options=parse_options(args.options), device=args.device, plugins=plugins, offline=args.offline), None
+    except ResultsNotSaved as exc:  # a read-only run: print the results, then say why they were not written
+        record, unsaved = exc.record, exc
     prefix = f"eval/{args.split}/"
     rows = [(k.removeprefix(prefix), v) for k, v in record["metrics"].items()]
     print(f"{args.run_dir}: {record['checkpoint']} at step {record['step']} of {record['steps']}, {args.split} split, {record['seconds']:.1f} s")
     print(format_table(["metric", "value"], [[k, f"{v:.6g}"] for k, v in rows]))
+    if unsaved is not None:
+        raise unsaved
     print(f"written to {args.run_dir.rstrip('/')}/eval.json")
     return 0
 
@@ -256,10 +265,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         load, disable = _plugin_options(args.plugin_args)
-        plugins = load_plugins(plugins=load, disable=disable)
+        plugins = load_plugins(plugins=load, disable=disable, clashes="keep")
         if args.func is not cmd_plugins:
             for failure in plugins.failures:
                 print(f"gentk: warning: {failure.describe()}; it is disabled (`gentk plugins -v` shows why).", file=sys.stderr)
+            if plugins.clashes and args.func is not cmd_list:  # which component a name means would be a guess
+                raise DuplicateNameError(plugins.clashes[0])
+            for clash in plugins.clashes:
+                print(f"gentk: warning: {clash}", file=sys.stderr)
         return args.func(args, plugins)
     except GentkError as exc:
         # An interrupted run stops every rank at the same step with the same message: rank 0 says it.
@@ -271,6 +284,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as exc:
+        from gentk.rundir import is_storage_error, storage_error
+
+        if not is_storage_error(exc):
+            raise
+        print(f"gentk: error: {storage_error(exc)}", file=sys.stderr)  # a full disk, a read-only place
+        return 2
 
 
 if __name__ == "__main__":

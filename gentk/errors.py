@@ -59,3 +59,15 @@ class TrainingInterrupted(GentkError):
         super().__init__(message)
         self.run_dir = run_dir
         self.step = step
+
+
+class StorageError(GentkError):
+    """A file that cannot be written: a full disk, a read-only place, no permission."""
+
+
+class ResultsNotSaved(StorageError):
+    """Results that were computed but could not be written; `record` holds them."""
+
+    def __init__(self, message: str, record: dict) -> None:
+        super().__init__(message)
+        self.record = record

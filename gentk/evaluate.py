@@ -33,7 +33,7 @@ import attrs
 import torch
 
 from gentk import checkpoint, dist, rundir
-from gentk.errors import GentkError, did_you_mean
+from gentk.errors import GentkError, ResultsNotSaved, did_you_mean
 from gentk.recipe import Recipe, parse_override, recipe_from_dict
 from gentk.seeding import seed_everything
 
@@ -48,20 +48,16 @@ def _plugins_or_default(plugins):
     return plugins
 
 
-def model_from_checkpoint(state: Mapping[str, Any], recipe: Recipe, *, plugins, ema: bool = True):
+def model_from_checkpoint(state: Mapping[str, Any], recipe: Recipe, *, plugins, ema: bool = True, source: str | Path = "the checkpoint"):
     """The model `recipe` describes with the checkpoint's weights: the EMA ones when the run kept them and `ema`.
 
-    Built for the checkpoint's ``image_shape``, on the CPU, in training mode.
+    Built for the checkpoint's ``image_shape``, on the CPU, in training mode. Weights that
+    do not fit are a clear error naming `source` (`checkpoint.load_weights`).
     """
     from gentk.model import build_model
 
     model = build_model(recipe, image_shape=tuple(state["image_shape"]), plugins=plugins)
-    model.load_state_dict(state["model"])
-    if ema and state.get("ema"):
-        live = model.state_dict()
-        with torch.no_grad():
-            for key, value in state["ema"].items():
-                live[key].copy_(value)
+    checkpoint.load_weights(model, state, source, ema=ema)
     return model
 
 
@@ -78,7 +74,7 @@ def load_trained(path: str | Path, *, plugins=None, which: str = "latest", ema: 
         path = path / "checkpoints" / checkpoint.BEST if (path / "checkpoints").is_dir() else path / checkpoint.BEST
     state = checkpoint.load(checkpoint.find(path), map_location=device)
     recipe = recipe_from_dict(state["recipe"], plugins=plugins, source=str(path))
-    model = model_from_checkpoint(state, recipe, plugins=plugins, ema=ema)
+    model = model_from_checkpoint(state, recipe, plugins=plugins, ema=ema, source=path)
     return recipe, model.to(device).eval(), state
 
 
@@ -119,7 +115,7 @@ def load_run(run_dir: str | Path, *, which: str = "latest", device: str | None =
     recipe = recipe_from_dict(state["recipe"], plugins=plugins, source=str(path))
     chosen = dist.choose_device(device or recipe.train.device)
     data = build_data(recipe.data, plugins, seed=recipe.seed, offline=offline)
-    model = model_from_checkpoint(state, recipe, plugins=plugins)
+    model = model_from_checkpoint(state, recipe, plugins=plugins, source=path)
     model.to(chosen).eval()
     return LoadedRun(run_dir, path, int(state["step"]), recipe, data, model, chosen)
 
@@ -254,7 +250,10 @@ def evaluate_run(run_dir: str | Path, *, names: Sequence[str] | None = None, whi
     path = run.run_dir / "eval.json"
     existing = json.loads(path.read_text()) if path.is_file() else {}
     existing.setdefault("evaluations", {})[f"{which}/{split}"] = record
-    rundir.write_json(path, existing)
+    try:
+        rundir.write_json(path, existing)
+    except OSError as exc:  # a read-only run: the results are not lost, the caller gets them
+        raise ResultsNotSaved(f"{path.name} was not written: {rundir.storage_error(exc, path, kept='The results are those printed above.')}", record) from None
     return record
 
 

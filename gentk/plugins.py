@@ -79,6 +79,7 @@ class Plugins:
     registries: Registries
     loaded: list[PluginInfo] = attrs.Factory(list)
     failures: list[PluginFailure] = attrs.Factory(list)
+    clashes: list[str] = attrs.Factory(list)  # names registered twice (load_plugins(clashes="keep"))
 
     def get(self, kind: str, name: str):
         """Shortcut for ``registries[kind].get(name)``."""
@@ -104,6 +105,7 @@ def load_plugins(
     autoload: bool | None = None,
     strict: bool | None = None,
     builtin: Iterable[str] | None = None,
+    clashes: str = "raise",
 ) -> Plugins:
     """Build a fresh plugin manager and fill fresh registries.
 
@@ -113,6 +115,9 @@ def load_plugins(
     autoload: load the ``gentk`` entry points; default: unless GENTK_DISABLE_PLUGIN_AUTOLOAD.
     strict: raise `PluginError` on the first failure; default: GENTK_STRICT_PLUGINS.
     builtin: the built-in modules to register (default: `BUILTIN`).
+    clashes: "raise": a name registered twice raises `DuplicateNameError`; "keep": the
+        second plugin is dropped and the clash recorded in ``Plugins.clashes``, so that
+        `gentk plugins` and `gentk list` can still show it.
     """
     autoload = not _env_flag("GENTK_DISABLE_PLUGIN_AUTOLOAD") if autoload is None else autoload
     strict = _env_flag("GENTK_STRICT_PLUGINS") if strict is None else strict
@@ -173,13 +178,13 @@ def load_plugins(
                 pm.unregister(plugin)
             fail(info.name, info.package, "validation", exc)
             continue
-        if not _register_components(host, plugin, info, fail):
+        if not _register_components(host, plugin, info, fail, keep_clashes=clashes == "keep"):
             continue
         host.loaded.append(info)
     return host
 
 
-def _register_components(host: Plugins, plugin: object, info: PluginInfo, fail) -> bool:
+def _register_components(host: Plugins, plugin: object, info: PluginInfo, fail, *, keep_clashes: bool = False) -> bool:
     """Call the plugin's register hooks; on failure undo what it registered and drop it.
 
     A name registered twice is not a plugin failure but an error: which component a recipe
@@ -198,8 +203,13 @@ def _register_components(host: Plugins, plugin: object, info: PluginInfo, fail) 
 
             try:
                 impl.function(register=register)
-            except DuplicateNameError:
-                raise
+            except DuplicateNameError as exc:
+                way_out = f"To run without plugin '{owner}': gentk -p no:{owner} COMMAND ..."
+                if not keep_clashes:
+                    raise DuplicateNameError(f"{exc} {way_out}") from None
+                _drop(host, plugin, owner)
+                host.clashes.append(f"{exc} {way_out} (`gentk plugins` shows every clash.)")
+                return False
             except Exception as exc:
                 _drop(host, plugin, owner)
                 fail(info.name, info.package, hook_name, exc)

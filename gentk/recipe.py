@@ -214,11 +214,18 @@ class EvalSpec:
     max_examples: int | None = option(None, "evaluate on at most this many test examples (default: all)", ge=1)
 
 
+def _one_path_component(instance, attribute, value) -> None:
+    """A name that becomes a folder under --out: it must not be empty, leave --out or nest."""
+    bad = not isinstance(value, str) or value.strip() in ("", ".", "..") or any(c in value for c in "/\\\0") or value != value.strip()
+    if bad:
+        raise OptionValueError(attribute.name, f"expected one folder name (letters, digits, '-', '_', '.'), found {value!r}: the run directory is --out/NAME-TIME, so a name must not be empty, '.' or '..', contain '/', '\\' or a NUL byte, or start or end with a space. For example name = \"aae_mnist\".")
+
+
 @attrs.frozen
 class Recipe:
     """A whole recipe, validated."""
 
-    name: str = option(REQUIRED, "the run's name (default: the file's stem)")
+    name: str = option(REQUIRED, "the run's name (default: the file's stem); one folder name", validator=_one_path_component)
     seed: int = option(0, "seed of every random number generator", ge=0)
     description: str = option("", "a line saying what this recipe reproduces")
     data: ComponentSpec = component("datasets", "the dataset and how it is batched", common=DataOptions)

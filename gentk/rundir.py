@@ -1,8 +1,10 @@
-"""The run directory (DESIGN.md §3): what a training run leaves on disk.
+"""The run directory: what a training run leaves on disk.
 
     runs/<recipe>-<YYYYmmdd-HHMMSS>/
       recipe.toml     the resolved recipe (extends merged, --set applied, defaults filled)
-      env.json        versions, git revision, device, world size, command line
+      env.json        versions, git revision, device, world size, command line; the
+                      environments of earlier processes of the run under "history"
+      run.lock        locked while a process trains the run (run.lock.pid: its pid)
       metrics.h5      every logged scalar: one dataset per name, rows (step, value)
       metrics.jsonl   the same, one JSON object per log event: {"step": .., "name": value, ..}
       checkpoints/    see gentk.checkpoint
@@ -12,18 +14,24 @@
 ``metrics.h5`` is opened, appended to and closed at each log event, so it is readable
 while the run goes on: ``h5py.File(path, "r", locking=False)["train/loss"]["step"]``.
 Names with slashes become HDF5 groups. Only rank 0 writes any of these files.
+
+A write that fails (a full disk, a read-only place) is a `StorageError` naming the file;
+a resumed run repairs metrics files that such a failure or a kill left damaged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import errno
 import json
+import shutil
 import math
 import os
 import platform
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -34,21 +42,26 @@ import torch
 from einops import rearrange
 from PIL import Image
 
+from gentk.errors import StorageError, TrainingError
+
 METRIC_DTYPE = np.dtype([("step", "<i8"), ("value", "<f8")])
 
 
 def new_run_dir(base: str | Path, name: str) -> Path:
     """Create ``base/<name>-<time>`` (with a suffix if that exists already)."""
     base = Path(base)
-    base.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    for n in range(1000):
-        path = base / (f"{name}-{stamp}" if n == 0 else f"{name}-{stamp}-{n}")
-        try:
-            path.mkdir()
-        except FileExistsError:
-            continue
-        return path
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        for n in range(1000):
+            path = base / (f"{name}-{stamp}" if n == 0 else f"{name}-{stamp}-{n}")
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            return path
+    except OSError as exc:
+        raise storage_error(exc, base) from None
     raise FileExistsError(f"cannot create a fresh run directory for {name} under {base}")
 
 
@@ -111,30 +124,199 @@ class MetricsLog:
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
         if not scalars:
             return
-        with self.jsonl_path.open("a") as f:
-            f.write(json.dumps({"step": step, **{k: _json_number(v) for k, v in scalars.items()}}) + "\n")
-        with h5py.File(self.h5_path, "a") as f:
-            for name, value in scalars.items():
-                if name not in f:
-                    f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=METRIC_DTYPE, chunks=(256,))
-                data = f[name]
-                data.resize((data.shape[0] + 1,))
-                data[-1] = (step, float(value))
+        path = self.jsonl_path
+        try:
+            with path.open("a") as f:
+                f.write(json.dumps({"step": step, **{k: _json_number(v) for k, v in scalars.items()}}) + "\n")
+            path = self.h5_path
+            with h5py.File(path, "a") as f:
+                _append(f, step, scalars)
+        except OSError as exc:
+            raise storage_error(exc, path) from None
 
-    def truncate(self, step: int) -> None:
-        """Drop entries logged after `step` (what a run wrote after its last checkpoint)."""
-        if self.jsonl_path.exists():
-            keep = [line for line in self.jsonl_path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-            tmp = self.jsonl_path.with_name(".metrics.jsonl.tmp")
-            tmp.write_text("".join(line + "\n" for line in keep))
-            os.replace(tmp, self.jsonl_path)
-        if self.h5_path.exists():
+    def truncate(self, step: int) -> list[str]:
+        """Drop entries logged after `step` (what a run wrote after its last checkpoint).
+
+        Repairs what a cut write or a kill left: a partial last line of metrics.jsonl is
+        dropped; a damaged file is moved aside (``*.damaged``) and rebuilt from the other.
+        Returns one sentence per repair, for the user; both files damaged is an error.
+        """
+        notes: list[str] = []
+        events, jsonl_problem = self._read_jsonl(notes)
+        h5_problem = self._check_h5()
+        if jsonl_problem and h5_problem:
+            raise TrainingError(
+                f"cannot resume: both metrics files of {self.jsonl_path.parent} are damaged ({jsonl_problem}; {h5_problem}), so there is nothing to rebuild them from. "
+                f"The checkpoints are not affected: move both aside (mv metrics.jsonl metrics.jsonl.old; mv metrics.h5 metrics.h5.old) and resume again; the metrics then start afresh at step {step}."
+            )
+        if events is not None:
+            events = [e for e in events if e["step"] <= step]
+        if h5_problem:
+            if self.h5_path.exists():
+                os.replace(self.h5_path, self.h5_path.with_name("metrics.h5.damaged"))
+                notes.append(f"metrics.h5 was damaged ({h5_problem}); moved it to metrics.h5.damaged and rebuilt it from metrics.jsonl.")
+            else:
+                notes.append("metrics.h5 was missing; rebuilt it from metrics.jsonl.")
+            self._write_h5(events)
+        elif self.h5_path.exists():
             with h5py.File(self.h5_path, "a") as f:
-                datasets: list[h5py.Dataset] = []
-                f.visititems(lambda _, obj: datasets.append(obj) if isinstance(obj, h5py.Dataset) else None)
-                for data in datasets:
-                    n = int(np.searchsorted(data["step"], step, side="right"))
-                    data.resize((n,))
+                for data in _datasets(f):
+                    data.resize((int(np.searchsorted(data["step"], step, side="right")),))
+        if jsonl_problem:
+            if self.jsonl_path.exists():
+                os.replace(self.jsonl_path, self.jsonl_path.with_name("metrics.jsonl.damaged"))
+                notes.append(f"metrics.jsonl was damaged ({jsonl_problem}); moved it to metrics.jsonl.damaged and rebuilt it from metrics.h5.")
+            else:
+                notes.append("metrics.jsonl was missing; rebuilt it from metrics.h5.")
+            events = self._events_from_h5(step)
+        if events is not None:
+            tmp = self.jsonl_path.with_name(".metrics.jsonl.tmp")
+            tmp.write_text("".join(json.dumps(e) + "\n" for e in events))
+            os.replace(tmp, self.jsonl_path)
+        return notes
+
+    def logged(self, step: int, prefix: str) -> bool:
+        """Whether metrics.jsonl has a scalar whose name starts with `prefix` at `step`."""
+        if not self.jsonl_path.exists():
+            return False
+        for line in self.jsonl_path.read_text().splitlines():
+            event = json.loads(line)
+            if event["step"] == step and any(k.startswith(prefix) for k in event):
+                return True
+        return False
+
+    def _read_jsonl(self, notes: list[str]) -> tuple[list[dict] | None, str | None]:
+        """(events, None), or (None, what is wrong); (None, None) when neither file exists."""
+        if not self.jsonl_path.exists():
+            return None, ("it is missing" if self.h5_path.exists() else None)
+        lines = [line for line in self.jsonl_path.read_bytes().decode("utf-8", errors="replace").splitlines() if line.strip()]
+        events, bad = [], []
+        for number, line in enumerate(lines, 1):
+            try:
+                event = json.loads(line)
+                if not isinstance(event, dict) or not isinstance(event.get("step"), int):
+                    raise ValueError(line)
+                events.append(event)
+            except ValueError:
+                bad.append(number)
+        if bad == [len(lines)]:
+            notes.append(f"metrics.jsonl ended in a partial line (a write cut short, e.g. by a full disk or a kill); dropped it: {lines[-1][:60]!r}.")
+        elif bad:
+            return None, f"metrics.jsonl line {bad[0]} is not a JSON record"
+        return events, None
+
+    def _check_h5(self) -> str | None:
+        if not self.h5_path.exists():
+            return "metrics.h5 is missing" if self.jsonl_path.exists() else None
+        try:
+            with h5py.File(self.h5_path, "r") as f:
+                for data in _datasets(f):
+                    if data.dtype != METRIC_DTYPE:
+                        return f"metrics.h5: '{data.name}' is not a (step, value) series"
+                    data["step"]
+        except Exception as exc:  # h5py raises OSError, KeyError, RuntimeError ... on a damaged file
+            return f"metrics.h5 cannot be read: {' '.join(str(exc).split())}"
+        return None
+
+    def _write_h5(self, events: list[dict]) -> None:
+        tmp = self.h5_path.with_name(".metrics.h5.tmp")
+        with h5py.File(tmp, "w") as f:
+            for event in events:
+                _append(f, event["step"], {k: float(v) for k, v in event.items() if k != "step"})
+        os.replace(tmp, self.h5_path)
+
+    def _events_from_h5(self, step: int) -> list[dict]:
+        """One JSON record per step, from the (step, value) series (events of one step merged)."""
+        by_step: dict[int, dict] = {}
+        with h5py.File(self.h5_path, "r") as f:
+            for data in _datasets(f):
+                for s, value in data[()]:
+                    if s <= step:
+                        by_step.setdefault(int(s), {"step": int(s)})[data.name.lstrip("/")] = _json_number(value)
+        return [by_step[s] for s in sorted(by_step)]
+
+
+def _datasets(f: h5py.File) -> list[h5py.Dataset]:
+    found: list[h5py.Dataset] = []
+    f.visititems(lambda _, obj: found.append(obj) if isinstance(obj, h5py.Dataset) else None)
+    return found
+
+
+def _append(f: h5py.File, step: int, scalars: Mapping[str, float]) -> None:
+    for name, value in scalars.items():
+        if name not in f:
+            f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=METRIC_DTYPE, chunks=(256,))
+        data = f[name]
+        data.resize((data.shape[0] + 1,))
+        data[-1] = (step, float(value))
+
+
+# --------------------------------------------------------------------------- failures and the run's lock
+
+FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+NOT_ALLOWED = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def storage_error(exc: OSError, path: str | Path | None = None, *, kept: str = "Nothing written before is lost: files are replaced atomically, and a run continues from its last checkpoint with --resume.") -> StorageError:
+    """A one-paragraph error for a write that failed: which file, why, and what to do."""
+    path = exc.filename or path
+    reason = exc.strerror or " ".join(str(exc).split())
+    if exc.errno in FULL:
+        advice = "The disk is full: free space there (old runs, old checkpoints; train.keep_last keeps fewer) and run the same command again."
+    elif exc.errno in NOT_ALLOWED:
+        advice = "gentk may not write there: make the place writable, or choose another one (gentk run --out DIR, gentk sample --out FILE)."
+    else:
+        advice = "Check the disk, then run the same command again."
+    return StorageError(f"cannot write {path}: {reason}. {advice} {kept}")
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in FULL + NOT_ALLOWED
+
+
+@contextlib.contextmanager
+def claim(run_dir: str | Path, *, fresh: bool = False) -> Iterator[Path]:
+    """Hold the run directory's lock while a process trains it; on failure remove a fresh, empty one.
+
+    A second process that asks for the lock gets a `TrainingError` naming the holder's pid
+    (the lock goes with its process, however that process ends). `fresh`: the directory was
+    made for this run; if the run fails before writing any file into it, it is removed.
+    """
+    from filelock import FileLock, Timeout
+
+    run_dir = Path(run_dir)
+    lock = FileLock(run_dir / "run.lock")
+    pid_file = run_dir / "run.lock.pid"
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        holder = pid_file.read_text().strip() if pid_file.is_file() else "?"
+        raise TrainingError(f"{run_dir} is being trained by another process (process {holder} holds {run_dir / 'run.lock'}). Two processes must not train one run: wait for it to end, or stop it (kill {holder}) and resume again.") from None
+    try:
+        pid_file.write_text(f"{os.getpid()}\n")
+        yield run_dir
+    except BaseException:
+        if fresh and not any(p.is_file() and p.name not in ("run.lock", "run.lock.pid") for p in run_dir.rglob("*")):
+            lock.release()
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    finally:
+        if lock.is_locked:
+            pid_file.unlink(missing_ok=True)
+            lock.release()
+
+
+def write_environment(run_dir: Path, env: dict[str, Any], step: int) -> None:
+    """env.json: this process's environment; those of earlier processes of the run stay under "history"."""
+    path = run_dir / "env.json"
+    history: list[Any] = []
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text())
+            history = previous.pop("history", []) + [previous]
+        except ValueError:
+            history = []  # a damaged env.json: its history is lost, the new one is right
+    write_json(path, {**env, "start_step": step, "history": history})
 
 
 def _json_number(value: float) -> float | str:

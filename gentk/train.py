@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from gentk import checkpoint, dist, rundir
-from gentk.errors import TrainingError, TrainingInterrupted
+from gentk.errors import GentkError, TrainingError, TrainingInterrupted
 from gentk.evaluate import run_evaluation
 from gentk.recipe import PhaseSpec, Recipe
 from gentk.seeding import seed_everything
@@ -80,18 +80,23 @@ def train(
     dist.init(info, chosen)
     clean = False  # whether every rank reaches the final barrier (see dist.shutdown)
     try:
-        result = _train(recipe, plugins, Path(out), chosen, info, resume, force, offline, model, data)
+        with contextlib.ExitStack() as claim:  # _train enters the run directory's lock here
+            result = _train(recipe, plugins, Path(out), chosen, info, resume, force, offline, model, data, claim)
         clean = True
         return result
     except TrainingInterrupted:
         clean = True  # every rank stops at the same step (the stop request is all-reduced)
+        raise
+    except OSError as exc:
+        if rundir.is_storage_error(exc):  # a full disk, a read-only run directory
+            raise rundir.storage_error(exc) from None
         raise
     finally:
         if started_group:
             dist.shutdown(clean=clean)
 
 
-def _train(recipe, plugins, out, device, info, resume, force, offline, model, data) -> TrainResult:
+def _train(recipe, plugins, out, device, info, resume, force, offline, model, data, claim) -> TrainResult:
     cfg = recipe.train
     setup_torch(cfg, device)
     say = print if info.is_main else (lambda *a, **k: None)
@@ -102,12 +107,16 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
         try:
             ckpt_path = find_resume(resume, out, recipe)
             if ckpt_path is not None:
-                check_same_recipe(checkpoint.load(ckpt_path), recipe, ckpt_path, force)
+                ckpt_path, loaded, note = checkpoint.load_resumable(ckpt_path)  # a damaged latest.pt gives way to a step file
+                if note:
+                    say(f"gentk: warning: {note}")
+                check_same_recipe(loaded, recipe, ckpt_path, force)
                 run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else rundir.new_run_dir(out, recipe.name)
             else:
                 run_dir = rundir.new_run_dir(out, recipe.name)
+            claim.enter_context(rundir.claim(run_dir, fresh=ckpt_path is None))  # one process per run directory
             decision = (str(ckpt_path) if ckpt_path else None, str(run_dir), None)
-        except TrainingError as exc:
+        except GentkError as exc:
             decision = (None, None, str(exc))
     ckpt_path, run_dir, error = dist.broadcast_object(decision, info)
     if error is not None:
@@ -165,13 +174,15 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
     if info.is_main:
         rundir.make_layout(run_dir)
         (run_dir / "recipe.toml").write_text(f"# resolved from {recipe.source}\n" + recipe.to_toml())
-        rundir.write_json(run_dir / "env.json", rundir.environment(device, info.world_size))
+        rundir.write_environment(run_dir, rundir.environment(device, info.world_size), step)
         if hasattr(data, "write_manifest"):
             data.write_manifest(run_dir)
-        log.truncate(step)  # drop what a previous process logged after its last checkpoint
+        for note in log.truncate(step):  # drop what a previous process logged after its last checkpoint; repair
+            say(f"gentk: warning: {note}")
 
     def save(at_step: int, *, is_best: bool = False) -> Path | None:
         rng = dist.gather_objects(checkpoint.rng_state(), info)
+        interval = dist.gather_objects({"sums": dict(sums), "counted": counted}, info)
         positions = dist.gather_objects({"train": checkpoint.plain(batches.state_dict()), "labeled": checkpoint.plain(labeled_batches.state_dict()) if labeled_batches else None}, info)
         if not info.is_main:
             return None
@@ -192,23 +203,44 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
             "best": best,
             "world_size": info.world_size,
             "elapsed": clock_run.seconds(),
+            "interval": interval,
         }
         return checkpoint.save(ckpt, run_dir / "checkpoints", keep_last=cfg.keep_last, best=is_best)
 
     # -- the loop
     stop = StopRequest()
     progress = Progress(cfg.steps, step, enabled=info.is_main)
-    sums: dict[str, float] = {}
-    counted = 0
+    sums, counted = checkpoint.log_interval(state, info)  # a resumed run logs the means an unbroken one would
     clock, clock_step = time.perf_counter(), step
     last_saved = step if state is not None else None
     final: dict[str, float] = {}
+
+    def evaluate(at_step: int) -> None:
+        """Evaluate; the best evaluation so far is checkpointed at once (as best.pt), then logged."""
+        nonlocal best, last_saved
+        with sync.unwrapped(model):
+            metrics = run_evaluation(model, ema, data, recipe, plugins, device, info, run_dir, at_step)
+        metrics["time/minutes"] = clock_run.seconds() / 60  # curves against wall time as well as steps
+        final.update(metrics)
+        key = best_key(metrics, training_steps[0].name)
+        if key is not None and (best is None or metrics[key] < best["value"]):
+            best = {"name": key, "value": metrics[key], "step": at_step}
+            save(at_step, is_best=True)
+            last_saved = at_step
+        if info.is_main:  # logged last: a resume re-runs an evaluation whose rows are missing
+            log.write(at_step, metrics)
+            plugins.pm.hook.gentk_after_eval(run_dir=run_dir, step=at_step, metrics=metrics)
+            progress.write(f"step {at_step}: " + format_scalars(metrics))
+
     model.train()
     clock_run = RunClock(state.get("elapsed", 0.0) if state is not None else 0.0, cfg.minutes)
     out_of_time = state is not None and clock_run.spent()  # a fresh run takes at least one step
     if out_of_time and step < cfg.steps:
         say(f"gentk: the run's time budget (train.minutes = {cfg.minutes:g}) is spent at step {step}; nothing to train. Raise train.minutes (--minutes N) to continue it.")
     try:
+        # an evaluation due at the checkpoint's step that never completed (killed, or stopped before it)
+        if state is not None and (step % recipe.eval.every == 0 or step == cfg.steps or out_of_time) and dist.broadcast_object(info.is_main and not log.logged(step, "eval/"), info):
+            evaluate(step)
         with stop.installed():
             while step < cfg.steps and not out_of_time:
                 batch = next(batches).to(device)
@@ -276,23 +308,10 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
                 if interrupted:
                     raise TrainingInterrupted(interrupt_message(stop.requested, step, cfg.steps, run_dir, recipe), run_dir=run_dir, step=step)
 
-                # evaluate; the best evaluation so far is checkpointed at once (as best.pt)
                 if step % recipe.eval.every == 0 or last:
                     if out_of_time:
                         say(f"gentk: time budget of {cfg.minutes:g} minutes reached at step {step} of {cfg.steps}; saved, now the final evaluation.")
-                    with sync.unwrapped(model):
-                        metrics = run_evaluation(model, ema, data, recipe, plugins, device, info, run_dir, step)
-                    metrics["time/minutes"] = clock_run.seconds() / 60
-                    final.update(metrics)
-                    if info.is_main:
-                        log.write(step, metrics)
-                        plugins.pm.hook.gentk_after_eval(run_dir=run_dir, step=step, metrics=metrics)
-                        progress.write(f"step {step}: " + format_scalars(metrics))
-                    key = best_key(metrics, training_steps[0].name)
-                    if key is not None and (best is None or metrics[key] < best["value"]):
-                        best = {"name": key, "value": metrics[key], "step": step}
-                        save(step, is_best=True)
-                        last_saved = step
+                    evaluate(step)
                 clock += time.perf_counter() - paused  # speed/* counts training time only
     finally:
         progress.close()
@@ -517,7 +536,7 @@ def restore(state, model, ema, optimizers, schedules, scalers, batches, labeled_
         if ema is not None and state["ema"] is not None:
             ema.load_state_dict(state["ema"])
     except (KeyError, RuntimeError, ValueError) as exc:
-        raise TrainingError(f"the checkpoint does not fit this model ({type(exc).__name__}: {exc}). Was the model changed? Resume with the recipe that wrote it.") from None
+        raise TrainingError(f"the checkpoint does not fit this model ({type(exc).__name__}: {' '.join(str(exc).split())}). Was the model changed? Resume with the recipe that wrote it.") from None
     if state["world_size"] == info.world_size:
         position = state["data"][info.rank]
         batches.load_state_dict(position["train"])
@@ -587,11 +606,14 @@ def interrupt_message(signame: str | None, step: int, total: int, run_dir: Path,
 
 
 def nan_message(ts, step: int, value: float, run_dir: Path, last_saved: int | None) -> str:
-    kept = f"The last good checkpoint (step {last_saved}) is in {run_dir}/checkpoints" if last_saved is not None else "No checkpoint was written yet"
+    fix = f"gentk run {run_dir}/recipe.toml --set train.phases.{ts.phase}.clip_grad=1.0"
+    if last_saved is None:  # nothing to resume from: the fix starts a new run
+        kept, fix = "No checkpoint was written yet, so there is nothing to resume", f"{fix} --out {run_dir.parent}, a new run"
+    else:
+        kept, fix = f"The last good checkpoint (step {last_saved}) is in {run_dir}/checkpoints", f"{fix} --resume {run_dir} --force"
     return (
         f"the {ts.phase} phase (training step '{ts.name}') gave a non-finite loss ({value}) at step {step}; the run stopped without saving. "
-        f"{kept}. Lower train.phases.{ts.phase}.optimizer.lr or set train.phases.{ts.phase}.clip_grad "
-        f"(e.g. gentk run {run_dir}/recipe.toml --set train.phases.{ts.phase}.clip_grad=1.0 --resume {run_dir} --force)."
+        f"{kept}. Lower train.phases.{ts.phase}.optimizer.lr or set train.phases.{ts.phase}.clip_grad (e.g. {fix})."
     )
 
 

@@ -19,7 +19,8 @@ from gentk.errors import TrainingError
 
 
 def state(step: int, size: int = 4) -> dict:
-    return {"format": checkpoint.CHECKPOINT_FORMAT, "step": step, "model": {"w": torch.full((size,), float(step))}}
+    rest = {key: None for key in checkpoint.RUN_KEYS}  # every key a run's checkpoint has
+    return {**rest, "format": checkpoint.CHECKPOINT_FORMAT, "step": step, "model": {"w": torch.full((size,), float(step))}}
 
 
 def test_save_links_latest_and_best_and_keeps_the_last_n(tmp_path):
@@ -88,9 +89,10 @@ WRITER = textwrap.dedent(
     import sys, torch
     from gentk import checkpoint
     directory = sys.argv[1]
-    checkpoint.save({"format": checkpoint.CHECKPOINT_FORMAT, "step": 1, "model": {"w": torch.ones(4)}}, directory, keep_last=3)
+    rest = {key: None for key in checkpoint.RUN_KEYS}
+    checkpoint.save({**rest, "format": checkpoint.CHECKPOINT_FORMAT, "step": 1, "model": {"w": torch.ones(4)}}, directory, keep_last=3)
     print("first saved", flush=True)
-    big = {"format": checkpoint.CHECKPOINT_FORMAT, "step": 2, "model": {"w%d" % i: torch.rand(1_000_000) for i in range(10)}}
+    big = {**rest, "format": checkpoint.CHECKPOINT_FORMAT, "step": 2, "model": {"w%d" % i: torch.rand(1_000_000) for i in range(10)}}
     while True:  # keep writing the big one until killed
         checkpoint.save(big, directory, keep_last=3)
     """

@@ -257,3 +257,32 @@ def test_a_regularizer_whose_critic_part_is_named_critic_trains(tmp_path, write)
     assert isinstance(model.regularizers["z"].net, nn.ModuleDict)
     model.unwrap_parts()
     assert isinstance(model.regularizers["z"].net, nn.Sequential)
+
+
+CLASHING_PLUGIN = """
+    import gentk
+
+    class MyAdam:
+        '''Adam, again.'''
+
+    @gentk.hookimpl
+    def gentk_register_optimizers(register):
+        register("tiny2", MyAdam)
+        register("adam", MyAdam)  # a built-in's name
+"""
+
+
+def test_a_name_clash_leaves_the_diagnostic_commands_working(site, capsys):
+    from gentk.cli import main
+
+    make_dist(site, "gentk-clash", "gtk_test_clash", CLASHING_PLUGIN)
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "gentk.optim" in out and "gentk-clash" in out and "'adam'" in out and "-p no:gentk-clash" in out
+    assert main(["list", "optimizers"]) == 0
+    out, err = capsys.readouterr()
+    assert "adam" in out and "gentk.optim" in out and "tiny2" not in out and "-p no:gentk-clash" in err
+    assert main(["show", str(REPO / "recipes" / "vae.toml")]) == 2
+    err = capsys.readouterr().err
+    assert "'gentk.optim'" in err and "'gentk-clash'" in err and "gentk -p no:gentk-clash" in err and err.count("\n") == 1
+    assert main(["-p", "no:gentk-clash", "show", str(REPO / "recipes" / "vae.toml")]) == 0
