@@ -124,6 +124,17 @@ def clustering_errors(val_probs: np.ndarray, val_labels: np.ndarray, test_probs:
     return out
 
 
+def effective_clusters(probs: np.ndarray) -> float:
+    """How many clusters the data really uses: exp of the entropy of the hard assignments.
+
+    probs: (N, K) q(y|x). K equally used clusters give K; one cluster gives 1; a collapse onto
+    a handful of K = 30 shows as a number near that handful whatever the error is.
+    """
+    counts = np.bincount(np.asarray(probs).argmax(axis=1), minlength=np.asarray(probs).shape[1])
+    p = counts[counts > 0] / counts.sum()
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
 def gaussian_moment_distance(codes: Tensor) -> dict[str, float]:
     """How far codes (N, D) are from N(0, I) in their first two moments.
 
@@ -324,7 +335,8 @@ def _class_probs(model, latent: str, data, split: str, batch_size: int, max_exam
 
 
 class ClusterError:
-    """Clustering error (%) of a categorical latent under the aae, majority and hungarian protocols.
+    """Clustering error (%) of a categorical latent under the aae, majority and hungarian protocols,
+    and ``clusters_used``, the effective number of clusters of `split` (`effective_clusters`).
 
     Clusters are labelled on the validation split and the error is measured on `split`
     (the paper's protocol when `split` is test). When `split` is the validation split itself
@@ -344,7 +356,9 @@ class ClusterError:
         val_probs, val_labels = _class_probs(model, latent, data, label_split, batch_size, label_examples, device)
         test_probs, test_labels = _class_probs(model, latent, data, split, batch_size, max_examples, device)
         errors = clustering_errors(val_probs, val_labels, test_probs, test_labels)
-        return {f"cluster_error_{protocol}": 100.0 * value for protocol, value in errors.items()}
+        out = {f"cluster_error_{protocol}": 100.0 * value for protocol, value in errors.items()}
+        out["clusters_used"] = effective_clusters(test_probs)  # a collapse onto a few clusters shows here
+        return out
 
 
 class SemisupError:

@@ -76,6 +76,12 @@ def test_gaussian_moment_distance_is_small_for_gaussian_codes_and_large_otherwis
     assert bad["mean_norm"] > 6 and bad["gaussian_kl"] > 10
 
 
+def test_effective_clusters_known_answers():
+    assert M.effective_clusters(one_hot([0, 1, 2, 3] * 5, 30)) == pytest.approx(4.0)  # 4 of 30 used equally
+    assert M.effective_clusters(one_hot([7] * 9, 30)) == pytest.approx(1.0)  # a collapse
+    assert M.effective_clusters(one_hot([0, 0, 0, 1], 2)) == pytest.approx(math.exp(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25))))
+
+
 def test_aae_protocol_on_merged_clusters():
     # same merge as above; cluster 0's most confident example (the first, by argmax's tie rule) is a 0,
     # cluster 1's is a 2, and the empty cluster 2 takes the first example's label: class 1 is all wrong
@@ -241,7 +247,10 @@ def test_cluster_error_metric_known_answers(plugins):
     _, data = tiny(plugins, {})
     test_labels = np.concatenate([b.y.numpy() for b in data.eval_batches("test", 100)])
     perfect = call(plugins, "cluster_error", oracle(data, [3, 0, 5, 1]), data)
+    used = perfect.pop("clusters_used")
     assert perfect == {"cluster_error_aae": 0.0, "cluster_error_majority": 0.0, "cluster_error_hungarian": 0.0}
+    frequencies = np.bincount(test_labels) / len(test_labels)
+    assert used == pytest.approx(math.exp(-(frequencies * np.log(frequencies)).sum()))  # four classes, four clusters
     # classes 1 and 2 merged into cluster 4: one of them is wrong under every protocol
     merged = call(plugins, "cluster_error", oracle(data, [0, 4, 4, 1]), data)
     lost = 100 * min((test_labels == 1).mean(), (test_labels == 2).mean()), 100 * max((test_labels == 1).mean(), (test_labels == 2).mean())
