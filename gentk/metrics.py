@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gentk.contracts import DiagonalNormal, support
 from gentk.errors import GentkError
 from gentk.plugins import hookimpl
 from gentk.recipe import option
@@ -385,8 +386,8 @@ class CodeSpace:
     def __call__(self, *, model, data, device, split, batch_size, max_examples, seed=0, run_dir=None, step=0, **_) -> dict[str, float]:
         if self.latent is not None and self.latent not in model.priors:
             raise GentkError(f"code_space: this model has no latent '{self.latent}'; its latents: {', '.join(model.priors) or 'none'}.")
-        names = [self.latent] if self.latent else [n for n, p in model.priors.items() if getattr(p, "support", "real") == "real"]
-        if not names or self.latent and getattr(model.priors[self.latent], "support", "real") != "real":
+        names = [self.latent] if self.latent else [n for n, p in model.priors.items() if support(p) == "real"]
+        if not names or self.latent and support(model.priors[self.latent]) != "real":
             raise GentkError("the code_space metric needs a real-valued latent (a Gaussian, mixture or other real prior); this model has none.")
         limit = self.examples if max_examples is None else min(self.examples, max_examples)
         codes: dict[str, list[Tensor]] = {n: [] for n in names}
@@ -403,7 +404,7 @@ class CodeSpace:
             prior = model.priors[n]
             p = prior.sample(len(z), generator).double().cpu()
             out[f"code_{n}_mmd"] = mmd_rbf(z, p)
-            if hasattr(prior, "normal_params"):
+            if isinstance(prior, DiagonalNormal):
                 mean, logvar = (t.double().cpu() for t in prior.normal_params())
                 for key, value in gaussian_moment_distance((z - mean) * torch.exp(-0.5 * logvar)).items():
                     out[f"code_{n}_{key}"] = value

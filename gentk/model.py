@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
+from gentk.contracts import Adversary, KLTerm, support
 from gentk.distributions import normal_log_prob
 from gentk.errors import GentkError
 from gentk.recipe import PHASES, LatentSpec, Recipe
@@ -72,8 +73,7 @@ class Model(nn.Module):
         if bool(latents) != (encoder is not None):
             raise ValueError("a model has an encoder exactly when it has latents")
         for name, spec in latents.items():
-            support = getattr(priors[name], "support", "real")
-            if support == "simplex" and spec.head != "categorical":
+            if support(priors[name]) == "simplex" and spec.head != "categorical":
                 raise GentkError(f"latent '{name}': its prior samples one-hot vectors but its head is '{spec.head}'; use head = \"categorical\".")
             if spec.supervised and spec.head != "categorical":
                 raise GentkError(f"latent '{name}': only a categorical head can be supervised by labels.")
@@ -109,6 +109,8 @@ class Model(nn.Module):
             decoder = registries.decoders.get(spec.decoder.name).build(spec.decoder.config, image_shape=tuple(image_shape), cond_size=cond_size)
         except ValueError as exc:
             raise GentkError(f"model.decoder ({spec.decoder.name}) for images {tuple(image_shape)} and a code of size {cond_size}: {exc}") from None
+        if decoder.cond_size != cond_size:
+            raise GentkError(f"model.decoder ({spec.decoder.name}) was built for a code of size {cond_size} but accepts codes of size {decoder.cond_size} (its cond_size).")
         return cls(encoder, decoder, spec.latents, priors, regularizers)
 
     # ----------------------------------------------------------------------- parts and phases
@@ -117,7 +119,7 @@ class Model(nn.Module):
         """Every trainable part by name: encoder, decoder, discriminator.NAME, ..."""
         parts = {"decoder": self.decoder} if self.encoder is None else {"encoder": self.encoder, "decoder": self.decoder}
         for name, reg in self.regularizers.items():
-            for key, module in reg.parts().items() if hasattr(reg, "parts") else ():
+            for key, module in reg.parts().items() if isinstance(reg, Adversary) else ():
                 parts[f"{key}.{name}"] = module
         return parts
 
@@ -273,7 +275,7 @@ class Model(nn.Module):
         """
         if not self.latents:
             return self.log_prob(x)
-        other = [name for name, reg in self.regularizers.items() if not hasattr(reg, "kl")]
+        other = [name for name, reg in self.regularizers.items() if not isinstance(reg, KLTerm)]
         if other:
             raise GentkError(f"the ELBO needs a KL regularizer on every latent; {', '.join(other)} {'is' if len(other) == 1 else 'are'} not KL-regularized (an adversarial latent has no q(z|x) density term).")
         heads = self.encoder(x)

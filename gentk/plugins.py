@@ -24,7 +24,7 @@ from typing import Any
 import attrs
 import pluggy
 
-from gentk import hookspecs
+from gentk import contracts, hookspecs
 from gentk.errors import DuplicateNameError, PluginError
 from gentk.registry import KINDS, Registries
 
@@ -199,6 +199,7 @@ def _register_components(host: Plugins, plugin: object, info: PluginInfo, fail, 
                 continue
 
             def register(name, factory, *, config=None, doc=None, _registry=registry):
+                contracts.check_factory(_registry.kind, name, factory, owner)  # a missing member drops the plugin, named
                 return _registry.register(name, factory, plugin=owner, config=config, doc=doc)
 
             try:

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import attrs
 
+from gentk import contracts
 from gentk.errors import RecipeError, RegistryError, closest, did_you_mean
 
 REQUIRED = attrs.NOTHING
@@ -405,10 +406,10 @@ def _check_latent_parts(name: str, latent: LatentSpec, ctx: _Context) -> None:
     and a regularizer's ``heads`` (the head kinds it accepts)."""
     path = ("model", "latents", name, "head")
     prior = ctx.registries["priors"].get(latent.prior.name).factory
-    if getattr(prior, "support", "real") == "simplex" and latent.head != "categorical":
+    if contracts.support(prior) == "simplex" and latent.head != "categorical":
         ctx.fail(path, f"prior '{latent.prior.name}' samples one-hot vectors, which a '{latent.head}' head can never match. Use head = \"categorical\".")
     regularizer = ctx.registries["regularizers"].get(latent.regularizer.name).factory
-    heads = getattr(regularizer, "heads", None)
+    heads = contracts.heads(regularizer)
     if heads is not None and latent.head not in heads:
         ctx.fail(path, f"regularizer '{latent.regularizer.name}' needs a head among {', '.join(map(repr, heads))}, found '{latent.head}'.")
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import attrs
 
+from gentk.contracts import check_built
 from gentk.errors import DuplicateNameError, RegistryError, did_you_mean
 
 KINDS = (
@@ -52,9 +53,12 @@ class Entry:
     doc: str
 
     def build(self, config: Any = None, **context: Any) -> Any:
-        """Call the factory with the config's fields and the host's context."""
+        """Call the factory with the config's fields and the host's context; the component
+        must meet its kind's contract (`gentk.contracts`)."""
         fields = attrs.asdict(config, recurse=False) if config is not None else {}
-        return self.factory(**fields, **context)
+        component = self.factory(**fields, **context)
+        check_built(self.kind, self.name, component, self.plugin)
+        return component
 
 
 class Registry:

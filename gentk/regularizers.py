@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from gentk.contracts import Categorical, DiagonalNormal, support
 from gentk.distributions import categorical_kl, normal_kl, normal_log_prob
 from gentk.nn import mlp
 from gentk.plugins import hookimpl
@@ -91,10 +92,10 @@ class KLRegularizer(nn.Module):
         super().__init__()
         self.prior = prior
         self.weight, self.warmup, self.free_bits = weight, warmup, free_bits
-        analytic = (head == "gaussian" and hasattr(prior, "normal_params")) or (head == "categorical" and hasattr(prior, "log_probs"))
+        analytic = (head == "gaussian" and isinstance(prior, DiagonalNormal)) or (head == "categorical" and isinstance(prior, Categorical))
         if head == "deterministic":
             raise ValueError("a KL regularizer needs a stochastic head (gaussian or categorical); a deterministic code has no density q(z|x)")
-        if head == "categorical" and not hasattr(prior, "log_probs"):
+        if head == "categorical" and not isinstance(prior, Categorical):
             raise ValueError("a KL regularizer on a categorical head needs a categorical prior")
         if estimator == "analytic" and not analytic:
             raise ValueError(f"no analytic KL between a {head} head and a {type(prior).__name__}; use estimator = \"monte_carlo\" or \"auto\"")
@@ -177,7 +178,7 @@ class AdversarialRegularizer(nn.Module):
 
     def __init__(self, *, size: int, prior: nn.Module, head: str, discriminator: list[int] | None = None, activation: str = "relu", gradient_penalty: float = 0.0, batch_features: bool = False) -> None:
         super().__init__()
-        if getattr(prior, "support", "real") == "simplex" and head != "categorical":
+        if support(prior) == "simplex" and head != "categorical":
             raise ValueError(f"a {head} head cannot match a prior on the simplex (one-hot samples); use a categorical head")
         self.batch_features = batch_features
         self.discriminator = Discriminator(2 * size if batch_features else size, list(discriminator or [1000, 1000]), activation)
