@@ -10,7 +10,8 @@ __version__ = "0.1.0"
 
 from gentk.errors import GentkError, RecipeError, RegistryError
 from gentk.plugins import hookimpl, load_plugins
-from gentk.recipe import Recipe, load_recipe, option
+from gentk.options import option
+from gentk.recipe import Recipe, load_recipe
 
 __all__ = ["GentkError", "RecipeError", "RegistryError", "Recipe", "__version__", "build_model", "hookimpl", "load_plugins", "load_recipe", "option", "train"]
 

@@ -31,7 +31,7 @@ from gentk.distributions import bernoulli_log_prob, discretized_logistic_log_pro
 from gentk.nn import activation, mlp, upsampled_start_size
 from gentk.pixelcnn import PixelCNNDecoder
 from gentk.plugins import hookimpl
-from gentk.recipe import option
+from gentk.options import option
 
 # Research code imports every decoder from here (DESIGN.md §1); `pixelcnn` registers itself.
 __all__ = ["BernoulliLikelihood", "DiscretizedLogisticLikelihood", "FactorizedDecoder", "GaussianLikelihood", "PixelCNNDecoder", "bernoulli_decoder", "gaussian_decoder", "logistic_decoder"]

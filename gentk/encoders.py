@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from gentk.nn import activation, conv_output_size, mlp
 from gentk.plugins import hookimpl
-from gentk.recipe import option
+from gentk.options import option
 
 HEADS = ("deterministic", "gaussian", "categorical")
 

@@ -7,7 +7,7 @@ Built-in components register through the very same hooks (see `gentk.plugins.BUI
 
 Each ``gentk_register_<kind>`` hook receives ``register(name, factory, *, config=None,
 doc=None)``. ``factory`` is usually a class; its options are the fields of an attrs class,
-``factory.Config`` by default, declared with `gentk.recipe.option`. gentk builds a
+``factory.Config`` by default, declared with `gentk.options.option`. gentk builds a
 component as ``factory(**options, **context)``: the options come from the recipe, the
 context from gentk, as listed per hook below. Register a name once: a second registration
 of the same name, by any plugin, is an error naming both plugins.

@@ -47,7 +47,7 @@ from torch import Tensor
 from gentk.contracts import DiagonalNormal, support
 from gentk.errors import GentkError
 from gentk.plugins import hookimpl
-from gentk.recipe import option
+from gentk.options import option
 
 CLUSTER_PROTOCOLS = ("aae", "majority", "hungarian")
 

@@ -13,7 +13,7 @@ import attrs
 import torch
 
 from gentk.plugins import hookimpl
-from gentk.recipe import REQUIRED, option
+from gentk.options import REQUIRED, option
 
 
 def adam(params, *, lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> torch.optim.Optimizer:

@@ -63,7 +63,7 @@ from torch import Tensor, nn
 from gentk import distributions
 from gentk.errors import GentkError
 from gentk.plugins import hookimpl
-from gentk.recipe import OptionValueError, option
+from gentk.options import OptionValueError, option
 
 Conditioning = Literal["adaptive_bias", "location_dependent", "input_concat", "none"]
 Likelihood = Literal["bernoulli", "categorical256", "logistic_mixture"]

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from gentk.distributions import LOG_2PI, normal_log_prob, standard_normal, uniform
 from gentk.plugins import hookimpl
-from gentk.recipe import option
+from gentk.options import option
 
 
 class StandardNormalPrior(nn.Module):

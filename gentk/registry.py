@@ -2,7 +2,7 @@
 
 An entry binds a name (what a recipe writes in ``name = "..."``) to a factory (usually a
 class) and its config class: an attrs class whose fields declare, validate and document
-the keys a recipe may set (see `gentk.recipe.option`). Building a component calls
+the keys a recipe may set (see `gentk.options.option`). Building a component calls
 ``factory(**config_fields, **context)``, where the context is what the host knows and the
 recipe does not (an image shape, a latent size); each kind documents its context in
 `gentk.hookspecs`.
@@ -94,7 +94,7 @@ class Registry:
         if config is not None and not attrs.has(config):
             raise RegistryError(
                 f"{self.kind} '{name}' from plugin '{plugin}': its config {config!r} is not an attrs class. "
-                "Declare the options with @attrs.define and gentk.recipe.option()."
+                "Declare the options with @attrs.define and gentk.options.option()."
             )
         entry = Entry(self.kind, name, factory, config, plugin, doc if doc is not None else first_line(factory.__doc__))
         self._entries[name] = entry

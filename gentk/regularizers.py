@@ -31,7 +31,7 @@ from gentk.contracts import Categorical, DiagonalNormal, support
 from gentk.distributions import categorical_kl, normal_kl, normal_log_prob
 from gentk.nn import mlp
 from gentk.plugins import hookimpl
-from gentk.recipe import option
+from gentk.options import option
 
 # --------------------------------------------------------------------------- pure losses
 

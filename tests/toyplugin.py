@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import attrs
 
-from gentk.recipe import option
+from gentk.options import option
 
 
 class ToyDecoder:

@@ -30,7 +30,7 @@ from einops import rearrange, reduce
 from gentk.data.sources import SPLITS, Arrays, FileSet, cache_state, read_idx, read_norb, read_svhn
 from gentk.download import Checksum, CorruptFileError, DataError, SourceFile, cache_root, content_digests, data_root
 from gentk.plugins import hookimpl
-from gentk.recipe import REQUIRED, option
+from gentk.options import REQUIRED, option
 
 BINARIZE = ("none", "dynamic", "static", "threshold")
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import gentk
-from gentk.recipe import option
+from gentk.options import option
 
 
 class SwissRollPrior(nn.Module):
