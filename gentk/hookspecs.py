@@ -8,8 +8,10 @@ Built-in components register through the very same hooks (see `gentk.plugins.BUI
 Each ``gentk_register_<kind>`` hook receives ``register(name, factory, *, config=None,
 doc=None)``. ``factory`` is usually a class; its options are the fields of an attrs class,
 ``factory.Config`` by default, declared with `gentk.options.option`. gentk builds a
-component as ``factory(**options, **context)``: the options come from the recipe, the
-context from gentk, as listed per hook below. Register a name once: a second registration
+component as ``factory(config=config, **context)``: the config is the validated instance
+of that class (from the recipe; its defaults where the recipe sets nothing), the context
+comes from gentk, as listed per hook below. A factory without a ``config`` parameter gets
+the options as keyword arguments instead. Register a name once: a second registration
 of the same name, by any plugin, is an error naming both plugins.
 
 Encoders, decoders, priors and regularizers meet the Protocols of `gentk.contracts`, which

@@ -47,7 +47,7 @@ from torch import Tensor
 from gentk.contracts import DiagonalNormal, support
 from gentk.errors import GentkError
 from gentk.plugins import hookimpl
-from gentk.options import option
+from gentk.options import configured, option
 
 CLUSTER_PROTOCOLS = ("aae", "majority", "hungarian")
 
@@ -200,8 +200,8 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 # --------------------------------------------------------------------------- registered metrics
 #
-# Each metric is a class with an attrs Config of its options; the engine builds it with the
-# defaults, `gentk eval --option NAME.KEY=VALUE` with others. Calling it evaluates the model
+# Each metric is a class with an attrs Config of its options, built with an instance of it:
+# the defaults for the engine, others from `gentk eval --option NAME.KEY=VALUE`. Calling it evaluates the model
 # (already in eval mode, on `device`) and returns {key: float}.
 
 
@@ -272,8 +272,9 @@ class IWAE:
 
     Config = IWAEConfig
 
-    def __init__(self, *, k: int = 5000, chunk: int = 5000) -> None:
-        self.k, self.chunk = k, chunk
+    def __init__(self, config: IWAEConfig | None = None, **options) -> None:
+        cfg = configured(IWAEConfig, config, options)
+        self.k, self.chunk = cfg.k, cfg.chunk
 
     def nll(self, model, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """-log (1/k) sum_i p(x, z_i) / q(z_i | x) per image (B,), k samples drawn in chunks."""
@@ -335,8 +336,8 @@ class ClusterError:
 
     Config = ClusterErrorConfig
 
-    def __init__(self, *, latent: str | None = None) -> None:
-        self.latent = latent
+    def __init__(self, config: ClusterErrorConfig | None = None, **options) -> None:
+        self.latent = configured(ClusterErrorConfig, config, options).latent
 
     def __call__(self, *, model, data, device, split, batch_size, max_examples, **_) -> dict[str, float]:
         latent = _latent(model, self.latent, head="categorical", what="cluster_error")
@@ -353,8 +354,8 @@ class SemisupError:
 
     Config = ClusterErrorConfig
 
-    def __init__(self, *, latent: str | None = None) -> None:
-        self.latent = latent
+    def __init__(self, config: ClusterErrorConfig | None = None, **options) -> None:
+        self.latent = configured(ClusterErrorConfig, config, options).latent
 
     def __call__(self, *, model, data, device, split, batch_size, max_examples, **_) -> dict[str, float]:
         latent = _latent(model, self.latent, head="categorical", supervised=True, what="semisup_error")
@@ -380,8 +381,9 @@ class CodeSpace:
 
     Config = CodeSpaceConfig
 
-    def __init__(self, *, latent: str | None = None, examples: int = 2000, plot: bool = True) -> None:
-        self.latent, self.examples, self.plot = latent, examples, plot
+    def __init__(self, config: CodeSpaceConfig | None = None, **options) -> None:
+        cfg = configured(CodeSpaceConfig, config, options)
+        self.latent, self.examples, self.plot = cfg.latent, cfg.examples, cfg.plot
 
     def __call__(self, *, model, data, device, split, batch_size, max_examples, seed=0, run_dir=None, step=0, **_) -> dict[str, float]:
         if self.latent is not None and self.latent not in model.priors:

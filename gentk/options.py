@@ -82,6 +82,23 @@ def option(default: Any = REQUIRED, doc: str = "", *, ge=None, gt=None, le=None,
     return attrs.field(default=default, validator=validators, metadata=metadata, kw_only=True)
 
 
+def configured(config_class: type, config: Any = None, options: Mapping[str, Any] | None = None) -> Any:
+    """The validated config a component is built with: `config` itself, or `options` validated into `config_class`.
+
+    gentk builds a component with its config, ``factory(config=..., **context)``. Called
+    from Python, a component may take keyword options instead (``KLRegularizer(size=2,
+    prior=prior, head="gaussian", weight=0.5)``), which become the same config class, so
+    that each default and range is written once, in the config.
+    """
+    if config is None:
+        return config_class(**(options or {}))
+    if options:
+        raise TypeError(f"give a {config_class.__qualname__} or keyword options, not both (got a config and {', '.join(options)})")
+    if not isinstance(config, config_class):
+        raise TypeError(f"expected a {config_class.__qualname__}, got {type(config).__qualname__}")
+    return config
+
+
 @attrs.frozen
 class ComponentSpec:
     """A validated component table: the registered ``name``, its options and shared options.

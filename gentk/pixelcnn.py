@@ -63,7 +63,7 @@ from torch import Tensor, nn
 from gentk import distributions
 from gentk.errors import GentkError
 from gentk.plugins import hookimpl
-from gentk.options import OptionValueError, option
+from gentk.options import OptionValueError, configured, option
 
 Conditioning = Literal["adaptive_bias", "location_dependent", "input_concat", "none"]
 Likelihood = Literal["bernoulli", "categorical256", "logistic_mixture"]
@@ -410,17 +410,18 @@ def cpu_has_native_bf16() -> bool:
 class PixelCNNDecoder(nn.Module):
     """Gated PixelCNN p(x | c) with exact log-likelihoods and an exact cached sampler.
 
-    Build it as gentk does, ``PixelCNNDecoder(image_shape=(C, H, W), cond_size=K, **options)``
-    with the options of `PixelCNNConfig`; ``cond_size=0`` (unconditional) needs
+    gentk builds it as ``PixelCNNDecoder(config, image_shape=(C, H, W), cond_size=K)`` with a
+    `PixelCNNConfig`; from Python, ``PixelCNNDecoder(image_shape=..., cond_size=K, **options)``
+    takes the same options as keywords; ``cond_size=0`` (unconditional) needs
     ``conditioning="none"`` and the reverse.
     """
 
     Config = PixelCNNConfig
 
-    def __init__(self, *, image_shape: tuple[int, int, int], cond_size: int = 0, **options) -> None:
+    def __init__(self, config: PixelCNNConfig | None = None, *, image_shape: tuple[int, int, int], cond_size: int = 0, **options) -> None:
         super().__init__()
         try:
-            cfg = PixelCNNConfig(**options)
+            cfg = configured(PixelCNNConfig, config, options)
         except OptionValueError as exc:
             raise GentkError(f"pixelcnn option {exc}") from None
         self.config = cfg

@@ -31,7 +31,7 @@ from gentk.contracts import Categorical, DiagonalNormal, support
 from gentk.distributions import categorical_kl, normal_kl, normal_log_prob
 from gentk.nn import mlp
 from gentk.plugins import hookimpl
-from gentk.options import option
+from gentk.options import configured, option
 
 # --------------------------------------------------------------------------- pure losses
 
@@ -88,10 +88,12 @@ class KLRegularizer(nn.Module):
         free_bits: float = option(0.0, "nats per latent dimension (per latent for Monte Carlo) that cost nothing", ge=0)
         estimator: Literal["auto", "analytic", "monte_carlo"] = option("auto", "auto: analytic where it exists, else Monte Carlo")
 
-    def __init__(self, *, size: int, prior: nn.Module, head: str, weight: float = 1.0, warmup: int = 0, free_bits: float = 0.0, estimator: str = "auto") -> None:
+    def __init__(self, config: Config | None = None, *, size: int, prior: nn.Module, head: str, **options) -> None:
         super().__init__()
+        cfg = configured(self.Config, config, options)
+        estimator = cfg.estimator
         self.prior = prior
-        self.weight, self.warmup, self.free_bits = weight, warmup, free_bits
+        self.weight, self.warmup, self.free_bits = cfg.weight, cfg.warmup, cfg.free_bits
         analytic = (head == "gaussian" and isinstance(prior, DiagonalNormal)) or (head == "categorical" and isinstance(prior, Categorical))
         if head == "deterministic":
             raise ValueError("a KL regularizer needs a stochastic head (gaussian or categorical); a deterministic code has no density q(z|x)")
@@ -176,13 +178,14 @@ class AdversarialRegularizer(nn.Module):
         gradient_penalty: float = option(0.0, "weight gamma / 2 of the R1 penalty on real samples (0: off)", ge=0)
         batch_features: bool = option(False, "the discriminator also sees the batch mean of the codes (a minibatch feature), so it can tell codes that crowd a few categories from prior samples")
 
-    def __init__(self, *, size: int, prior: nn.Module, head: str, discriminator: list[int] | None = None, activation: str = "relu", gradient_penalty: float = 0.0, batch_features: bool = False) -> None:
+    def __init__(self, config: Config | None = None, *, size: int, prior: nn.Module, head: str, **options) -> None:
         super().__init__()
+        cfg = configured(self.Config, config, options)
         if support(prior) == "simplex" and head != "categorical":
             raise ValueError(f"a {head} head cannot match a prior on the simplex (one-hot samples); use a categorical head")
-        self.batch_features = batch_features
-        self.discriminator = Discriminator(2 * size if batch_features else size, list(discriminator or [1000, 1000]), activation)
-        self.gradient_penalty = gradient_penalty
+        self.batch_features = cfg.batch_features
+        self.discriminator = Discriminator(2 * size if cfg.batch_features else size, list(cfg.discriminator), cfg.activation)
+        self.gradient_penalty = cfg.gradient_penalty
 
     def features(self, z: Tensor, batches: int = 1) -> Tensor:
         """What the discriminator sees of codes z (B, D): z itself, or with ``batch_features``

@@ -355,3 +355,55 @@ def test_a_factory_function_is_held_to_the_contract_when_it_builds():
 
     with pytest.raises(ContractError, match=r"decoder 'plain' from plugin 'gentk_plain' \(built as .*Plain\) .*it lacks __call__, log_prob"):
         entry.build(None, image_shape=(1, 2, 2), cond_size=0)
+
+
+def test_components_receive_their_validated_config_and_declare_each_option_once():
+    """Built-ins take ``config`` and no parameter named after an option (so no default is written
+    twice); a plugin factory without ``config`` still gets the options as keyword arguments."""
+    import inspect
+
+    import attrs
+
+    from gentk.options import option
+    from gentk.registry import takes_config
+
+    plugins = load_plugins(autoload=False)
+    for registry in plugins.registries:
+        for entry in registry:
+            if entry.config is None or not attrs.fields(entry.config):
+                continue
+            assert takes_config(entry.factory), f"{registry.kind} '{entry.name}' does not take its config"
+            parameters = set(inspect.signature(entry.factory).parameters)
+            twice = parameters & {f.name for f in attrs.fields(entry.config)}
+            assert not twice, f"{registry.kind} '{entry.name}' declares {', '.join(sorted(twice))} in its config and its signature"
+
+    seen = {}
+
+    @attrs.frozen
+    class Config:
+        scale: float = option(1.0, "a scale", gt=0)
+
+    class New:
+        def __init__(self, config, *, size):
+            seen["new"] = (config, size)
+
+        def sample(self, n, generator=None):
+            raise NotImplementedError
+
+    class Old(New):
+        def __init__(self, *, size, scale):
+            seen["old"] = (scale, size)
+
+    class Plugin:
+        __name__ = "gentk_conventions"
+
+        @staticmethod
+        def gentk_register_priors(register):
+            register("new", New, config=Config)
+            register("old", Old, config=Config)
+
+    priors = load_plugins(builtin=(), plugins=[Plugin()], autoload=False).registries.priors
+    priors.get("new").build(Config(scale=0.5), size=3)
+    priors.get("new").build(None, size=4)  # no config: its defaults
+    priors.get("old").build(Config(scale=0.5), size=3)
+    assert seen == {"new": (Config(scale=1.0), 4), "old": (0.5, 3)}
