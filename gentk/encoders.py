@@ -29,8 +29,8 @@ from einops.layers.torch import Rearrange
 from torch import Tensor, nn
 
 from gentk.nn import activation, conv_output_size, mlp
-from gentk.plugins import hookimpl
 from gentk.options import configured, option
+from gentk.plugins import hookimpl
 
 HEADS = ("deterministic", "gaussian", "categorical")
 

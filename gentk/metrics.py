@@ -44,17 +44,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gentk import distributions
 from gentk.contracts import DiagonalNormal, support
+from gentk.distributions import bits_per_dim
 from gentk.errors import GentkError
-from gentk.plugins import hookimpl
 from gentk.options import configured, option
+from gentk.plugins import hookimpl
 
 CLUSTER_PROTOCOLS = ("aae", "majority", "hungarian")
-
-
-def bits_per_dim(nll_nats: Tensor | float, dims: int) -> Tensor | float:
-    """Negative log-likelihood in nats per image -> bits per dimension (sub-pixel)."""
-    return nll_nats / (dims * math.log(2))
 
 
 def cluster_labels_aae(val_probs: np.ndarray, val_labels: np.ndarray) -> np.ndarray:
@@ -157,27 +154,8 @@ def iwae_bound(log_weights: Tensor) -> Tensor:
 
 
 def mmd_rbf(x: Tensor, y: Tensor, scales: Sequence[float] = (0.2, 0.5, 1.0, 2.0, 5.0)) -> float:
-    """Unbiased squared maximum mean discrepancy between samples x (N, D) and y (M, D).
-
-    The kernel is a sum of Gaussian RBF kernels exp(-|a-b|^2 / (2 s^2 D)) over `scales`
-    (bandwidths relative to sqrt(D), so one setting suits codes of any size; Gretton et al.
-    2012, "A Kernel Two-Sample Test", Eq. 3). It is about 0 when x and y come from the same
-    distribution (it can be slightly negative) and grows as they differ.
-    """
-    x, y = x.double(), y.double()
-    d = x.shape[1]
-
-    def kernel(a: Tensor, b: Tensor) -> Tensor:
-        sq = torch.cdist(a, b).pow(2)
-        return sum(torch.exp(-sq / (2 * s * s * d)) for s in scales)
-
-    n, m = len(x), len(y)
-    if n < 2 or m < 2:
-        raise ValueError("mmd_rbf needs at least two samples on each side")
-    kxx, kyy, kxy = kernel(x, x), kernel(y, y), kernel(x, y)
-    term_x = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
-    term_y = (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
-    return float(term_x + term_y - 2 * kxy.mean())
+    """`gentk.distributions.mmd_rbf` of samples x (N, D) and y (M, D) in float64, as a float (the code_space metric's value)."""
+    return float(distributions.mmd_rbf(x.double(), y.double(), scales))
 
 
 def project_2d(codes: Tensor) -> Tensor:

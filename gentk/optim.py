@@ -14,8 +14,8 @@ import math
 import attrs
 import torch
 
-from gentk.plugins import hookimpl
 from gentk.options import REQUIRED, option
+from gentk.plugins import hookimpl
 
 
 def adam(config: AdamConfig, *, params) -> torch.optim.Optimizer:

@@ -22,8 +22,8 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from gentk.distributions import LOG_2PI, normal_log_prob, standard_normal, uniform
-from gentk.plugins import hookimpl
 from gentk.options import configured, option
+from gentk.plugins import hookimpl
 
 
 class StandardNormalPrior(nn.Module):

@@ -30,8 +30,8 @@ from torch import Tensor, nn
 from gentk.contracts import Categorical, DiagonalNormal, support
 from gentk.distributions import categorical_kl, normal_kl, normal_log_prob
 from gentk.nn import mlp
-from gentk.plugins import hookimpl
 from gentk.options import configured, option
+from gentk.plugins import hookimpl
 
 # --------------------------------------------------------------------------- pure losses
 

@@ -29,8 +29,8 @@ from einops import rearrange, reduce
 
 from gentk.data.sources import SPLITS, Arrays, FileSet, cache_state, read_idx, read_norb, read_svhn
 from gentk.download import Checksum, CorruptFileError, DataError, SourceFile, cache_root, content_digests, data_root
-from gentk.plugins import hookimpl
 from gentk.options import REQUIRED, configured, option
+from gentk.plugins import hookimpl
 
 BINARIZE = ("none", "dynamic", "static", "threshold")
 
