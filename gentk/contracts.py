@@ -170,6 +170,17 @@ def heads(regularizer: Any) -> tuple[str, ...] | None:
     return getattr(regularizer, "heads", None)
 
 
+def support_problem(head: str, prior: Any, what: str = "its prior") -> str | None:
+    """Why a head of kind `head` can never match `prior` (class or instance), or None when it can.
+
+    A prior on the simplex samples one-hot vectors, which only a categorical head (a
+    softmax) produces; `what` names the prior in the message.
+    """
+    if support(prior) == "simplex" and head != "categorical":
+        return f"{what} samples one-hot vectors (the simplex), which a '{head}' head can never match. Use head = \"categorical\"."
+    return None
+
+
 # --------------------------------------------------------------------------- checking
 
 

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from gentk.contracts import Adversary, KLTerm, support
+from gentk.contracts import Adversary, KLTerm, support_problem
 from gentk.distributions import normal_log_prob
 from gentk.errors import GentkError
 from gentk.recipe import PHASES, LatentSpec, Recipe
@@ -72,11 +72,10 @@ class Model(nn.Module):
         super().__init__()
         if bool(latents) != (encoder is not None):
             raise ValueError("a model has an encoder exactly when it has latents")
-        for name, spec in latents.items():
-            if support(priors[name]) == "simplex" and spec.head != "categorical":
-                raise GentkError(f"latent '{name}': its prior samples one-hot vectors but its head is '{spec.head}'; use head = \"categorical\".")
-            if spec.supervised and spec.head != "categorical":
-                raise GentkError(f"latent '{name}': only a categorical head can be supervised by labels.")
+        for name, spec in latents.items():  # a LatentSpec checks its own fields (a supervised head is categorical)
+            problem = support_problem(spec.head, priors[name])
+            if problem is not None:
+                raise GentkError(f"latent '{name}': {problem}")
         self.encoder = encoder
         self.decoder = decoder
         self.latents = dict(latents)

@@ -51,6 +51,12 @@ class DataOptions:
     download: bool = option(True, "download missing files (with checksums) when a network is available")
 
 
+def _categorical_if_supervised(instance, attribute, value) -> None:
+    """Labels supervise a head through its logits, which only a categorical head has."""
+    if value and instance.head != "categorical":
+        raise OptionValueError(attribute.name, f"only a categorical head can be supervised by labels; this latent's head is '{instance.head}'.")
+
+
 @attrs.frozen
 class LatentSpec:
     """One named latent: its size, the encoder head that produces it, its prior and regularizer."""
@@ -59,7 +65,7 @@ class LatentSpec:
     head: Literal["deterministic", "gaussian", "categorical"] = option("deterministic", "encoder output: deterministic (linear), gaussian (mean, log-variance), categorical (softmax)")
     prior: ComponentSpec = component("priors", "the prior p(z) this latent is matched to", default={"name": "standard_normal"})
     regularizer: ComponentSpec = component("regularizers", "how q(z) is matched to p(z): kl, adversarial or none", default={"name": "none"})
-    supervised: bool = option(False, "also train this head with cross-entropy on labeled examples (categorical heads)")
+    supervised: bool = option(False, "also train this head with cross-entropy on labeled examples (categorical heads)", validator=_categorical_if_supervised)
 
 
 @attrs.frozen
@@ -292,8 +298,6 @@ def check_recipe(recipe: Recipe, ctx: _Context | None = None) -> None:
     if not model.latents and model.encoder is not None:
         ctx.fail(("model", "latents"), "the model has an encoder but no latents. Add a [model.latents.NAME] table, or remove [model.encoder] for a plain decoder.")
     for name, latent in model.latents.items():
-        if latent.supervised and latent.head != "categorical":
-            ctx.fail(("model", "latents", name, "supervised"), f"only a categorical head can be supervised by labels; this latent's head is '{latent.head}'.")
         if latent.supervised and recipe.data.common.labeled == 0:
             ctx.fail(("data", "labeled"), f"latent '{name}' is supervised but data.labeled is 0. Set data.labeled to the number of labeled examples (e.g. 100).")
         if ctx.registries is not None:
@@ -302,12 +306,13 @@ def check_recipe(recipe: Recipe, ctx: _Context | None = None) -> None:
 
 def _check_latent_parts(name: str, latent: LatentSpec, ctx: _Context) -> None:
     """A head must suit its prior and regularizer, as the components declare by class attributes:
-    a prior's ``support`` ("simplex": one-hot samples, only a categorical head matches them)
-    and a regularizer's ``heads`` (the head kinds it accepts)."""
+    a prior's ``support`` (`contracts.support_problem`) and a regularizer's ``heads`` (the
+    head kinds it accepts)."""
     path = ("model", "latents", name, "head")
     prior = ctx.registries["priors"].get(latent.prior.name).factory
-    if contracts.support(prior) == "simplex" and latent.head != "categorical":
-        ctx.fail(path, f"prior '{latent.prior.name}' samples one-hot vectors, which a '{latent.head}' head can never match. Use head = \"categorical\".")
+    problem = contracts.support_problem(latent.head, prior, what=f"prior '{latent.prior.name}'")
+    if problem is not None:
+        ctx.fail(path, problem)
     regularizer = ctx.registries["regularizers"].get(latent.regularizer.name).factory
     heads = contracts.heads(regularizer)
     if heads is not None and latent.head not in heads:

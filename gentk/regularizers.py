@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from gentk.contracts import Categorical, DiagonalNormal, support
+from gentk.contracts import Categorical, DiagonalNormal, support_problem
 from gentk.distributions import categorical_kl, normal_kl, normal_log_prob
 from gentk.nn import mlp
 from gentk.options import configured, option
@@ -181,8 +181,9 @@ class AdversarialRegularizer(nn.Module):
     def __init__(self, config: Config | None = None, *, size: int, prior: nn.Module, head: str, **options) -> None:
         super().__init__()
         cfg = configured(self.Config, config, options)
-        if support(prior) == "simplex" and head != "categorical":
-            raise ValueError(f"a {head} head cannot match a prior on the simplex (one-hot samples); use a categorical head")
+        problem = support_problem(head, prior)
+        if problem is not None:
+            raise ValueError(problem)
         self.batch_features = cfg.batch_features
         self.discriminator = Discriminator(2 * size if cfg.batch_features else size, list(cfg.discriminator), cfg.activation)
         self.gradient_penalty = cfg.gradient_penalty
