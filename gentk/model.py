@@ -39,8 +39,10 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from gentk.contracts import Adversary, KLTerm, support_problem
+from gentk.data import Batch, build_data
 from gentk.distributions import normal_log_prob
 from gentk.errors import GentkError
+from gentk.plugins import plugins_or_default
 from gentk.recipe import PHASES, LatentSpec, Recipe
 
 
@@ -330,11 +332,7 @@ def _bind(method: Callable[..., Any], name: str) -> Callable[[Any], tuple[Tensor
 
 def build_model(recipe: Recipe, image_shape: Sequence[int], plugins=None) -> Model:
     """The Model of a recipe for images of shape (C, H, W). `plugins` defaults to `gentk.load_plugins()`."""
-    if plugins is None:
-        from gentk.plugins import load_plugins
-
-        plugins = load_plugins()
-    return Model.from_recipe(recipe, image_shape, plugins)
+    return Model.from_recipe(recipe, image_shape, plugins_or_default(plugins))
 
 
 def check_model(recipe: Recipe, plugins=None, *, image_shape: Sequence[int] | None = None, batch_size: int = 2) -> str:
@@ -345,12 +343,7 @@ def check_model(recipe: Recipe, plugins=None, *, image_shape: Sequence[int] | No
     else the dataset is built (from local files only). Raises `GentkError` when a step's loss
     is not finite or leaves one of its parts without gradient.
     """
-    if plugins is None:
-        from gentk.plugins import load_plugins
-
-        plugins = load_plugins()
-    from gentk.data import Batch, build_data
-
+    plugins = plugins_or_default(plugins)
     if image_shape is None:
         image_shape = getattr(plugins.registries.datasets.get(recipe.data.name).factory, "image_shape", None)
     if image_shape is None:

@@ -184,6 +184,11 @@ def load_plugins(
     return host
 
 
+def plugins_or_default(plugins: Plugins | None) -> Plugins:
+    """`plugins` itself, or a fresh `load_plugins()`: what every function taking ``plugins=None`` uses."""
+    return plugins if plugins is not None else load_plugins()
+
+
 def _register_components(host: Plugins, plugin: object, info: PluginInfo, fail, *, keep_clashes: bool = False) -> bool:
     """Call the plugin's register hooks; on failure undo what it registered and drop it.
 

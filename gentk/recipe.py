@@ -30,6 +30,7 @@ import attrs
 
 from gentk import contracts
 from gentk.errors import RecipeError, RegistryError, closest, did_you_mean
+from gentk.plugins import plugins_or_default
 
 # The declaration API lives in gentk.options; these names stay importable from here.
 from gentk.options import REQUIRED, ComponentSpec, OptionValueError, component, describe_type, internal, option, option_docs, registered_names, unstructure  # noqa: F401
@@ -278,10 +279,7 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = (), *, plugins=None
 
 def recipe_from_dict(tree: Mapping[str, Any], *, plugins=None, source: str | None = None, origins: dict[tuple, str] | None = None) -> Recipe:
     """Validate a recipe given as a dict (as parsed from TOML)."""
-    if plugins is None:
-        from gentk.plugins import load_plugins
-
-        plugins = load_plugins()
+    plugins = plugins_or_default(plugins)
     ctx = _Context(plugins.registries, origins or {}, source or "<recipe>")
     recipe = ctx.structure(Recipe, tree, ())
     recipe = attrs.evolve(recipe, source=source)

@@ -34,8 +34,11 @@ import torch
 from tqdm import tqdm
 
 from gentk import checkpoint, dist, rundir
-from gentk.errors import GentkError, TrainingError, TrainingInterrupted
+from gentk.data import build_data
+from gentk.errors import GentkError, TrainingError, TrainingInterrupted, did_you_mean
 from gentk.evaluate import run_evaluation
+from gentk.model import build_model
+from gentk.plugins import plugins_or_default
 from gentk.recipe import PhaseSpec, Recipe
 from gentk.seeding import seed_everything
 
@@ -70,10 +73,7 @@ def train(
     recipe (for research code and tests); they must follow the Model and data interfaces
     of docs/architecture.md.
     """
-    if plugins is None:
-        from gentk.plugins import load_plugins
-
-        plugins = load_plugins()
+    plugins = plugins_or_default(plugins)
     info = dist.from_environment()
     chosen = dist.choose_device(device or recipe.train.device, info)
     started_group = info.distributed and not torch.distributed.is_initialized()
@@ -135,12 +135,8 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
     # -- data and model (built alike on every rank, then rank 0's weights everywhere)
     seed_everything(recipe.seed)
     if data is None:
-        from gentk.data import build_data
-
         data = build_data(recipe.data, plugins, seed=recipe.seed, offline=offline)
     if model is None:
-        from gentk.model import build_model
-
         model = build_model(recipe, image_shape=data.image_shape, plugins=plugins)
     model.to(device)
     dist.broadcast_parameters(model, info)
@@ -385,8 +381,6 @@ def check_part_lr(recipe: Recipe, training_steps) -> None:
         parts = sorted({p for s in training_steps if s.phase == phase for p in s.parts})
         for name in part_lr:
             if name not in parts:
-                from gentk.errors import did_you_mean
-
                 where = f"the model's {phase} phase trains {', '.join(parts)}" if parts else f"this model has no {phase} phase"
                 raise TrainingError(f"train.phases.{phase}.optimizer.part_lr: unknown part '{name}'; {where}.{did_you_mean(name, parts)}")
 
