@@ -80,7 +80,7 @@ def train(
     dist.init(info, chosen)
     clean = False  # whether every rank reaches the final barrier (see dist.shutdown)
     try:
-        with contextlib.ExitStack() as claim:  # _train enters the run directory's lock here
+        with torch_settings(recipe.train, chosen), contextlib.ExitStack() as claim:  # _train enters the run directory's lock here
             result = _train(recipe, plugins, Path(out), chosen, info, resume, force, offline, model, data, claim)
         clean = True
         return result
@@ -98,7 +98,6 @@ def train(
 
 def _train(recipe, plugins, out, device, info, resume, force, offline, model, data, claim) -> TrainResult:
     cfg = recipe.train
-    setup_torch(cfg, device)
     say = print if info.is_main else (lambda *a, **k: None)
 
     # -- which run: a fresh directory, or the checkpoint we continue from (rank 0 decides)
@@ -326,8 +325,24 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
 # --------------------------------------------------------------------------- set-up
 
 
+@contextlib.contextmanager
+def torch_settings(cfg, device: torch.device) -> Iterator[None]:
+    """`setup_torch` for the length of a run: every process-wide torch flag it sets is restored afterwards.
+
+    So a notebook or a script that calls `gentk.train` keeps its own thread count,
+    denormal handling, determinism and TF32 settings, whether the run returns, fails or is
+    interrupted.
+    """
+    saved = _torch_flags()
+    try:
+        setup_torch(cfg, device)
+        yield
+    finally:
+        _restore_torch_flags(saved)
+
+
 def setup_torch(cfg, device: torch.device) -> None:
-    """Threads, denormals, determinism and matmul precision, as the recipe asks."""
+    """Threads, denormals, determinism and matmul precision, as the recipe asks (process-wide; `torch_settings` scopes them)."""
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     if device.type == "cpu":
@@ -341,6 +356,38 @@ def setup_torch(cfg, device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True  # the shapes never change within a run
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+def _flushes_denormals() -> bool:
+    """Whether the CPU flushes denormal floats to zero: torch can set this (`torch.set_flush_denormal`) but not read it."""
+    tiny = torch.full((1,), 1e-39, dtype=torch.float32)  # a float32 denormal (below 1.2e-38)
+    return bool((tiny * 0.5)[0] == 0)
+
+
+def _torch_flags() -> dict[str, Any]:
+    """The process-wide settings `setup_torch` may change."""
+    return {
+        "threads": torch.get_num_threads(),
+        "flush_denormal": _flushes_denormals(),
+        "deterministic": (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()),
+        "cudnn": (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32),
+        "matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "cublas_workspace": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    }
+
+
+def _restore_torch_flags(saved: dict[str, Any]) -> None:
+    if torch.get_num_threads() != saved["threads"]:
+        torch.set_num_threads(saved["threads"])
+    torch.set_flush_denormal(saved["flush_denormal"])
+    deterministic, warn_only = saved["deterministic"]
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32 = saved["cudnn"]
+    torch.backends.cuda.matmul.allow_tf32 = saved["matmul_tf32"]
+    if saved["cublas_workspace"] is None:
+        os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    else:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = saved["cublas_workspace"]
 
 
 def phase_spec(recipe: Recipe, phase: str, plugins) -> PhaseSpec:
