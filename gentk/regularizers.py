@@ -13,7 +13,8 @@ A regularizer declares the training phase it acts in (``phase``, DESIGN.md §3):
   discriminator), ``discriminator_loss(real, fake)`` and ``generator_loss(fake)``;
 - ``None``: it does nothing (``none``).
 
-`head` is an encoder head's output dict (gentk.encoders). A regularizer knows its latent's
+These are the contracts `gentk.contracts.Penalty` (with `KLTerm`) and `Adversary`. `head`
+is an encoder head's output dict (gentk.encoders). A regularizer knows its latent's
 size, prior and head kind, never the model it belongs to.
 """
 
