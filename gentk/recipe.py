@@ -33,7 +33,18 @@ from gentk.errors import RecipeError, RegistryError, closest, did_you_mean
 from gentk.plugins import plugins_or_default
 
 # The declaration API lives in gentk.options; these names stay importable from here.
-from gentk.options import REQUIRED, ComponentSpec, OptionValueError, component, describe_type, internal, option, option_docs, registered_names, unstructure  # noqa: F401
+from gentk.options import (  # noqa: F401
+    REQUIRED,
+    ComponentSpec,
+    OptionValueError,
+    component,
+    describe_type,
+    internal,
+    option,
+    option_docs,
+    registered_names,
+    unstructure,
+)
 
 # --------------------------------------------------------------------------- the recipe tables
 
