@@ -14,8 +14,9 @@ from collections.abc import Sequence
 
 from gentk import __version__, dist
 from gentk.errors import DuplicateNameError, GentkError, ResultsNotSaved, TrainingInterrupted
+from gentk.options import option_docs
 from gentk.plugins import Plugins, load_plugins
-from gentk.recipe import load_recipe, option_docs
+from gentk.recipe import load_recipe
 from gentk.registry import KINDS
 
 

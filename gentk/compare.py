@@ -41,7 +41,11 @@ from tqdm import tqdm
 
 from gentk import rundir
 from gentk.errors import GentkError
+from gentk.evaluate import evaluate_run
+from gentk.plugins import plugins_or_default
 from gentk.recipe import Recipe, load_recipe
+from gentk.report import error_series, plot_learning_curves, study_blocks, write_report
+from gentk.train import train
 
 
 @attrs.frozen
@@ -111,13 +115,7 @@ def compare(
     metrics evaluated on the test split after training (default: each recipe's own
     ``eval.metrics``), with `options` as for `gentk eval --option`.
     """
-    from gentk.evaluate import evaluate_run
-    from gentk.train import train
-
-    if plugins is None:
-        from gentk.plugins import load_plugins
-
-        plugins = load_plugins()
+    plugins = plugins_or_default(plugins)
     if not paths:
         raise GentkError("gentk compare needs at least one recipe.")
     studies = [[load_recipe(p, [*overrides, f"seed={s}"], plugins=plugins) for s in seeds] for p in paths]
@@ -220,8 +218,6 @@ def _meta(name: str, paths, studies, overrides, seeds, results: list[RunResult])
 
 
 def _write(study_dir: Path, meta: dict[str, Any], results: list[RunResult], names: list[str]) -> None:
-    from gentk.report import error_series, plot_learning_curves, study_blocks, write_report
-
     series: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     samples, code_plots = [], []
     for r in results:

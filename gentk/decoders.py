@@ -10,7 +10,9 @@ samples. Without a code (cond_size = 0) the parameter map is itself learned.
 Module API shared with the PixelCNN decoder (docs/architecture.md):
 ``forward(x, c) -> log p(x|c)`` per image (B,) in nats (also ``log_prob``), and
 ``sample(n, c=None, *, generator=None, temperature=1.0)`` -> (n, C, H, W) in [0, 1];
-temperature 0 gives the most probable value of each pixel.
+temperature 0 gives the most probable value of each pixel. Each factory takes its
+validated config (``bernoulli_decoder(config, image_shape=..., cond_size=...)``) or, from
+Python, the same options as keywords.
 
 Axis legend: b batch, p distribution parameters per pixel, c channels, h height, w width.
 """
@@ -30,8 +32,8 @@ from torch import Tensor, nn
 from gentk.distributions import bernoulli_log_prob, discretized_logistic_log_prob, normal_log_prob, standard_normal, uniform
 from gentk.nn import activation, mlp, upsampled_start_size
 from gentk.pixelcnn import PixelCNNDecoder
+from gentk.options import configured, option
 from gentk.plugins import hookimpl
-from gentk.recipe import option
 
 # Research code imports every decoder from here (DESIGN.md §1); `pixelcnn` registers itself.
 __all__ = ["BernoulliLikelihood", "DiscretizedLogisticLikelihood", "FactorizedDecoder", "GaussianLikelihood", "PixelCNNDecoder", "bernoulli_decoder", "gaussian_decoder", "logistic_decoder"]
@@ -214,9 +216,9 @@ class BernoulliConfig(BodyOptions):
     pass
 
 
-def bernoulli_decoder(*, image_shape: Sequence[int], cond_size: int, **options: Any) -> FactorizedDecoder:
+def bernoulli_decoder(config: BernoulliConfig | None = None, *, image_shape: Sequence[int], cond_size: int, **options: Any) -> FactorizedDecoder:
     """Independent Bernoulli pixels, for binarized images (VAE, AAE)."""
-    return _build(BernoulliConfig(**options), BernoulliLikelihood(), image_shape, cond_size)
+    return _build(configured(BernoulliConfig, config, options), BernoulliLikelihood(), image_shape, cond_size)
 
 
 @attrs.frozen
@@ -225,9 +227,9 @@ class GaussianConfig(BodyOptions):
     std: float = option(0.1, "the fixed standard deviation (initial value when learned)", gt=0)
 
 
-def gaussian_decoder(*, image_shape: Sequence[int], cond_size: int, **options: Any) -> FactorizedDecoder:
+def gaussian_decoder(config: GaussianConfig | None = None, *, image_shape: Sequence[int], cond_size: int, **options: Any) -> FactorizedDecoder:
     """Independent Gaussian pixels with mean in [0, 1], for continuous images (a density, not a probability)."""
-    cfg = GaussianConfig(**options)
+    cfg = configured(GaussianConfig, config, options)
     return _build(cfg, GaussianLikelihood(image_shape[0], cfg.variance, cfg.std), image_shape, cond_size)
 
 
@@ -236,9 +238,9 @@ class LogisticConfig(BodyOptions):
     bins: int = option(256, "number of intensity levels of the data (256 for 8-bit images)", ge=2)
 
 
-def logistic_decoder(*, image_shape: Sequence[int], cond_size: int, **options: Any) -> FactorizedDecoder:
+def logistic_decoder(config: LogisticConfig | None = None, *, image_shape: Sequence[int], cond_size: int, **options: Any) -> FactorizedDecoder:
     """Independent discretized-logistic pixels, for 8-bit images (exact probabilities)."""
-    cfg = LogisticConfig(**options)
+    cfg = configured(LogisticConfig, config, options)
     return _build(cfg, DiscretizedLogisticLikelihood(cfg.bins), image_shape, cond_size)
 
 

@@ -29,8 +29,8 @@ from einops.layers.torch import Rearrange
 from torch import Tensor, nn
 
 from gentk.nn import activation, conv_output_size, mlp
+from gentk.options import configured, option
 from gentk.plugins import hookimpl
-from gentk.recipe import option
 
 HEADS = ("deterministic", "gaussian", "categorical")
 
@@ -83,9 +83,9 @@ class MLPEncoderConfig:
     batch_norm: bool = option(False, "batch normalization before each hidden nonlinearity (spreads a categorical head's early choices over the batch)")
 
 
-def mlp_encoder(*, input_shape: Sequence[int], latents: Mapping[str, Any], **options: Any) -> Encoder:
+def mlp_encoder(config: MLPEncoderConfig | None = None, *, input_shape: Sequence[int], latents: Mapping[str, Any], **options: Any) -> Encoder:
     """A fully connected encoder (AAE paper: 2 x 1000 ReLU) with one head per latent."""
-    cfg = MLPEncoderConfig(**options)
+    cfg = configured(MLPEncoderConfig, config, options)
     c, h, w = input_shape
     widths = [c * h * w, *cfg.hidden]
     body = nn.Sequential(Rearrange("b c h w -> b (c h w)"), mlp(widths, cfg.activation, final_activation=True, batch_norm=cfg.batch_norm) if cfg.hidden else nn.Identity())
@@ -102,9 +102,9 @@ class ConvEncoderConfig:
     batch_norm: bool = option(False, "batch normalization before each hidden nonlinearity (spreads a categorical head's early choices over the batch)")
 
 
-def conv_encoder(*, input_shape: Sequence[int], latents: Mapping[str, Any], **options: Any) -> Encoder:
+def conv_encoder(config: ConvEncoderConfig | None = None, *, input_shape: Sequence[int], latents: Mapping[str, Any], **options: Any) -> Encoder:
     """A strided convolutional encoder (as in PixelVAE) with one head per latent."""
-    cfg = ConvEncoderConfig(**options)
+    cfg = configured(ConvEncoderConfig, config, options)
     c, h, w = input_shape
     padding = cfg.kernel // 2 - 1
     layers: list[nn.Module] = []

@@ -34,6 +34,10 @@ class PluginError(GentkError):
     """A plugin that failed to load or register (raised only in strict mode)."""
 
 
+class ContractError(GentkError):
+    """A component that lacks a member its contract (`gentk.contracts`) requires."""
+
+
 def closest(word: str, candidates: Iterable[str]) -> str | None:
     """The candidate most similar to `word`, or None when nothing is close."""
     matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.5)

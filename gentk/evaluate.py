@@ -33,19 +33,14 @@ import attrs
 import torch
 
 from gentk import checkpoint, dist, rundir
+from gentk.data import build_data
 from gentk.errors import GentkError, ResultsNotSaved, did_you_mean
+from gentk.model import build_model
+from gentk.plugins import plugins_or_default
 from gentk.recipe import Recipe, parse_override, recipe_from_dict
 from gentk.seeding import seed_everything
 
 # --------------------------------------------------------------------------- loading a trained run
-
-
-def _plugins_or_default(plugins):
-    if plugins is None:
-        from gentk.plugins import load_plugins
-
-        plugins = load_plugins()
-    return plugins
 
 
 def model_from_checkpoint(state: Mapping[str, Any], recipe: Recipe, *, plugins, ema: bool = True, source: str | Path = "the checkpoint"):
@@ -54,8 +49,6 @@ def model_from_checkpoint(state: Mapping[str, Any], recipe: Recipe, *, plugins, 
     Built for the checkpoint's ``image_shape``, on the CPU, in training mode. Weights that
     do not fit are a clear error naming `source` (`checkpoint.load_weights`).
     """
-    from gentk.model import build_model
-
     model = build_model(recipe, image_shape=tuple(state["image_shape"]), plugins=plugins)
     checkpoint.load_weights(model, state, source, ema=ema)
     return model
@@ -68,7 +61,7 @@ def load_trained(path: str | Path, *, plugins=None, which: str = "latest", ema: 
     kept them. The model is rebuilt from the checkpoint's own recipe, in eval mode; the
     dataset is not loaded (``recipe.data`` says which it was).
     """
-    plugins = _plugins_or_default(plugins)
+    plugins = plugins_or_default(plugins)
     path = Path(path)
     if path.is_dir() and which == "best":
         path = path / "checkpoints" / checkpoint.BEST if (path / "checkpoints").is_dir() else path / checkpoint.BEST
@@ -98,9 +91,7 @@ def load_run(run_dir: str | Path, *, which: str = "latest", device: str | None =
     When the run kept an EMA of the weights, the model gets the EMA weights, as the engine's
     own evaluations do. Unlike `load_trained` it also builds the run's data.
     """
-    from gentk.data import build_data
-
-    plugins = _plugins_or_default(plugins)
+    plugins = plugins_or_default(plugins)
     run_dir = Path(run_dir)
     if which not in ("latest", "best"):
         raise GentkError(f"--checkpoint must be 'latest' or 'best', not '{which}'.")
@@ -223,7 +214,7 @@ def evaluate_run(run_dir: str | Path, *, names: Sequence[str] | None = None, whi
     ``evaluations[<checkpoint>/<split>]`` of eval.json: checkpoint, step, split, options,
     seconds, and ``metrics`` ({"eval/<split>/<key>": float}).
     """
-    plugins = _plugins_or_default(plugins)
+    plugins = plugins_or_default(plugins)
     run = load_run(run_dir, which=which, device=device, plugins=plugins, offline=offline)
     names = list(run.recipe.eval.metrics if names is None else names)
     if split not in run.data.split_sizes or run.data.split_sizes[split] == 0:

@@ -7,10 +7,16 @@ Built-in components register through the very same hooks (see `gentk.plugins.BUI
 
 Each ``gentk_register_<kind>`` hook receives ``register(name, factory, *, config=None,
 doc=None)``. ``factory`` is usually a class; its options are the fields of an attrs class,
-``factory.Config`` by default, declared with `gentk.recipe.option`. gentk builds a
-component as ``factory(**options, **context)``: the options come from the recipe, the
-context from gentk, as listed per hook below. Register a name once: a second registration
+``factory.Config`` by default, declared with `gentk.options.option`. gentk builds a
+component as ``factory(config=config, **context)``: the config is the validated instance
+of that class (from the recipe; its defaults where the recipe sets nothing), the context
+comes from gentk, as listed per hook below. A factory without a ``config`` parameter gets
+the options as keyword arguments instead. Register a name once: a second registration
 of the same name, by any plugin, is an error naming both plugins.
+
+Encoders, decoders, priors and regularizers meet the Protocols of `gentk.contracts`, which
+gentk checks when a plugin registers a class (and when it builds a component): a missing
+member drops the plugin with an error naming it and the member.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ def gentk_register_encoders(register):
     head: ``code`` always (what the decoder and the discriminator see); ``mean`` and
     ``logvar`` for "gaussian" (``code`` the reparameterized sample); ``logits`` for
     "categorical" (``code`` their softmax). `gentk.encoders.Encoder` composes any body
-    with these heads.
+    with these heads. Contract: `gentk.contracts.Encoder`.
     """
 
 
@@ -42,7 +48,8 @@ def gentk_register_decoders(register):
     vector c; 0 for an unconditional model). The module's ``forward(x, c)`` (also
     ``log_prob``) returns log p(x | c) in nats per image, shape (B,), with c of shape
     (B, cond_size) or None; ``sample(n, c=None, *, generator=None, temperature=1.0)``
-    returns (n, C, H, W) in the data range.
+    returns (n, C, H, W) in the data range. Contract: `gentk.contracts.Decoder` (with
+    ``cond_size``, the length of the code it accepts).
     """
 
 
@@ -56,6 +63,7 @@ def gentk_register_priors(register):
     "simplex" for one-hot samples, which only a categorical head can match),
     ``normal_params()`` -> (mean, logvar) for a diagonal
     Gaussian and ``log_probs`` (size,) for a categorical, used by analytic KL terms.
+    Contract: `gentk.contracts.Prior` (optional: `Density`, `DiagonalNormal`, `Categorical`).
     """
 
 
@@ -73,7 +81,8 @@ def gentk_register_regularizers(register):
     logs)) or None. ``head_out`` is
     the encoder's dict for this latent. An optional class attribute ``heads`` (e.g.
     ("gaussian", "categorical")) lists the head kinds it accepts, checked when a recipe
-    loads. See `gentk.regularizers`.
+    loads. Contract: `gentk.contracts.Regularizer`, then `Penalty` or `Adversary` by phase
+    (``kl`` is `KLTerm`, optional). See `gentk.regularizers`.
     """
 
 

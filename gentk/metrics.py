@@ -44,16 +44,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gentk import distributions
+from gentk.contracts import DiagonalNormal, support
+from gentk.distributions import bits_per_dim
 from gentk.errors import GentkError
+from gentk.options import configured, option
 from gentk.plugins import hookimpl
-from gentk.recipe import option
 
 CLUSTER_PROTOCOLS = ("aae", "majority", "hungarian")
-
-
-def bits_per_dim(nll_nats: Tensor | float, dims: int) -> Tensor | float:
-    """Negative log-likelihood in nats per image -> bits per dimension (sub-pixel)."""
-    return nll_nats / (dims * math.log(2))
 
 
 def cluster_labels_aae(val_probs: np.ndarray, val_labels: np.ndarray) -> np.ndarray:
@@ -167,27 +165,8 @@ def iwae_bound(log_weights: Tensor) -> Tensor:
 
 
 def mmd_rbf(x: Tensor, y: Tensor, scales: Sequence[float] = (0.2, 0.5, 1.0, 2.0, 5.0)) -> float:
-    """Unbiased squared maximum mean discrepancy between samples x (N, D) and y (M, D).
-
-    The kernel is a sum of Gaussian RBF kernels exp(-|a-b|^2 / (2 s^2 D)) over `scales`
-    (bandwidths relative to sqrt(D), so one setting suits codes of any size; Gretton et al.
-    2012, "A Kernel Two-Sample Test", Eq. 3). It is about 0 when x and y come from the same
-    distribution (it can be slightly negative) and grows as they differ.
-    """
-    x, y = x.double(), y.double()
-    d = x.shape[1]
-
-    def kernel(a: Tensor, b: Tensor) -> Tensor:
-        sq = torch.cdist(a, b).pow(2)
-        return sum(torch.exp(-sq / (2 * s * s * d)) for s in scales)
-
-    n, m = len(x), len(y)
-    if n < 2 or m < 2:
-        raise ValueError("mmd_rbf needs at least two samples on each side")
-    kxx, kyy, kxy = kernel(x, x), kernel(y, y), kernel(x, y)
-    term_x = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
-    term_y = (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
-    return float(term_x + term_y - 2 * kxy.mean())
+    """`gentk.distributions.mmd_rbf` of samples x (N, D) and y (M, D) in float64, as a float (the code_space metric's value)."""
+    return float(distributions.mmd_rbf(x.double(), y.double(), scales))
 
 
 def project_2d(codes: Tensor) -> Tensor:
@@ -210,8 +189,8 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 # --------------------------------------------------------------------------- registered metrics
 #
-# Each metric is a class with an attrs Config of its options; the engine builds it with the
-# defaults, `gentk eval --option NAME.KEY=VALUE` with others. Calling it evaluates the model
+# Each metric is a class with an attrs Config of its options, built with an instance of it:
+# the defaults for the engine, others from `gentk eval --option NAME.KEY=VALUE`. Calling it evaluates the model
 # (already in eval mode, on `device`) and returns {key: float}.
 
 
@@ -282,8 +261,9 @@ class IWAE:
 
     Config = IWAEConfig
 
-    def __init__(self, *, k: int = 5000, chunk: int = 5000) -> None:
-        self.k, self.chunk = k, chunk
+    def __init__(self, config: IWAEConfig | None = None, **options) -> None:
+        cfg = configured(IWAEConfig, config, options)
+        self.k, self.chunk = cfg.k, cfg.chunk
 
     def nll(self, model, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """-log (1/k) sum_i p(x, z_i) / q(z_i | x) per image (B,), k samples drawn in chunks."""
@@ -346,8 +326,8 @@ class ClusterError:
 
     Config = ClusterErrorConfig
 
-    def __init__(self, *, latent: str | None = None) -> None:
-        self.latent = latent
+    def __init__(self, config: ClusterErrorConfig | None = None, **options) -> None:
+        self.latent = configured(ClusterErrorConfig, config, options).latent
 
     def __call__(self, *, model, data, device, split, batch_size, max_examples, **_) -> dict[str, float]:
         latent = _latent(model, self.latent, head="categorical", what="cluster_error")
@@ -366,8 +346,8 @@ class SemisupError:
 
     Config = ClusterErrorConfig
 
-    def __init__(self, *, latent: str | None = None) -> None:
-        self.latent = latent
+    def __init__(self, config: ClusterErrorConfig | None = None, **options) -> None:
+        self.latent = configured(ClusterErrorConfig, config, options).latent
 
     def __call__(self, *, model, data, device, split, batch_size, max_examples, **_) -> dict[str, float]:
         latent = _latent(model, self.latent, head="categorical", supervised=True, what="semisup_error")
@@ -393,14 +373,15 @@ class CodeSpace:
 
     Config = CodeSpaceConfig
 
-    def __init__(self, *, latent: str | None = None, examples: int = 2000, plot: bool = True) -> None:
-        self.latent, self.examples, self.plot = latent, examples, plot
+    def __init__(self, config: CodeSpaceConfig | None = None, **options) -> None:
+        cfg = configured(CodeSpaceConfig, config, options)
+        self.latent, self.examples, self.plot = cfg.latent, cfg.examples, cfg.plot
 
     def __call__(self, *, model, data, device, split, batch_size, max_examples, seed=0, run_dir=None, step=0, **_) -> dict[str, float]:
         if self.latent is not None and self.latent not in model.priors:
             raise GentkError(f"code_space: this model has no latent '{self.latent}'; its latents: {', '.join(model.priors) or 'none'}.")
-        names = [self.latent] if self.latent else [n for n, p in model.priors.items() if getattr(p, "support", "real") == "real"]
-        if not names or self.latent and getattr(model.priors[self.latent], "support", "real") != "real":
+        names = [self.latent] if self.latent else [n for n, p in model.priors.items() if support(p) == "real"]
+        if not names or self.latent and support(model.priors[self.latent]) != "real":
             raise GentkError("the code_space metric needs a real-valued latent (a Gaussian, mixture or other real prior); this model has none.")
         limit = self.examples if max_examples is None else min(self.examples, max_examples)
         codes: dict[str, list[Tensor]] = {n: [] for n in names}
@@ -417,7 +398,7 @@ class CodeSpace:
             prior = model.priors[n]
             p = prior.sample(len(z), generator).double().cpu()
             out[f"code_{n}_mmd"] = mmd_rbf(z, p)
-            if hasattr(prior, "normal_params"):
+            if isinstance(prior, DiagonalNormal):
                 mean, logvar = (t.double().cpu() for t in prior.normal_params())
                 for key, value in gaussian_moment_distance((z - mean) * torch.exp(-0.5 * logvar)).items():
                     out[f"code_{n}_{key}"] = value

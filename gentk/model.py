@@ -38,8 +38,11 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
+from gentk.contracts import Adversary, KLTerm, support_problem
+from gentk.data import Batch, build_data
 from gentk.distributions import normal_log_prob
 from gentk.errors import GentkError
+from gentk.plugins import plugins_or_default
 from gentk.recipe import PHASES, LatentSpec, Recipe
 
 
@@ -71,12 +74,10 @@ class Model(nn.Module):
         super().__init__()
         if bool(latents) != (encoder is not None):
             raise ValueError("a model has an encoder exactly when it has latents")
-        for name, spec in latents.items():
-            support = getattr(priors[name], "support", "real")
-            if support == "simplex" and spec.head != "categorical":
-                raise GentkError(f"latent '{name}': its prior samples one-hot vectors but its head is '{spec.head}'; use head = \"categorical\".")
-            if spec.supervised and spec.head != "categorical":
-                raise GentkError(f"latent '{name}': only a categorical head can be supervised by labels.")
+        for name, spec in latents.items():  # a LatentSpec checks its own fields (a supervised head is categorical)
+            problem = support_problem(spec.head, priors[name])
+            if problem is not None:
+                raise GentkError(f"latent '{name}': {problem}")
         self.encoder = encoder
         self.decoder = decoder
         self.latents = dict(latents)
@@ -109,6 +110,8 @@ class Model(nn.Module):
             decoder = registries.decoders.get(spec.decoder.name).build(spec.decoder.config, image_shape=tuple(image_shape), cond_size=cond_size)
         except ValueError as exc:
             raise GentkError(f"model.decoder ({spec.decoder.name}) for images {tuple(image_shape)} and a code of size {cond_size}: {exc}") from None
+        if decoder.cond_size != cond_size:
+            raise GentkError(f"model.decoder ({spec.decoder.name}) was built for a code of size {cond_size} but accepts codes of size {decoder.cond_size} (its cond_size).")
         return cls(encoder, decoder, spec.latents, priors, regularizers)
 
     # ----------------------------------------------------------------------- parts and phases
@@ -117,7 +120,7 @@ class Model(nn.Module):
         """Every trainable part by name: encoder, decoder, discriminator.NAME, ..."""
         parts = {"decoder": self.decoder} if self.encoder is None else {"encoder": self.encoder, "decoder": self.decoder}
         for name, reg in self.regularizers.items():
-            for key, module in reg.parts().items() if hasattr(reg, "parts") else ():
+            for key, module in reg.parts().items() if isinstance(reg, Adversary) else ():
                 parts[f"{key}.{name}"] = module
         return parts
 
@@ -273,7 +276,7 @@ class Model(nn.Module):
         """
         if not self.latents:
             return self.log_prob(x)
-        other = [name for name, reg in self.regularizers.items() if not hasattr(reg, "kl")]
+        other = [name for name, reg in self.regularizers.items() if not isinstance(reg, KLTerm)]
         if other:
             raise GentkError(f"the ELBO needs a KL regularizer on every latent; {', '.join(other)} {'is' if len(other) == 1 else 'are'} not KL-regularized (an adversarial latent has no q(z|x) density term).")
         heads = self.encoder(x)
@@ -329,11 +332,7 @@ def _bind(method: Callable[..., Any], name: str) -> Callable[[Any], tuple[Tensor
 
 def build_model(recipe: Recipe, image_shape: Sequence[int], plugins=None) -> Model:
     """The Model of a recipe for images of shape (C, H, W). `plugins` defaults to `gentk.load_plugins()`."""
-    if plugins is None:
-        from gentk.plugins import load_plugins
-
-        plugins = load_plugins()
-    return Model.from_recipe(recipe, image_shape, plugins)
+    return Model.from_recipe(recipe, image_shape, plugins_or_default(plugins))
 
 
 def check_model(recipe: Recipe, plugins=None, *, image_shape: Sequence[int] | None = None, batch_size: int = 2) -> str:
@@ -344,12 +343,7 @@ def check_model(recipe: Recipe, plugins=None, *, image_shape: Sequence[int] | No
     else the dataset is built (from local files only). Raises `GentkError` when a step's loss
     is not finite or leaves one of its parts without gradient.
     """
-    if plugins is None:
-        from gentk.plugins import load_plugins
-
-        plugins = load_plugins()
-    from gentk.data import Batch, build_data
-
+    plugins = plugins_or_default(plugins)
     if image_shape is None:
         image_shape = getattr(plugins.registries.datasets.get(recipe.data.name).factory, "image_shape", None)
     if image_shape is None:

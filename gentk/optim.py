@@ -3,6 +3,8 @@
 Each phase of training (DESIGN.md §3) has its own optimizer and schedule, picked in the
 recipe as ``train.phases.<phase>.optimizer = { name = "adam", lr = 1e-3 }`` and
 ``schedule = { name = "cosine" }``. Adam is the paper's (and the AAE paper's) choice.
+Each factory takes its validated config and the engine's context: ``params`` for an
+optimizer, ``optimizer`` and ``total_steps`` for a schedule.
 """
 
 from __future__ import annotations
@@ -12,13 +14,13 @@ import math
 import attrs
 import torch
 
+from gentk.options import REQUIRED, option
 from gentk.plugins import hookimpl
-from gentk.recipe import REQUIRED, option
 
 
-def adam(params, *, lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> torch.optim.Optimizer:
+def adam(config: AdamConfig, *, params) -> torch.optim.Optimizer:
     """Adam (Kingma & Ba 2015)."""
-    return torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+    return torch.optim.Adam(params, lr=config.lr, betas=tuple(config.betas), eps=config.eps, weight_decay=config.weight_decay)
 
 
 @attrs.frozen
@@ -29,9 +31,9 @@ class AdamConfig:
     weight_decay: float = option(0.0, "L2 penalty (coupled, as torch.optim.Adam)", ge=0)
 
 
-def adamw(params, *, lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> torch.optim.Optimizer:
+def adamw(config: AdamWConfig, *, params) -> torch.optim.Optimizer:
     """AdamW: Adam with decoupled weight decay (Loshchilov & Hutter 2019)."""
-    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, betas=tuple(config.betas), eps=config.eps, weight_decay=config.weight_decay)
 
 
 @attrs.frozen
@@ -39,9 +41,9 @@ class AdamWConfig(AdamConfig):
     weight_decay: float = option(0.01, "decoupled weight decay", ge=0)
 
 
-def sgd(params, *, lr: float, momentum: float, nesterov: bool, weight_decay: float) -> torch.optim.Optimizer:
+def sgd(config: SGDConfig, *, params) -> torch.optim.Optimizer:
     """Stochastic gradient descent with optional (Nesterov) momentum."""
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay)
 
 
 @attrs.frozen
@@ -52,9 +54,9 @@ class SGDConfig:
     weight_decay: float = option(0.0, "L2 penalty", ge=0)
 
 
-def rmsprop(params, *, lr: float, alpha: float, eps: float) -> torch.optim.Optimizer:
+def rmsprop(config: RMSpropConfig, *, params) -> torch.optim.Optimizer:
     """RMSprop (Hinton's lecture notes, 2012)."""
-    return torch.optim.RMSprop(params, lr=lr, alpha=alpha, eps=eps)
+    return torch.optim.RMSprop(params, lr=config.lr, alpha=config.alpha, eps=config.eps)
 
 
 @attrs.frozen
@@ -64,9 +66,9 @@ class RMSpropConfig:
     eps: float = option(1e-8, "term added to the denominator", gt=0)
 
 
-def constant(optimizer, *, total_steps: int, warmup: int) -> torch.optim.lr_scheduler.LRScheduler:
+def constant(config: ConstantConfig, *, optimizer, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
     """The learning rate stays as set (after an optional linear warm-up)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _warmup(step, warmup))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _warmup(step, config.warmup))
 
 
 @attrs.frozen
@@ -74,9 +76,9 @@ class ConstantConfig:
     warmup: int = option(0, "steps of linear warm-up from 0", ge=0)
 
 
-def step_decay(optimizer, *, total_steps: int, every: int, factor: float, warmup: int) -> torch.optim.lr_scheduler.LRScheduler:
+def step_decay(config: StepConfig, *, optimizer, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
     """Multiply the learning rate by `factor` every `every` steps."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _warmup(step, warmup) * factor ** (step // every))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _warmup(step, config.warmup) * config.factor ** (step // config.every))
 
 
 @attrs.frozen
@@ -86,8 +88,9 @@ class StepConfig:
     warmup: int = option(0, "steps of linear warm-up from 0", ge=0)
 
 
-def cosine(optimizer, *, total_steps: int, final: float, warmup: int) -> torch.optim.lr_scheduler.LRScheduler:
+def cosine(config: CosineConfig, *, optimizer, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
     """Cosine decay from the set learning rate to `final` times it over the run (Loshchilov & Hutter 2017)."""
+    final, warmup = config.final, config.warmup
 
     def factor(step: int) -> float:
         progress = min(1.0, max(0.0, (step - warmup) / max(1, total_steps - warmup)))

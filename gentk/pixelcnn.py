@@ -62,8 +62,8 @@ from torch import Tensor, nn
 
 from gentk import distributions
 from gentk.errors import GentkError
+from gentk.options import OptionValueError, configured, option
 from gentk.plugins import hookimpl
-from gentk.recipe import OptionValueError, option
 
 Conditioning = Literal["adaptive_bias", "location_dependent", "input_concat", "none"]
 Likelihood = Literal["bernoulli", "categorical256", "logistic_mixture"]
@@ -94,25 +94,14 @@ class PixelCNNConfig:
 # --------------------------------------------------------------------------- likelihoods
 
 
-def bits_per_dim(log_prob: Tensor, image_shape: tuple[int, ...]) -> Tensor:
-    """Negative log-likelihood in bits per sub-pixel: -log p(x) / (C*H*W * ln 2).
-
-    log_prob: natural-log likelihood per image, any shape; image_shape: (C, H, W).
-    """
-    return -log_prob / (math.prod(image_shape) * math.log(2.0))
-
-
 def params_per_subpixel(likelihood: str, mixtures: int) -> int:
     """How many network outputs parametrise one sub-pixel's distribution."""
     return {"bernoulli": 1, "categorical256": 256, "logistic_mixture": 3 * mixtures}[likelihood]
 
 
-def bernoulli_log_prob(logits: Tensor, x: Tensor) -> Tensor:
-    """log p(x) of binary x under Bernoulli(sigmoid(logits)), element-wise.
-
-    logits: (..., 1) one logit per sub-pixel; x: (...) in {0, 1}. Returns (...).
-    """
-    return distributions.bernoulli_log_prob(x, logits.squeeze(-1))
+def _bernoulli_log_prob(params: Tensor, x: Tensor) -> Tensor:
+    """`distributions.bernoulli_log_prob` on params (..., 1), one logit per sub-pixel; x (...) in {0, 1}."""
+    return distributions.bernoulli_log_prob(x, params.squeeze(-1))
 
 
 def categorical256_log_prob(logits: Tensor, x: Tensor) -> Tensor:
@@ -134,25 +123,16 @@ def logistic_mixture_log_prob(params: Tensor, x: Tensor) -> Tensor:
     """Exact log p(x) under a discretized mixture of logistics (PixelCNN++ eq. 2), element-wise.
 
     params: (..., 3K) = K mixture logits, K means, K log scales, on the [-1, 1] scale of
-    x' = 2 x - 1; x: (...) 8-bit data k/255. Level k owns the bin [x'_k - 1/255, x'_k + 1/255],
-    the extreme bins extend to -inf / +inf. The bin mass sigma(a) - sigma(b) is computed as
-    log sigma(a) + log sigma(-b) + log(1 - exp(b - a)), exact and stable for any scale
-    (PixelCNN++'s code switches to a density approximation for tiny masses; we do not).
+    x' = 2 x - 1; x: (...) 8-bit data k/255. Each component's bin mass is
+    `gentk.distributions.discretized_logistic_log_prob` with 256 levels: level k owns the bin
+    [x'_k - 1/255, x'_k + 1/255], the extreme bins extend to -inf / +inf, exact at any scale.
     """
     logit_pi, mean, log_scale = _split_logistic(params)
-    xs = (2.0 * x - 1.0).unsqueeze(-1)
-    inv_scale = torch.exp(-log_scale)
-    plus = inv_scale * (xs - mean + 1.0 / 255)
-    minus = inv_scale * (xs - mean - 1.0 / 255)
-    log_cdf_plus = -F.softplus(-plus)  # log sigma(plus): mass of the lowest bin
-    log_one_minus_cdf_minus = -F.softplus(minus)  # log(1 - sigma(minus)): mass of the highest bin
-    log_mid = log_cdf_plus + log_one_minus_cdf_minus + torch.log(-torch.expm1(minus - plus))
-    level = torch.round(x * 255).unsqueeze(-1)
-    log_bin = torch.where(level <= 0, log_cdf_plus, torch.where(level >= 255, log_one_minus_cdf_minus, log_mid))
+    log_bin = distributions.discretized_logistic_log_prob((2.0 * x - 1.0).unsqueeze(-1), mean, log_scale, bins=256)
     return torch.logsumexp(torch.log_softmax(logit_pi, dim=-1) + log_bin, dim=-1)
 
 
-LOG_PROBS = {"bernoulli": bernoulli_log_prob, "categorical256": categorical256_log_prob, "logistic_mixture": logistic_mixture_log_prob}
+LOG_PROBS = {"bernoulli": _bernoulli_log_prob, "categorical256": categorical256_log_prob, "logistic_mixture": logistic_mixture_log_prob}
 
 
 def _inverse_cdf(logits: Tensor, u: Tensor) -> Tensor:
@@ -410,17 +390,18 @@ def cpu_has_native_bf16() -> bool:
 class PixelCNNDecoder(nn.Module):
     """Gated PixelCNN p(x | c) with exact log-likelihoods and an exact cached sampler.
 
-    Build it as gentk does, ``PixelCNNDecoder(image_shape=(C, H, W), cond_size=K, **options)``
-    with the options of `PixelCNNConfig`; ``cond_size=0`` (unconditional) needs
+    gentk builds it as ``PixelCNNDecoder(config, image_shape=(C, H, W), cond_size=K)`` with a
+    `PixelCNNConfig`; from Python, ``PixelCNNDecoder(image_shape=..., cond_size=K, **options)``
+    takes the same options as keywords; ``cond_size=0`` (unconditional) needs
     ``conditioning="none"`` and the reverse.
     """
 
     Config = PixelCNNConfig
 
-    def __init__(self, *, image_shape: tuple[int, int, int], cond_size: int = 0, **options) -> None:
+    def __init__(self, config: PixelCNNConfig | None = None, *, image_shape: tuple[int, int, int], cond_size: int = 0, **options) -> None:
         super().__init__()
         try:
-            cfg = PixelCNNConfig(**options)
+            cfg = configured(PixelCNNConfig, config, options)
         except OptionValueError as exc:
             raise GentkError(f"pixelcnn option {exc}") from None
         self.config = cfg

@@ -24,7 +24,7 @@ from typing import Any
 import attrs
 import pluggy
 
-from gentk import hookspecs
+from gentk import contracts, hookspecs
 from gentk.errors import DuplicateNameError, PluginError
 from gentk.registry import KINDS, Registries
 
@@ -184,6 +184,11 @@ def load_plugins(
     return host
 
 
+def plugins_or_default(plugins: Plugins | None) -> Plugins:
+    """`plugins` itself, or a fresh `load_plugins()`: what every function taking ``plugins=None`` uses."""
+    return plugins if plugins is not None else load_plugins()
+
+
 def _register_components(host: Plugins, plugin: object, info: PluginInfo, fail, *, keep_clashes: bool = False) -> bool:
     """Call the plugin's register hooks; on failure undo what it registered and drop it.
 
@@ -199,6 +204,7 @@ def _register_components(host: Plugins, plugin: object, info: PluginInfo, fail, 
                 continue
 
             def register(name, factory, *, config=None, doc=None, _registry=registry):
+                contracts.check_factory(_registry.kind, name, factory, owner)  # a missing member drops the plugin, named
                 return _registry.register(name, factory, plugin=owner, config=config, doc=doc)
 
             try:

@@ -22,8 +22,8 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from gentk.distributions import LOG_2PI, normal_log_prob, standard_normal, uniform
+from gentk.options import configured, option
 from gentk.plugins import hookimpl
-from gentk.recipe import option
 
 
 class StandardNormalPrior(nn.Module):
@@ -72,25 +72,26 @@ class GaussianMixturePrior(nn.Module):
         radial_std: float = option(0.5, "standard deviation along the radius (and in dimensions past the second)", gt=0)
         tangential_std: float = option(0.1, "standard deviation across the radius", gt=0)
 
-    def __init__(self, *, size: int, components: int = 10, radius: float = 2.0, radial_std: float = 0.5, tangential_std: float = 0.1) -> None:
+    def __init__(self, config: Config | None = None, *, size: int, **options) -> None:
         super().__init__()
+        cfg = configured(self.Config, config, options)
         if size < 2:
             raise ValueError(f"a mixture of Gaussians on a circle needs a latent of size >= 2, got {size}")
         self.size = size
-        self.components = components
+        self.components = components = cfg.components
         angles = 2 * math.pi * torch.arange(components) / components
         radial = torch.stack([angles.cos(), angles.sin()], dim=-1)  # (K, 2) unit vector along each spoke
         tangential = torch.stack([-angles.sin(), angles.cos()], dim=-1)
         means = torch.zeros(components, size)
-        means[:, :2] = radius * radial
+        means[:, :2] = cfg.radius * radial
         self.register_buffer("means", means, persistent=False)
         # Per component, an orthonormal basis (K, size, size) whose rows are the axes of the
         # petal, and the standard deviation along each row.
         basis = torch.eye(size).repeat(components, 1, 1)
         basis[:, 0, :2] = radial
         basis[:, 1, :2] = tangential
-        stds = torch.full((size,), radial_std)
-        stds[1] = tangential_std
+        stds = torch.full((size,), cfg.radial_std)
+        stds[1] = cfg.tangential_std
         self.register_buffer("basis", basis, persistent=False)
         self.register_buffer("stds", stds, persistent=False)
 

@@ -2,8 +2,8 @@
 
 A recipe is a tree of tables (DESIGN.md §4). A table that picks a component has a
 ``name`` key naming a registered component; its other keys are that component's options,
-declared by the component as an attrs class whose fields use `option` (type, default,
-range, one-line doc). The fixed tables (``[data]``, ``[model]``, ``[train]``, ``[eval]``)
+declared by the component as an attrs class whose fields use `gentk.options.option`
+(type, default, range, one-line doc). The fixed tables (``[data]``, ``[model]``, ``[train]``, ``[eval]``)
 are the attrs classes below.
 
 Reading a recipe:
@@ -28,110 +28,23 @@ from typing import Any, Literal
 
 import attrs
 
+from gentk import contracts
 from gentk.errors import RecipeError, RegistryError, closest, did_you_mean
+from gentk.plugins import plugins_or_default
 
-REQUIRED = attrs.NOTHING
-
-
-# --------------------------------------------------------------------------- declaring options
-
-
-class OptionValueError(ValueError):
-    """Raised by option validators; the recipe loader adds the file and key path."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-
-
-def _range_validator(ge=None, gt=None, le=None, lt=None, choices=None):
-    def check(instance, attribute, value):
-        if value is None:
-            return
-        if choices is not None and value not in choices:
-            raise OptionValueError(attribute.name, f"expected one of {', '.join(map(repr, choices))}, found {value!r}.{did_you_mean(str(value), map(str, choices))}")
-        if ge is not None and not value >= ge:
-            raise OptionValueError(attribute.name, f"expected a value >= {ge}, found {value!r}")
-        if gt is not None and not value > gt:
-            raise OptionValueError(attribute.name, f"expected a value > {gt}, found {value!r}")
-        if le is not None and not value <= le:
-            raise OptionValueError(attribute.name, f"expected a value <= {le}, found {value!r}")
-        if lt is not None and not value < lt:
-            raise OptionValueError(attribute.name, f"expected a value < {lt}, found {value!r}")
-
-    return check
-
-
-def option(default: Any = REQUIRED, doc: str = "", *, ge=None, gt=None, le=None, lt=None, choices=None, validator=None, factory=None):
-    """A recipe-settable option of a component or recipe table.
-
-    ``doc`` is the one-line description shown by ``gentk list`` and docs/recipes.md. Range
-    arguments (``ge``, ``gt``, ``le``, ``lt``, ``choices``) are checked on load; without a
-    default the key is required. Element-wise checks (``ge`` on a list) apply to each item.
-    """
-    validators = []
-    if any(v is not None for v in (ge, gt, le, lt, choices)):
-        inner = _range_validator(ge, gt, le, lt, choices)
-
-        def each(instance, attribute, value):
-            if isinstance(value, (list, tuple)):
-                for item in value:
-                    inner(instance, attribute, item)
-            elif isinstance(value, dict):
-                for item in value.values():
-                    inner(instance, attribute, item)
-            else:
-                inner(instance, attribute, value)
-
-        validators.append(each)
-    if validator is not None:
-        validators.append(validator)
-    metadata = {"doc": doc}
-    if factory is not None:
-        return attrs.field(factory=factory, validator=validators, metadata=metadata, kw_only=True)
-    return attrs.field(default=default, validator=validators, metadata=metadata, kw_only=True)
-
-
-@attrs.frozen
-class ComponentSpec:
-    """A validated component table: the registered ``name``, its options and shared options.
-
-    ``config`` is an instance of the component's config class (None when it has none);
-    ``common`` holds the options the host table declares for every component of its slot
-    (for example ``batch_size`` in ``[data]``), or None.
-    """
-
-    kind: str
-    name: str
-    config: Any = None
-    common: Any = None
-
-    def options(self) -> dict[str, Any]:
-        """The component's own options as keyword arguments."""
-        return attrs.asdict(self.config, recurse=False) if self.config is not None else {}
-
-
-def component(kind: str, doc: str = "", *, default: Mapping[str, Any] | None = None, optional: bool = False, common: type | None = None):
-    """A table that picks a registered component of `kind` by ``name``.
-
-    default: the table used when the key is absent (e.g. ``{"name": "none"}``).
-    optional: the key may be absent, leaving None.
-    common: an attrs class of options every component of this slot accepts.
-    """
-    metadata = {"doc": doc, "component": kind, "common": common, "default_table": default, "optional": optional}
-    return attrs.field(default=None, metadata=metadata, kw_only=True)
-
-
-def registered_names(kind: str, doc: str = "", *, default=()):
-    """A list of names that must each be registered in the `kind` registry (e.g. metrics)."""
-    return attrs.field(factory=lambda: list(default), metadata={"doc": doc, "registered": kind}, kw_only=True)
-
-
-def internal(default=None):
-    """A field that is not part of the TOML (bookkeeping such as the source path)."""
-    return attrs.field(default=default, metadata={"internal": True}, kw_only=True, eq=False, repr=False)
-
+# The declaration API lives in gentk.options; these names stay importable from here.
+from gentk.options import (  # noqa: F401
+    REQUIRED,
+    ComponentSpec,
+    OptionValueError,
+    component,
+    describe_type,
+    internal,
+    option,
+    option_docs,
+    registered_names,
+    unstructure,
+)
 
 # --------------------------------------------------------------------------- the recipe tables
 
@@ -150,6 +63,12 @@ class DataOptions:
     download: bool = option(True, "download missing files (with checksums) when a network is available")
 
 
+def _categorical_if_supervised(instance, attribute, value) -> None:
+    """Labels supervise a head through its logits, which only a categorical head has."""
+    if value and instance.head != "categorical":
+        raise OptionValueError(attribute.name, f"only a categorical head can be supervised by labels; this latent's head is '{instance.head}'.")
+
+
 @attrs.frozen
 class LatentSpec:
     """One named latent: its size, the encoder head that produces it, its prior and regularizer."""
@@ -158,7 +77,7 @@ class LatentSpec:
     head: Literal["deterministic", "gaussian", "categorical"] = option("deterministic", "encoder output: deterministic (linear), gaussian (mean, log-variance), categorical (softmax)")
     prior: ComponentSpec = component("priors", "the prior p(z) this latent is matched to", default={"name": "standard_normal"})
     regularizer: ComponentSpec = component("regularizers", "how q(z) is matched to p(z): kl, adversarial or none", default={"name": "none"})
-    supervised: bool = option(False, "also train this head with cross-entropy on labeled examples (categorical heads)")
+    supervised: bool = option(False, "also train this head with cross-entropy on labeled examples (categorical heads)", validator=_categorical_if_supervised)
 
 
 @attrs.frozen
@@ -371,10 +290,7 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = (), *, plugins=None
 
 def recipe_from_dict(tree: Mapping[str, Any], *, plugins=None, source: str | None = None, origins: dict[tuple, str] | None = None) -> Recipe:
     """Validate a recipe given as a dict (as parsed from TOML)."""
-    if plugins is None:
-        from gentk.plugins import load_plugins
-
-        plugins = load_plugins()
+    plugins = plugins_or_default(plugins)
     ctx = _Context(plugins.registries, origins or {}, source or "<recipe>")
     recipe = ctx.structure(Recipe, tree, ())
     recipe = attrs.evolve(recipe, source=source)
@@ -391,8 +307,6 @@ def check_recipe(recipe: Recipe, ctx: _Context | None = None) -> None:
     if not model.latents and model.encoder is not None:
         ctx.fail(("model", "latents"), "the model has an encoder but no latents. Add a [model.latents.NAME] table, or remove [model.encoder] for a plain decoder.")
     for name, latent in model.latents.items():
-        if latent.supervised and latent.head != "categorical":
-            ctx.fail(("model", "latents", name, "supervised"), f"only a categorical head can be supervised by labels; this latent's head is '{latent.head}'.")
         if latent.supervised and recipe.data.common.labeled == 0:
             ctx.fail(("data", "labeled"), f"latent '{name}' is supervised but data.labeled is 0. Set data.labeled to the number of labeled examples (e.g. 100).")
         if ctx.registries is not None:
@@ -401,42 +315,20 @@ def check_recipe(recipe: Recipe, ctx: _Context | None = None) -> None:
 
 def _check_latent_parts(name: str, latent: LatentSpec, ctx: _Context) -> None:
     """A head must suit its prior and regularizer, as the components declare by class attributes:
-    a prior's ``support`` ("simplex": one-hot samples, only a categorical head matches them)
-    and a regularizer's ``heads`` (the head kinds it accepts)."""
+    a prior's ``support`` (`contracts.support_problem`) and a regularizer's ``heads`` (the
+    head kinds it accepts)."""
     path = ("model", "latents", name, "head")
     prior = ctx.registries["priors"].get(latent.prior.name).factory
-    if getattr(prior, "support", "real") == "simplex" and latent.head != "categorical":
-        ctx.fail(path, f"prior '{latent.prior.name}' samples one-hot vectors, which a '{latent.head}' head can never match. Use head = \"categorical\".")
+    problem = contracts.support_problem(latent.head, prior, what=f"prior '{latent.prior.name}'")
+    if problem is not None:
+        ctx.fail(path, problem)
     regularizer = ctx.registries["regularizers"].get(latent.regularizer.name).factory
-    heads = getattr(regularizer, "heads", None)
+    heads = contracts.heads(regularizer)
     if heads is not None and latent.head not in heads:
         ctx.fail(path, f"regularizer '{latent.regularizer.name}' needs a head among {', '.join(map(repr, heads))}, found '{latent.head}'.")
 
 
 # --------------------------------------------------------------------------- structuring
-
-
-_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-
-
-def describe_type(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp in _TYPE_NAMES:
-        return _TYPE_NAMES[tp]
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in args)
-    if origin in (types.UnionType, typing.Union):
-        return " or ".join(describe_type(a) for a in args if a is not type(None))
-    if origin in (list, tuple):
-        return f"an array of {describe_type(args[0]).removeprefix('an ').removeprefix('a ')}s" if args else "an array"
-    if origin is dict:
-        return f"a table of {describe_type(args[1])}" if args else "a table"
-    if attrs.has(tp):
-        return "a table"
-    if tp is ComponentSpec:
-        return "a table with a 'name' key"
-    return getattr(tp, "__name__", str(tp))
 
 
 def describe_value(value: Any) -> str:
@@ -599,55 +491,3 @@ class _Context:
         if attrs.has(tp):
             return self.structure(tp, value, path)
         raise TypeError(f"gentk.recipe cannot check values of type {tp!r} (at {'.'.join(map(str, path))}); use int, float, str, bool, list, dict, Literal or an attrs class")
-
-
-# --------------------------------------------------------------------------- back to TOML
-
-
-def unstructure(obj: Any) -> Any:
-    """Recipe objects to plain TOML-ready data: attrs -> tables, None omitted, tuples -> arrays."""
-    if isinstance(obj, ComponentSpec):
-        out = {"name": obj.name}
-        if obj.common is not None:
-            out.update(unstructure(obj.common))
-        if obj.config is not None:
-            out.update(unstructure(obj.config))
-        return out
-    if attrs.has(type(obj)):
-        out = {}
-        for field in attrs.fields(type(obj)):
-            if field.metadata.get("internal"):
-                continue
-            value = getattr(obj, field.name)
-            if value is not None:
-                out[field.name] = unstructure(value)
-        return out
-    if isinstance(obj, Mapping):
-        return {str(k): unstructure(v) for k, v in obj.items() if v is not None}
-    if isinstance(obj, (list, tuple)):
-        return [unstructure(v) for v in obj]
-    return obj
-
-
-def option_docs(config: type | None) -> list[tuple[str, str, str, str]]:
-    """(name, type, default, doc) for each option of a config class, for `gentk list` and docs."""
-    if config is None:
-        return []
-    rows = []
-    for field in attrs.fields(attrs.resolve_types(config)):
-        if field.metadata.get("internal"):
-            continue
-        if "component" in field.metadata:
-            tp = f"{field.metadata['component'][:-1]} table"
-        else:
-            tp = describe_type(field.type)
-        if field.default is REQUIRED:
-            default = "required"
-        elif isinstance(field.default, attrs.Factory):
-            default = repr(unstructure(field.default.factory())) if not field.default.takes_self else "-"
-        elif "default_table" in field.metadata and field.metadata["default_table"]:
-            default = repr(dict(field.metadata["default_table"]))
-        else:
-            default = repr(field.default)
-        rows.append((field.name, tp, default, field.metadata.get("doc", "")))
-    return rows

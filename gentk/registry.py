@@ -2,10 +2,12 @@
 
 An entry binds a name (what a recipe writes in ``name = "..."``) to a factory (usually a
 class) and its config class: an attrs class whose fields declare, validate and document
-the keys a recipe may set (see `gentk.recipe.option`). Building a component calls
-``factory(**config_fields, **context)``, where the context is what the host knows and the
+the keys a recipe may set (see `gentk.options.option`). Building a component calls
+``factory(config=config, **context)``: the config is the validated instance of that class
+(its defaults when the recipe sets nothing), the context what the host knows and the
 recipe does not (an image shape, a latent size); each kind documents its context in
-`gentk.hookspecs`.
+`gentk.hookspecs`. A factory without a ``config`` parameter (a plugin written for gentk
+before this convention) gets the config's fields as keyword arguments instead.
 
 Registries are filled by plugins through the ``gentk_register_<kind>`` hooks, built-in
 components included, so the core never imports a component by name.
@@ -13,11 +15,13 @@ components included, so the core never imports a component by name.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
 
+from gentk.contracts import check_built
 from gentk.errors import DuplicateNameError, RegistryError, did_you_mean
 
 KINDS = (
@@ -52,9 +56,25 @@ class Entry:
     doc: str
 
     def build(self, config: Any = None, **context: Any) -> Any:
-        """Call the factory with the config's fields and the host's context."""
-        fields = attrs.asdict(config, recurse=False) if config is not None else {}
-        return self.factory(**fields, **context)
+        """Call the factory with the validated config (None: the config's defaults) and the
+        host's context; the component must meet its kind's contract (`gentk.contracts`)."""
+        if takes_config(self.factory):
+            if config is None and self.config is not None:
+                config = self.config()
+            component = self.factory(config=config, **context)
+        else:  # the older convention: the options as keyword arguments
+            fields = attrs.asdict(config, recurse=False) if config is not None else {}
+            component = self.factory(**fields, **context)
+        check_built(self.kind, self.name, component, self.plugin)
+        return component
+
+
+def takes_config(factory: Callable[..., Any]) -> bool:
+    """Whether a factory has a ``config`` parameter, to receive its validated config."""
+    try:
+        return "config" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
 
 
 class Registry:
@@ -90,7 +110,7 @@ class Registry:
         if config is not None and not attrs.has(config):
             raise RegistryError(
                 f"{self.kind} '{name}' from plugin '{plugin}': its config {config!r} is not an attrs class. "
-                "Declare the options with @attrs.define and gentk.recipe.option()."
+                "Declare the options with @attrs.define and gentk.options.option()."
             )
         entry = Entry(self.kind, name, factory, config, plugin, doc if doc is not None else first_line(factory.__doc__))
         self._entries[name] = entry

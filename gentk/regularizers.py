@@ -13,7 +13,8 @@ A regularizer declares the training phase it acts in (``phase``, DESIGN.md §3):
   discriminator), ``discriminator_loss(real, fake)`` and ``generator_loss(fake)``;
 - ``None``: it does nothing (``none``).
 
-`head` is an encoder head's output dict (gentk.encoders). A regularizer knows its latent's
+These are the contracts `gentk.contracts.Penalty` (with `KLTerm`) and `Adversary`. `head`
+is an encoder head's output dict (gentk.encoders). A regularizer knows its latent's
 size, prior and head kind, never the model it belongs to.
 """
 
@@ -27,10 +28,11 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from gentk.contracts import Categorical, DiagonalNormal, support_problem
 from gentk.distributions import categorical_kl, normal_kl, normal_log_prob
 from gentk.nn import mlp
+from gentk.options import configured, option
 from gentk.plugins import hookimpl
-from gentk.recipe import option
 
 # --------------------------------------------------------------------------- pure losses
 
@@ -87,14 +89,16 @@ class KLRegularizer(nn.Module):
         free_bits: float = option(0.0, "nats per latent dimension (per latent for Monte Carlo) that cost nothing", ge=0)
         estimator: Literal["auto", "analytic", "monte_carlo"] = option("auto", "auto: analytic where it exists, else Monte Carlo")
 
-    def __init__(self, *, size: int, prior: nn.Module, head: str, weight: float = 1.0, warmup: int = 0, free_bits: float = 0.0, estimator: str = "auto") -> None:
+    def __init__(self, config: Config | None = None, *, size: int, prior: nn.Module, head: str, **options) -> None:
         super().__init__()
+        cfg = configured(self.Config, config, options)
+        estimator = cfg.estimator
         self.prior = prior
-        self.weight, self.warmup, self.free_bits = weight, warmup, free_bits
-        analytic = (head == "gaussian" and hasattr(prior, "normal_params")) or (head == "categorical" and hasattr(prior, "log_probs"))
+        self.weight, self.warmup, self.free_bits = cfg.weight, cfg.warmup, cfg.free_bits
+        analytic = (head == "gaussian" and isinstance(prior, DiagonalNormal)) or (head == "categorical" and isinstance(prior, Categorical))
         if head == "deterministic":
             raise ValueError("a KL regularizer needs a stochastic head (gaussian or categorical); a deterministic code has no density q(z|x)")
-        if head == "categorical" and not hasattr(prior, "log_probs"):
+        if head == "categorical" and not isinstance(prior, Categorical):
             raise ValueError("a KL regularizer on a categorical head needs a categorical prior")
         if estimator == "analytic" and not analytic:
             raise ValueError(f"no analytic KL between a {head} head and a {type(prior).__name__}; use estimator = \"monte_carlo\" or \"auto\"")
@@ -175,13 +179,15 @@ class AdversarialRegularizer(nn.Module):
         gradient_penalty: float = option(0.0, "weight gamma / 2 of the R1 penalty on real samples (0: off)", ge=0)
         batch_features: bool = option(False, "the discriminator also sees the batch mean of the codes (a minibatch feature), so it can tell codes that crowd a few categories from prior samples")
 
-    def __init__(self, *, size: int, prior: nn.Module, head: str, discriminator: list[int] | None = None, activation: str = "relu", gradient_penalty: float = 0.0, batch_features: bool = False) -> None:
+    def __init__(self, config: Config | None = None, *, size: int, prior: nn.Module, head: str, **options) -> None:
         super().__init__()
-        if getattr(prior, "support", "real") == "simplex" and head != "categorical":
-            raise ValueError(f"a {head} head cannot match a prior on the simplex (one-hot samples); use a categorical head")
-        self.batch_features = batch_features
-        self.discriminator = Discriminator(2 * size if batch_features else size, list(discriminator or [1000, 1000]), activation)
-        self.gradient_penalty = gradient_penalty
+        cfg = configured(self.Config, config, options)
+        problem = support_problem(head, prior)
+        if problem is not None:
+            raise ValueError(problem)
+        self.batch_features = cfg.batch_features
+        self.discriminator = Discriminator(2 * size if cfg.batch_features else size, list(cfg.discriminator), cfg.activation)
+        self.gradient_penalty = cfg.gradient_penalty
 
     def features(self, z: Tensor, batches: int = 1) -> Tensor:
         """What the discriminator sees of codes z (B, D): z itself, or with ``batch_features``

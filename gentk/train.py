@@ -34,8 +34,11 @@ import torch
 from tqdm import tqdm
 
 from gentk import checkpoint, dist, rundir
-from gentk.errors import GentkError, TrainingError, TrainingInterrupted
+from gentk.data import build_data
+from gentk.errors import GentkError, TrainingError, TrainingInterrupted, did_you_mean
 from gentk.evaluate import run_evaluation
+from gentk.model import build_model
+from gentk.plugins import plugins_or_default
 from gentk.recipe import PhaseSpec, Recipe
 from gentk.seeding import seed_everything
 
@@ -70,17 +73,14 @@ def train(
     recipe (for research code and tests); they must follow the Model and data interfaces
     of docs/architecture.md.
     """
-    if plugins is None:
-        from gentk.plugins import load_plugins
-
-        plugins = load_plugins()
+    plugins = plugins_or_default(plugins)
     info = dist.from_environment()
     chosen = dist.choose_device(device or recipe.train.device, info)
     started_group = info.distributed and not torch.distributed.is_initialized()
     dist.init(info, chosen)
     clean = False  # whether every rank reaches the final barrier (see dist.shutdown)
     try:
-        with contextlib.ExitStack() as claim:  # _train enters the run directory's lock here
+        with torch_settings(recipe.train, chosen), contextlib.ExitStack() as claim:  # _train enters the run directory's lock here
             result = _train(recipe, plugins, Path(out), chosen, info, resume, force, offline, model, data, claim)
         clean = True
         return result
@@ -98,7 +98,6 @@ def train(
 
 def _train(recipe, plugins, out, device, info, resume, force, offline, model, data, claim) -> TrainResult:
     cfg = recipe.train
-    setup_torch(cfg, device)
     say = print if info.is_main else (lambda *a, **k: None)
 
     # -- which run: a fresh directory, or the checkpoint we continue from (rank 0 decides)
@@ -135,12 +134,8 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
     # -- data and model (built alike on every rank, then rank 0's weights everywhere)
     seed_everything(recipe.seed)
     if data is None:
-        from gentk.data import build_data
-
         data = build_data(recipe.data, plugins, seed=recipe.seed, offline=offline)
     if model is None:
-        from gentk.model import build_model
-
         model = build_model(recipe, image_shape=data.image_shape, plugins=plugins)
     model.to(device)
     dist.broadcast_parameters(model, info)
@@ -330,8 +325,24 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
 # --------------------------------------------------------------------------- set-up
 
 
+@contextlib.contextmanager
+def torch_settings(cfg, device: torch.device) -> Iterator[None]:
+    """`setup_torch` for the length of a run: every process-wide torch flag it sets is restored afterwards.
+
+    So a notebook or a script that calls `gentk.train` keeps its own thread count,
+    denormal handling, determinism and TF32 settings, whether the run returns, fails or is
+    interrupted.
+    """
+    saved = _torch_flags()
+    try:
+        setup_torch(cfg, device)
+        yield
+    finally:
+        _restore_torch_flags(saved)
+
+
 def setup_torch(cfg, device: torch.device) -> None:
-    """Threads, denormals, determinism and matmul precision, as the recipe asks."""
+    """Threads, denormals, determinism and matmul precision, as the recipe asks (process-wide; `torch_settings` scopes them)."""
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     if device.type == "cpu":
@@ -345,6 +356,38 @@ def setup_torch(cfg, device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True  # the shapes never change within a run
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+def _flushes_denormals() -> bool:
+    """Whether the CPU flushes denormal floats to zero: torch can set this (`torch.set_flush_denormal`) but not read it."""
+    tiny = torch.full((1,), 1e-39, dtype=torch.float32)  # a float32 denormal (below 1.2e-38)
+    return bool((tiny * 0.5)[0] == 0)
+
+
+def _torch_flags() -> dict[str, Any]:
+    """The process-wide settings `setup_torch` may change."""
+    return {
+        "threads": torch.get_num_threads(),
+        "flush_denormal": _flushes_denormals(),
+        "deterministic": (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()),
+        "cudnn": (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32),
+        "matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "cublas_workspace": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    }
+
+
+def _restore_torch_flags(saved: dict[str, Any]) -> None:
+    if torch.get_num_threads() != saved["threads"]:
+        torch.set_num_threads(saved["threads"])
+    torch.set_flush_denormal(saved["flush_denormal"])
+    deterministic, warn_only = saved["deterministic"]
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32 = saved["cudnn"]
+    torch.backends.cuda.matmul.allow_tf32 = saved["matmul_tf32"]
+    if saved["cublas_workspace"] is None:
+        os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    else:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = saved["cublas_workspace"]
 
 
 def phase_spec(recipe: Recipe, phase: str, plugins) -> PhaseSpec:
@@ -385,8 +428,6 @@ def check_part_lr(recipe: Recipe, training_steps) -> None:
         parts = sorted({p for s in training_steps if s.phase == phase for p in s.parts})
         for name in part_lr:
             if name not in parts:
-                from gentk.errors import did_you_mean
-
                 where = f"the model's {phase} phase trains {', '.join(parts)}" if parts else f"this model has no {phase} phase"
                 raise TrainingError(f"train.phases.{phase}.optimizer.part_lr: unknown part '{name}'; {where}.{did_you_mean(name, parts)}")
 

@@ -105,6 +105,21 @@ def test_mmd_is_near_zero_for_one_distribution_and_large_for_two():
     assert M.mmd_rbf(a, 0.3 * b) > 10 * abs(M.mmd_rbf(a, b))
 
 
+def test_the_tensor_mmd_is_the_metric_s_value_and_a_regularizer_can_minimise_it():
+    from gentk.distributions import mmd_rbf
+
+    g = torch.Generator().manual_seed(2)
+    prior, codes = torch.randn(200, 2, generator=g), torch.randn(200, 2, generator=g) + 1.5
+    assert M.mmd_rbf(prior, codes) == float(mmd_rbf(prior.double(), codes.double()))
+    shift = torch.zeros(2, requires_grad=True)
+    optimizer = torch.optim.SGD([shift], lr=2.0)
+    for _ in range(50):  # gradient descent on the MMD moves the codes onto the prior
+        optimizer.zero_grad()
+        mmd_rbf(prior, codes + shift).backward()
+        optimizer.step()
+    assert (codes.mean(0) + shift.detach()).abs().max() < 0.3, shift
+
+
 def test_project_2d_keeps_2d_codes_and_finds_the_main_axes():
     g = torch.Generator().manual_seed(0)
     z = torch.randn(500, 2, generator=g)

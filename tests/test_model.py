@@ -252,6 +252,17 @@ def test_a_head_that_cannot_suit_its_prior_or_regularizer_is_a_recipe_error(plug
     recipe({"size": 3, "head": "categorical", "prior": {"name": "categorical"}, "regularizer": {"name": "kl"}})
 
 
+def test_only_a_categorical_head_can_be_supervised_in_a_recipe_or_in_python(plugins):
+    from gentk.errors import RecipeError
+    from gentk.recipe import LatentSpec
+
+    with pytest.raises(ValueError, match="only a categorical head can be supervised by labels; this latent's head is 'gaussian'"):
+        LatentSpec(size=3, head="gaussian", supervised=True)
+    tree = {"name": "t", "data": {"name": "synthetic", "labeled": 10}, "model": {"encoder": {"name": "mlp"}, "latents": {"y": {"size": 3, "supervised": True}}, "decoder": {"name": "bernoulli"}}}
+    with pytest.raises(RecipeError, match=r"model\.latents\.y\.supervised: only a categorical head"):
+        recipe_from_dict(tree, plugins=plugins)
+
+
 def test_iwae_approaches_the_exact_log_likelihood_of_a_tiny_model(plugins):
     """A 1-D latent and a 2-pixel image: log p(x) = log integral p(x|z) N(z) dz by quadrature.
     The ELBO lies below it, the importance-weighted bound with k = 4000 within 0.03 nats."""

@@ -11,14 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gentk.distributions import bernoulli_log_prob, bits_per_dim
 from gentk.errors import GentkError
 from gentk.pixelcnn import (
     CONDITIONINGS,
     LIKELIHOODS,
     PixelCNNDecoder,
     _AddToRowsBelowFirst,
-    bernoulli_log_prob,
-    bits_per_dim,
     cpu_has_native_bf16,
     gate,
     categorical256_log_prob,
@@ -134,10 +133,10 @@ def test_half_everywhere_is_one_bit_per_dim_and_uniform_is_eight(shape):
         with torch.no_grad():
             model.head2.weight.zero_()
             model.head2.bias.zero_()  # every logit 0: p = 1/2, or uniform over 256 levels
-        bpd = bits_per_dim(model.log_prob(x), shape)
+        bpd = bits_per_dim(-model.log_prob(x), math.prod(shape))
         assert torch.allclose(bpd, torch.full((3,), expected), atol=1e-6, rtol=0)
-    assert torch.allclose(bits_per_dim(bernoulli_log_prob(torch.zeros(5, 1), torch.ones(5)).sum(), (5,)), torch.tensor(1.0))
-    assert torch.allclose(bits_per_dim(categorical256_log_prob(torch.zeros(7, 256), torch.rand(7)).sum(), (7,)), torch.tensor(8.0))
+    assert torch.allclose(bits_per_dim(-bernoulli_log_prob(torch.ones(5), torch.zeros(5)).sum(), 5), torch.tensor(1.0))
+    assert torch.allclose(bits_per_dim(-categorical256_log_prob(torch.zeros(7, 256), torch.rand(7)).sum(), 7), torch.tensor(8.0))
 
 
 def test_logistic_mixture_bins_sum_to_one_and_match_the_cdf():

@@ -286,3 +286,124 @@ def test_a_name_clash_leaves_the_diagnostic_commands_working(site, capsys):
     err = capsys.readouterr().err
     assert "'gentk.optim'" in err and "'gentk-clash'" in err and "gentk -p no:gentk-clash" in err and err.count("\n") == 1
     assert main(["-p", "no:gentk-clash", "show", str(REPO / "recipes" / "vae.toml")]) == 0
+
+
+LACKING_PLUGIN = """
+    import gentk
+
+    class NoSample:
+        '''A prior that forgot sample().'''
+
+        def log_prob(self, z):
+            return z.sum(-1)
+
+    class HalfCritic:
+        '''An adversarial regularizer without a generator loss.'''
+
+        phase = "regularization"
+
+        def parts(self):
+            return {}
+
+        def discriminator_loss(self, real, fake):
+            return real.sum(), {}
+
+    @gentk.hookimpl
+    def gentk_register_priors(register):
+        register("nosample", NoSample)
+
+    @gentk.hookimpl
+    def gentk_register_regularizers(register):
+        register("half_critic", HalfCritic)
+"""
+
+
+def test_a_component_lacking_a_member_of_its_contract_is_refused_naming_plugin_and_member(site):
+    make_dist(site, "gentk-lacking", "gtk_test_lacking", LACKING_PLUGIN)
+    plugins = load_plugins(autoload=True)
+    assert "nosample" not in plugins.registries.priors and "standard_normal" in plugins.registries.priors  # the others keep working
+    [failure] = plugins.failures
+    assert failure.package == "gentk-lacking" and failure.stage == "gentk_register_priors"
+    assert "ContractError" in failure.error and "prior 'nosample' from plugin 'gentk-lacking' (NoSample)" in failure.error
+    assert "gentk.contracts.Prior: it lacks sample" in failure.error and "`sample(n: int, generator: torch.Generator | None = None) -> Tensor`, n samples" in failure.error
+    with pytest.raises(PluginError, match="gentk-lacking"):
+        load_plugins(autoload=True, strict=True)
+
+    from gentk import contracts
+    from gentk.errors import ContractError
+
+    with pytest.raises(ContractError, match=r"regularizer 'half_critic' .*gentk\.contracts\.Adversary: it lacks generator_loss"):
+        contracts.check_factory("regularizers", "half_critic", sys.modules["gtk_test_lacking"].HalfCritic, "gentk-lacking")
+
+
+def test_a_factory_function_is_held_to_the_contract_when_it_builds():
+    class Plain:
+        cond_size = 0
+
+        def sample(self, n, c=None, *, generator=None, temperature=1.0):
+            return None
+
+    class Plugin:
+        __name__ = "gentk_plain"
+
+        @staticmethod
+        def gentk_register_decoders(register):
+            register("plain", lambda *, image_shape, cond_size: Plain())  # a function: checked when built
+
+    entry = load_plugins(builtin=(), plugins=[Plugin()], autoload=False).registries.decoders.get("plain")
+    from gentk.errors import ContractError
+
+    with pytest.raises(ContractError, match=r"decoder 'plain' from plugin 'gentk_plain' \(built as .*Plain\) .*it lacks __call__, log_prob"):
+        entry.build(None, image_shape=(1, 2, 2), cond_size=0)
+
+
+def test_components_receive_their_validated_config_and_declare_each_option_once():
+    """Built-ins take ``config`` and no parameter named after an option (so no default is written
+    twice); a plugin factory without ``config`` still gets the options as keyword arguments."""
+    import inspect
+
+    import attrs
+
+    from gentk.options import option
+    from gentk.registry import takes_config
+
+    plugins = load_plugins(autoload=False)
+    for registry in plugins.registries:
+        for entry in registry:
+            if entry.config is None or not attrs.fields(entry.config):
+                continue
+            assert takes_config(entry.factory), f"{registry.kind} '{entry.name}' does not take its config"
+            parameters = set(inspect.signature(entry.factory).parameters)
+            twice = parameters & {f.name for f in attrs.fields(entry.config)}
+            assert not twice, f"{registry.kind} '{entry.name}' declares {', '.join(sorted(twice))} in its config and its signature"
+
+    seen = {}
+
+    @attrs.frozen
+    class Config:
+        scale: float = option(1.0, "a scale", gt=0)
+
+    class New:
+        def __init__(self, config, *, size):
+            seen["new"] = (config, size)
+
+        def sample(self, n, generator=None):
+            raise NotImplementedError
+
+    class Old(New):
+        def __init__(self, *, size, scale):
+            seen["old"] = (scale, size)
+
+    class Plugin:
+        __name__ = "gentk_conventions"
+
+        @staticmethod
+        def gentk_register_priors(register):
+            register("new", New, config=Config)
+            register("old", Old, config=Config)
+
+    priors = load_plugins(builtin=(), plugins=[Plugin()], autoload=False).registries.priors
+    priors.get("new").build(Config(scale=0.5), size=3)
+    priors.get("new").build(None, size=4)  # no config: its defaults
+    priors.get("old").build(Config(scale=0.5), size=3)
+    assert seen == {"new": (Config(scale=1.0), 4), "old": (0.5, 3)}

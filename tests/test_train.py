@@ -356,3 +356,27 @@ def test_the_minutes_flag_is_the_budget_key(tmp_path, recipe_file):
     (run,) = tmp_path.glob("tiny_semisup-*")
     assert "minutes = 0.005" in (run / "recipe.toml").read_text()
     assert 0 < json.loads((run / "eval.json").read_text())["step"] < 100000
+
+
+def test_torch_flags_hold_for_the_run_and_are_restored_after(tmp_path, recipe_file):
+    """A notebook that calls gentk.train keeps its thread count and denormal handling."""
+    from gentk.train import _flushes_denormals
+
+    seen = []
+
+    class Watch:  # what the run sees, at each log interval
+        @gentk.hookimpl
+        def gentk_log(self, run_dir, step, scalars):
+            seen.append((torch.get_num_threads(), _flushes_denormals()))
+
+    threads = torch.get_num_threads()
+    plugins = gentk.load_plugins(autoload=False, plugins=[Watch()])
+    torch.set_num_threads(2)
+    can_flush = torch.set_flush_denormal(False)  # False where the CPU has no such mode
+    try:
+        train(load(recipe_file, plugins, "train.steps=2", "train.threads=1"), plugins=plugins, out=tmp_path / "runs", device="cpu")
+        assert seen and set(seen) == {(1, can_flush)}
+        assert (torch.get_num_threads(), _flushes_denormals()) == (2, False)
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_flush_denormal(False)

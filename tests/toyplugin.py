@@ -1,14 +1,15 @@
 """Toy components for the foundation tests, loaded as a plugin module (``-p toyplugin``).
 
 They have options but no behaviour: the foundation tests check recipes and plugins, not
-models. The names standard_normal and none are the defaults a latent table falls back to.
+models. Stubs give them the members of their contracts (gentk.contracts), which gentk
+checks when a plugin registers a component. The names standard_normal and none are the defaults a latent table falls back to.
 """
 
 from __future__ import annotations
 
 import attrs
 
-from gentk.recipe import option
+from gentk.options import option
 
 
 class ToyDecoder:
@@ -24,6 +25,14 @@ class ToyDecoder:
     def __init__(self, **kwargs):
         self.kwargs = kwargs
 
+    def __call__(self, x, c=None):
+        raise NotImplementedError
+
+    log_prob = __call__
+
+    def sample(self, n, c=None, *, generator=None, temperature=1.0):
+        raise NotImplementedError
+
 
 class ToyDataset:
     """A toy dataset for foundation tests."""
@@ -34,10 +43,18 @@ class ToyDataset:
 
 
 class ToyPart:
-    """A toy component without options."""
+    """A toy component without options: a stub encoder, prior and regularizer (phase None)."""
+
+    phase = None
 
     def __init__(self, **context):
         self.context = context
+
+    def __call__(self, x):
+        raise NotImplementedError
+
+    def sample(self, n, generator=None):
+        raise NotImplementedError
 
 
 def gentk_register_encoders(register):

@@ -3,8 +3,8 @@ arrays and a tiny synthetic set, one class each, registered like any plugin's.
 
 The PixelGAN autoencoder paper (Makhzani & Frey, NIPS 2017) runs on MNIST (binarized for
 likelihoods), SVHN and NORB; its semi-supervised results use a few labeled examples per
-class. A dataset factory is called as ``factory(**options, root=..., download=...,
-offline=...)`` and returns an object whose ``load()`` gives a `Loaded`: the splits as
+class. A dataset factory is called as ``factory(config=..., root=..., download=...,
+offline=...)`` (its validated options) and returns an object whose ``load()`` gives a `Loaded`: the splits as
 uint8 arrays, the number of classes, the value of white and provenance facts
 (docs/data.md). The published datasets read their files through a `FileSet`
 (`gentk.data.sources`).
@@ -29,8 +29,8 @@ from einops import rearrange, reduce
 
 from gentk.data.sources import SPLITS, Arrays, FileSet, cache_state, read_idx, read_norb, read_svhn
 from gentk.download import Checksum, CorruptFileError, DataError, SourceFile, cache_root, content_digests, data_root
+from gentk.options import REQUIRED, configured, option
 from gentk.plugins import hookimpl
-from gentk.recipe import REQUIRED, option
 
 BINARIZE = ("none", "dynamic", "static", "threshold")
 
@@ -144,8 +144,8 @@ class _Published:
     dir_names: tuple[str, ...] = ()
     system_dirs: tuple[Path, ...] = ()
 
-    def __init__(self, *, root=None, download: bool = True, offline: bool = False, **options):
-        self.options = self.Config(**options)
+    def __init__(self, config=None, *, root=None, download: bool = True, offline: bool = False, **options):
+        self.options = configured(self.Config, config, options)
         self.root = data_root(root)
         self.download = download
         self.offline = offline
@@ -308,8 +308,8 @@ class _ArrayFile:
 
     Config = ArrayFileOptions
 
-    def __init__(self, *, root=None, download: bool = True, offline: bool = False, **options):
-        self.options = self.Config(**options)
+    def __init__(self, config=None, *, root=None, download: bool = True, offline: bool = False, **options):
+        self.options = configured(self.Config, config, options)
         self.root = data_root(root)
 
     def file(self) -> Path:
@@ -397,8 +397,8 @@ class Synthetic:
 
     Config = SyntheticOptions
 
-    def __init__(self, *, root=None, download: bool = True, offline: bool = False, **options):
-        self.options = self.Config(**options)
+    def __init__(self, config=None, *, root=None, download: bool = True, offline: bool = False, **options):
+        self.options = configured(self.Config, config, options)
 
     def status(self) -> tuple[str, str]:
         return "generated in memory (synthetic, no files)", "not cached"
@@ -429,7 +429,7 @@ def _default_source(entry, root, offline: bool, download: bool = True):
     config = entry.config
     if config is not None and any(f.default is REQUIRED for f in attrs.fields(config)):
         return None  # needs options only a recipe gives (e.g. npz's path)
-    return entry.factory(**(attrs.asdict(config()) if config is not None else {}), root=root, download=download, offline=offline)
+    return entry.build(None, root=root, download=download, offline=offline)
 
 
 def describe_datasets(plugins, root=None) -> str:

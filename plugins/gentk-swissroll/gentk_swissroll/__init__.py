@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import gentk
-from gentk.recipe import option
+from gentk.options import option
 
 
 class SwissRollPrior(nn.Module):
@@ -27,11 +27,11 @@ class SwissRollPrior(nn.Module):
         radius: float = option(3.0, "outer radius of the spiral", gt=0)
         noise: float = option(0.05, "standard deviation of the Gaussian noise around the spiral", ge=0)
 
-    def __init__(self, *, size: int, turns: float = 2.0, radius: float = 3.0, noise: float = 0.05) -> None:
+    def __init__(self, config: Config, *, size: int) -> None:
         super().__init__()
         if size != 2:
             raise gentk.GentkError(f"the swiss_roll prior is 2-D, but the latent has size {size}. Set the latent's size = 2.")
-        self.size, self.turns, self.radius, self.noise = size, turns, radius, noise
+        self.size, self.turns, self.radius, self.noise = size, config.turns, config.radius, config.noise
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # follows .to(device)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
