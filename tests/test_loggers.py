@@ -1,18 +1,27 @@
-"""Watching a run: the engine's run callbacks (the logger hooks), checked with a recording plugin.
+"""Watching a run: the engine's run callbacks (the logger hooks) and the TensorBoard plugin.
 
-Every run is a tiny VAE on 8x8 synthetic images, a few steps on the CPU.
+The callbacks are checked with a recording plugin; plugins/gentk-tensorboard with the
+real `tensorboard` package, reading its event files back. Every run is a tiny VAE on 8x8
+synthetic images, a few steps on the CPU.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 import gentk
 from gentk.errors import TrainingInterrupted
 from gentk.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+PLUGIN = REPO / "plugins" / "gentk-tensorboard"
 
 TINY_VAE = """
 name = "tiny_vae"
@@ -112,3 +121,81 @@ def test_run_end_says_how_the_run_ended(tmp_path, recipe_file, one_thread):
     resumed = Recorder()
     run(resumed, resume=stop.value.run_dir)
     assert resumed.calls[0] == ("start", 3, "tiny_vae") and resumed.calls[-1] == ("end", "finished")
+
+
+# --------------------------------------------------------------------------- the TensorBoard plugin
+
+
+@pytest.fixture
+def tensorboard_plugin(monkeypatch):
+    """The plugin module, importable from the checkout (as `gentk -p gentk_tensorboard` would load it)."""
+    pytest.importorskip("tensorboard", reason="the TensorBoard plugin needs the tensorboard package: pip install -e '.[tensorboard]'")
+    monkeypatch.syspath_prepend(str(PLUGIN))
+    import gentk_tensorboard
+
+    return gentk_tensorboard
+
+
+def read_events(log_dir: Path):
+    """Everything the event files under `log_dir` hold, as TensorBoard itself reads them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    events.Reload()
+    return events
+
+
+def test_tensorboard_plugin_logs_scalars_images_and_the_recipe(tmp_path, recipe_file, tensorboard_plugin, one_thread):
+    pytest.importorskip("matplotlib", reason="the code_space scatter needs matplotlib")
+    plugins = gentk.load_plugins(autoload=False, plugins=[tensorboard_plugin])
+    result = train(gentk.load_recipe(recipe_file, plugins=plugins), plugins=plugins, out=tmp_path / "runs")
+    assert tensorboard_plugin._writers == {}  # closed at the end of the run
+
+    events = read_events(result.run_dir / "tensorboard")
+    tags = events.Tags()
+    losses = events.Scalars("train/reconstruction/loss")
+    assert [e.step for e in losses] == [1, 2, 3, 4]
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    logged = [row["train/reconstruction/loss"] for row in rows if "train/reconstruction/loss" in row]
+    assert [e.value for e in losses] == pytest.approx(logged, rel=1e-6)  # float32 in the event file
+    mmd = next(t for t in tags["scalars"] if t.startswith("eval/") and t.endswith("/code_z_mmd"))
+    assert [e.step for e in events.Scalars(mmd)] == [2, 4]
+    assert {"samples", "code_space/z"} <= set(tags["images"])
+    grid = events.Images("samples")
+    assert [e.step for e in grid] == [2, 4] and grid[-1].encoded_image_string.startswith(b"\x89PNG")
+    assert "recipe/text_summary" in tags["tensors"]
+
+
+def test_tensorboard_plugin_resumed_run_drops_what_came_after_the_checkpoint(tmp_path, recipe_file, tensorboard_plugin, one_thread):
+    """A run killed after logging past its checkpoint logs those steps again when resumed; TensorBoard shows them once."""
+    plugins = gentk.load_plugins(autoload=False, plugins=[tensorboard_plugin])
+    recipe = gentk.load_recipe(recipe_file, ["eval.metrics=[]"], plugins=plugins)
+    run_dir = train(recipe, plugins=plugins, out=tmp_path / "runs").run_dir  # logged steps 1-4
+    train(recipe, plugins=plugins, out=tmp_path / "runs", resume=run_dir / "checkpoints" / "step-00000002.pt")  # 3-4 again
+    assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 2
+    events = read_events(run_dir / "tensorboard")
+    assert [e.step for e in events.Scalars("train/reconstruction/loss")] == [1, 2, 3, 4]
+    assert [e.step for e in events.Images("samples")] == [2, 4]
+
+
+@pytest.mark.slow
+def test_installed_tensorboard_plugin_logs_every_run_unless_disabled(tmp_path, recipe_file):
+    """pip-install plugins/gentk-tensorboard into a fresh target; `gentk run` logs, `-p no:tensorboard` does not."""
+    pytest.importorskip("tensorboard", reason="the TensorBoard plugin needs the tensorboard package: pip install -e '.[tensorboard]'")
+    target = tmp_path / "target"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(PLUGIN)], check=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("GENTK_DISABLE_PLUGIN_AUTOLOAD", "GENTK_PLUGINS")}
+    env["PYTHONPATH"] = os.pathsep.join([str(target), str(REPO)])
+
+    def gentk_cli(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "gentk", *args], env=env, capture_output=True, text=True, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert "gentk-tensorboard" in gentk_cli("plugins")
+    fast = ["--set", "train.steps=2", "--set", "eval.metrics=[]"]
+    gentk_cli("run", str(recipe_file), "--out", "on", *fast)
+    gentk_cli("-p", "no:tensorboard", "run", str(recipe_file), "--out", "off", *fast)
+    (on,), (off,) = list((tmp_path / "on").iterdir()), list((tmp_path / "off").iterdir())
+    assert [e.step for e in read_events(on / "tensorboard").Scalars("train/reconstruction/loss")] == [1, 2]
+    assert (off / "metrics.jsonl").is_file() and not (off / "tensorboard").exists()
