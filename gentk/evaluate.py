@@ -25,7 +25,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -145,8 +145,13 @@ def build_metric(plugins, name: str, options: Mapping[str, Any] | None = None):
     return entry.build(config)
 
 
-def evaluate(model, data, names: Sequence[str], *, plugins, device, split: str = "test", batch_size: int = 100, max_examples: int | None = None, seed: int = 0, run_dir: Path | None = None, step: int = 0, options: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, float]:
-    """Call each named metric on `split` under ``torch.no_grad()``; returns {key: float} (keys unprefixed)."""
+def evaluate(model, data, names: Sequence[str], *, plugins, device, split: str = "test", batch_size: int = 100, max_examples: int | None = None, seed: int = 0, run_dir: Path | None = None, step: int = 0, options: Mapping[str, Mapping[str, Any]] | None = None, log_image: Callable[[str, Path], None] | None = None) -> dict[str, float]:
+    """Call each named metric on `split` under ``torch.no_grad()``; returns {key: float} (keys unprefixed).
+
+    log_image: given to each metric, which calls ``log_image(tag, path)`` for each image it
+    writes under `run_dir` (the engine passes the ``gentk_log_image`` hook; default: nothing).
+    """
+    log_image = log_image or (lambda tag, path: None)
     options = options or {}
     unknown = sorted(set(options) - set(names))
     if unknown:
@@ -156,7 +161,7 @@ def evaluate(model, data, names: Sequence[str], *, plugins, device, split: str =
     model.eval()
     with torch.no_grad():
         for metric in metrics:
-            values = metric(model=model, data=data, device=device, split=split, batch_size=batch_size, max_examples=max_examples, seed=seed, run_dir=run_dir, step=step)
+            values = metric(model=model, data=data, device=device, split=split, batch_size=batch_size, max_examples=max_examples, seed=seed, run_dir=run_dir, step=step, log_image=log_image)
             results.update({k: float(v) for k, v in (values or {}).items()})
     return results
 
@@ -183,8 +188,8 @@ def run_evaluation(model, ema, data, recipe: Recipe, plugins, device, info, run_
     """Held-out losses, the recipe's metrics and a sample grid, without moving any RNG.
 
     The engine's evaluation every ``eval.every`` steps: with the EMA weights when `ema` is
-    given, the metrics and samples on rank 0 only (then broadcast), the model back in
-    training mode afterwards.
+    given, the metrics and samples on rank 0 only (then broadcast), each image written
+    passed to the ``gentk_log_image`` hook, the model back in training mode afterwards.
     """
     model.eval()
     try:
@@ -193,10 +198,14 @@ def run_evaluation(model, ema, data, recipe: Recipe, plugins, device, info, run_
             metrics = held_out_losses(model, data, split, recipe, device, info)
             results = None
             if info.is_main:
-                found = evaluate(model, data, recipe.eval.metrics, plugins=plugins, device=device, split=split, batch_size=recipe.data.common.batch_size, max_examples=recipe.eval.max_examples, seed=recipe.seed, run_dir=run_dir, step=step)
+
+                def log_image(tag: str, path: Path) -> None:
+                    plugins.pm.hook.gentk_log_image(run_dir=run_dir, step=step, tag=tag, path=path)
+
+                found = evaluate(model, data, recipe.eval.metrics, plugins=plugins, device=device, split=split, batch_size=recipe.data.common.batch_size, max_examples=recipe.eval.max_examples, seed=recipe.seed, run_dir=run_dir, step=step, log_image=log_image)
                 results = {f"eval/{split}/{k}": v for k, v in found.items()}
                 if recipe.eval.samples > 0:
-                    write_samples(model, recipe, device, run_dir / "samples" / f"step-{step:08d}.png")
+                    log_image("samples", write_samples(model, recipe, device, run_dir / "samples" / f"step-{step:08d}.png"))
             metrics.update(dist.broadcast_object(results, info))
     finally:
         model.train()

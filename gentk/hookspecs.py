@@ -119,16 +119,48 @@ def gentk_register_schedules(register):
 
 # --------------------------------------------------------------------------- run callbacks
 # Called by the engine (gentk.train) on rank 0 only, after the run directory has the
-# values written; a log sink (a dashboard, a remote tracker) needs nothing else.
+# values or images written; a log sink (a dashboard, a remote tracker) needs nothing else.
+# In one run they come in this order:
+#
+#   gentk_run_start -> (gentk_log | gentk_log_image | gentk_after_eval)* -> gentk_run_end
+#
+# A logger opens its writer (or remote run) in gentk_run_start, sends what the other three
+# give, and closes in gentk_run_end, which comes however the run ends. One process may
+# train several runs (`gentk compare`), one after the other: key any state by ``run_dir``.
+# `plugins/gentk-tensorboard` is a complete logger; W&B or MLflow map the same way (their
+# init / log / image / finish calls). The return values are ignored.
+
+
+@hookspec
+def gentk_run_start(run_dir, step, recipe):
+    """A run starts, or resumes at training step ``step`` (0 for a fresh run).
+
+    ``run_dir`` is the run directory (a ``pathlib.Path``), already laid out with its
+    ``recipe.toml``; ``recipe`` is the resolved `gentk.recipe.Recipe` (``recipe.to_dict()``
+    for a tracker's config, ``recipe.to_toml()`` for text). A resumed run may log again
+    the steps after ``step`` that a previous process logged before it stopped: a logger
+    that can, drops those (TensorBoard: ``purge_step``).
+    """
 
 
 @hookspec
 def gentk_log(run_dir, step, scalars):
     """Scalars were logged at training step ``step`` (every ``train.log_every`` steps).
 
-    ``run_dir`` is the run directory (a ``pathlib.Path``); ``scalars`` maps names such as
-    ``train/reconstruction/loss``, ``lr/reconstruction`` or ``speed/images_per_s`` to floats
-    (means over the interval, averaged over ranks). The return value is ignored.
+    ``scalars`` maps names such as ``train/reconstruction/loss``, ``lr/reconstruction`` or
+    ``speed/images_per_s`` to floats (means over the interval, averaged over ranks).
+    """
+
+
+@hookspec
+def gentk_log_image(run_dir, step, tag, path):
+    """The engine wrote a PNG image at ``path`` (a ``pathlib.Path`` inside ``run_dir``) during the evaluation at ``step``.
+
+    ``tag`` says what it shows: ``samples``, the sample grid of ``eval.samples`` images
+    (``run_dir / "samples" / f"step-{step:08d}.png"``), and ``code_space/NAME``, the
+    scatter of latent NAME's codes that the ``code_space`` metric draws (when matplotlib
+    is installed). The file stays where it is: read it, never move it. Called during the
+    evaluation, before `gentk_after_eval` for the same step.
     """
 
 
@@ -137,7 +169,17 @@ def gentk_after_eval(run_dir, step, metrics):
     """An evaluation finished at training step ``step``.
 
     ``metrics`` maps names such as ``eval/validation/reconstruction/loss`` to floats (the held-out losses
-    of ``Model.eval_losses`` and the recipe's ``eval.metrics``); the sample grid of this
-    evaluation is ``run_dir / "samples" / f"step-{step:08d}.png"`` when ``eval.samples`` > 0.
-    The return value is ignored.
+    of ``Model.eval_losses`` and the recipe's ``eval.metrics``); its images came just
+    before, through `gentk_log_image`.
+    """
+
+
+@hookspec
+def gentk_run_end(run_dir, status):
+    """The run stopped: close what `gentk_run_start` opened; ``status`` says why.
+
+    ``status`` is "finished" (all steps, or the time budget, and the final evaluation),
+    "interrupted" (Ctrl-C or SIGTERM; it can be resumed) or "failed" (an error, such as a
+    NaN loss, is on its way to the caller). Called once per `gentk_run_start`, after the
+    run's last callback.
     """

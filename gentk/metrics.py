@@ -369,6 +369,8 @@ class CodeSpace:
     and prior samples, `mmd_rbf`), and, for a diagonal Gaussian prior, the moment distances
     of `gaussian_moment_distance` after standardizing the codes by the prior's mean and
     scale (``code_NAME_mean_norm``, ``code_NAME_cov_dist``, ``code_NAME_gaussian_kl``).
+    With ``plot``, the scatter is ``RUN_DIR/code_space/NAME-step-STEP.png``, handed to
+    ``log_image("code_space/NAME", path)`` (the engine's ``gentk_log_image`` hook).
     """
 
     Config = CodeSpaceConfig
@@ -377,7 +379,7 @@ class CodeSpace:
         cfg = configured(CodeSpaceConfig, config, options)
         self.latent, self.examples, self.plot = cfg.latent, cfg.examples, cfg.plot
 
-    def __call__(self, *, model, data, device, split, batch_size, max_examples, seed=0, run_dir=None, step=0, **_) -> dict[str, float]:
+    def __call__(self, *, model, data, device, split, batch_size, max_examples, seed=0, run_dir=None, step=0, log_image=None, **_) -> dict[str, float]:
         if self.latent is not None and self.latent not in model.priors:
             raise GentkError(f"code_space: this model has no latent '{self.latent}'; its latents: {', '.join(model.priors) or 'none'}.")
         names = [self.latent] if self.latent else [n for n, p in model.priors.items() if support(p) == "real"]
@@ -403,7 +405,9 @@ class CodeSpace:
                 for key, value in gaussian_moment_distance((z - mean) * torch.exp(-0.5 * logvar)).items():
                     out[f"code_{n}_{key}"] = value
             if self.plot and run_dir is not None:
-                scatter_codes(z, torch.cat(labels), Path(run_dir) / "code_space" / f"{n}-step-{step:08d}.png", title=f"q({n}) at step {step}")
+                path = scatter_codes(z, torch.cat(labels), Path(run_dir) / "code_space" / f"{n}-step-{step:08d}.png", title=f"q({n}) at step {step}")
+                if path is not None and log_image is not None:
+                    log_image(f"code_space/{n}", path)
         return out
 
 

@@ -80,7 +80,7 @@ def train(
     dist.init(info, chosen)
     clean = False  # whether every rank reaches the final barrier (see dist.shutdown)
     try:
-        with torch_settings(recipe.train, chosen), contextlib.ExitStack() as claim:  # _train enters the run directory's lock here
+        with torch_settings(recipe.train, chosen), contextlib.ExitStack() as claim:  # _train enters the run directory's lock and the run callbacks here
             result = _train(recipe, plugins, Path(out), chosen, info, resume, force, offline, model, data, claim)
         clean = True
         return result
@@ -174,6 +174,7 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
             data.write_manifest(run_dir)
         for note in log.truncate(step):  # drop what a previous process logged after its last checkpoint; repair
             say(f"gentk: warning: {note}")
+        claim.enter_context(run_callbacks(plugins, run_dir, recipe, step))  # gentk_run_start now, gentk_run_end on the way out
 
     def save(at_step: int, *, is_best: bool = False) -> Path | None:
         rng = dist.gather_objects(checkpoint.rng_state(), info)
@@ -320,6 +321,21 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
         record.update(step=step, best=best, minutes=round(clock_run.seconds() / 60, 3), metrics={k: v for k, v in final.items() if k.startswith("eval/")})
         rundir.write_json(path, record)
     return TrainResult(run_dir=run_dir if info.is_main else None, metrics=final, step=step)
+
+
+@contextlib.contextmanager
+def run_callbacks(plugins, run_dir: Path, recipe: Recipe, step: int) -> Iterator[None]:
+    """Call ``gentk_run_start`` now and ``gentk_run_end`` however the run ends, with its status (rank 0)."""
+    plugins.pm.hook.gentk_run_start(run_dir=run_dir, step=step, recipe=recipe)
+    status = "failed"
+    try:
+        yield
+        status = "finished"
+    except (TrainingInterrupted, KeyboardInterrupt):
+        status = "interrupted"
+        raise
+    finally:
+        plugins.pm.hook.gentk_run_end(run_dir=run_dir, status=status)
 
 
 # --------------------------------------------------------------------------- set-up
