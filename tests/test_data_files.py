@@ -8,6 +8,7 @@ formats (MATLAB v5 .mat via scipy; LeCun's binary matrices, gzipped or not).
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import logging
@@ -238,6 +239,55 @@ def test_cache_is_reused_then_rebuilt_when_truncated_or_stale(plugins, cache, tm
     with pytest.raises(ChecksumError):  # a cache of unverified files is not trusted once checksums are required
         load(plugins, "mnist", root=tmp_path, verify=True)
 
+
+@pytest.fixture
+def read_only(monkeypatch):
+    """read_only(directory): writing under `directory` fails with EROFS, as on a read-only mount.
+
+    Tests run as root in CI, where a mode bit does not stop a write, so the refusal is
+    simulated where Python opens files (os.open: lock files, temporary files) and checks
+    access (os.access).
+    """
+    refused = []
+
+    def inside(path) -> bool:
+        return any(Path(os.path.abspath(path)).is_relative_to(d) for d in refused)
+
+    real_open, real_access = os.open, os.access
+
+    def open_(path, flags, *args, **kwargs):
+        if inside(path) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    def access(path, mode, *args, **kwargs):
+        return False if inside(path) and mode & os.W_OK else real_access(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+    monkeypatch.setattr(os, "access", access)
+    return lambda directory: refused.append(Path(directory).resolve())
+
+
+def test_a_read_only_cache_directory_with_a_valid_cache_is_used(plugins, cache, tmp_path, read_only, monkeypatch):
+    arrays = write_fake_mnist(tmp_path / "mnist", n_train=30)
+    load(plugins, "mnist", root=tmp_path, verify=False)  # converted once, where it may write
+    read_only(cache)
+    loaded = load(plugins, "mnist", root=tmp_path, verify=False)
+    assert np.array_equal(loaded.splits["train"].images[:, 0], arrays["train-images-idx3-ubyte"])
+
+    write_fake_mnist(tmp_path / "mnist", n_train=30, seed=1)  # the cache no longer matches the files
+    with pytest.raises(DataError) as error:
+        load(plugins, "mnist", root=tmp_path, verify=False)
+    message = str(error.value)
+    assert f"{cache} is not writable" in message and "has changed since the cache was built" in message and "GENTK_CACHE" in message
+    assert (cache / "mnist.h5").is_file(), "the stale cache is left where it is"
+
+    empty = tmp_path / "empty-cache"
+    empty.mkdir()
+    read_only(empty)
+    monkeypatch.setenv("GENTK_CACHE", str(empty))
+    with pytest.raises(DataError, match=r"empty-cache is not writable.*no cache of dataset 'mnist' there yet.*GENTK_CACHE"):
+        load(plugins, "mnist", root=tmp_path, verify=False)
 
 def test_svhn_mat_v5(plugins, cache, tmp_path):
     scipy_io = pytest.importorskip("scipy.io", reason="SVHN needs scipy (pip install 'gentk[svhn]')")
