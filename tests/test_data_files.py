@@ -289,6 +289,18 @@ def test_a_read_only_cache_directory_with_a_valid_cache_is_used(plugins, cache, 
     with pytest.raises(DataError, match=r"empty-cache is not writable.*no cache of dataset 'mnist' there yet.*GENTK_CACHE"):
         load(plugins, "mnist", root=tmp_path, verify=False)
 
+
+def test_a_cache_that_cannot_be_written_is_one_paragraph(plugins, cache, tmp_path, monkeypatch):
+    import gentk.data.sources as sources
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    write_fake_mnist(tmp_path / "mnist", n_train=30)
+    monkeypatch.setattr(sources, "write_cache", full)
+    with pytest.raises(DataError, match=r"cannot write the cache .*mnist\.h5 \(No space left on device\)\. Free space there, or set GENTK_CACHE"):
+        load(plugins, "mnist", root=tmp_path, verify=False)
+
 def test_svhn_mat_v5(plugins, cache, tmp_path):
     scipy_io = pytest.importorskip("scipy.io", reason="SVHN needs scipy (pip install 'gentk[svhn]')")
     rng = np.random.default_rng(0)
