@@ -424,6 +424,56 @@ def test_npz_and_hdf5_user_files(plugins, cache, tmp_path):
         build(plugins, "npz", path="nope.npz", common=DataOptions(root=str(tmp_path)))
 
 
+@pytest.mark.parametrize(
+    "labels, found",
+    [
+        (np.array(["cat", "dog"] * 10), r"hold strings \('cat', 'dog'.*map the class names to numbers"),
+        (np.r_[np.arange(19) % 4, np.nan], r"hold 1 value that is not a number \(NaN or infinite; the first at index 19\).*store -1 instead"),
+        (np.r_[np.arange(19) % 4, 2.5], r"hold 1 fractional value \(2\.5 at index 19\).*class numbers, not scores"),
+        (np.r_[np.arange(19) % 4, -3], r"hold 1 value below -1 \(-3 at index 19\).*-1 where a label is unknown"),
+    ],
+    ids=["strings", "nan", "fractional", "negative"],
+)
+def test_labels_that_are_not_class_numbers_are_refused_not_cast(plugins, tmp_path, labels, found):
+    np.savez(tmp_path / "mine.npz", train_images=np.zeros((20, 4, 4), np.uint8), train_labels=labels)
+    with pytest.raises(DataError, match=rf"mine\.npz: train_labels {found}") as error:
+        build(plugins, "npz", path=str(tmp_path / "mine.npz"))
+    assert "\n" not in str(error.value) and "0..num_classes-1" in str(error.value)
+
+    with h5py.File(tmp_path / "mine.h5", "w") as f:  # the same checks for HDF5 (strings stored as bytes)
+        f["train/images"] = np.zeros((20, 4, 4), np.uint8)
+        f["train/labels"] = labels.astype("S") if labels.dtype.kind == "U" else labels
+    with pytest.raises(DataError, match=r"mine\.h5: /train/labels hold"):
+        build(plugins, "hdf5", path=str(tmp_path / "mine.h5"))
+
+
+def test_whole_float_and_unknown_labels_are_class_numbers(plugins, tmp_path):
+    np.savez(tmp_path / "mine.npz", train_images=np.zeros((6, 4, 4), np.uint8), train_labels=np.array([0.0, 1.0, 2.0, -1.0, 1.0, 0.0]))
+    data = build(plugins, "npz", path=str(tmp_path / "mine.npz"))
+    assert data.num_classes == 3
+    assert next(data.eval_batches("train", 6)).y.tolist() == [0, 1, 2, -1, 1, 0]
+
+
+def test_an_hdf5_file_laid_out_otherwise_says_where_each_array_goes(plugins, tmp_path):
+    images = np.zeros((10, 4, 4), np.uint8)
+    with h5py.File(tmp_path / "flat.h5", "w") as f:
+        f["train"] = images  # the images themselves, not a group holding them
+    with pytest.raises(DataError, match=r"flat\.h5: '/train' is a dataset of shape \(10, 4, 4\), but it must be a group.*/train/images") as error:
+        build(plugins, "hdf5", path=str(tmp_path / "flat.h5"))
+    assert "\n" not in str(error.value)
+
+    with h5py.File(tmp_path / "nested.h5", "w") as f:
+        f["train/images/a"] = images  # a group where the pixels belong
+    with pytest.raises(DataError, match=r"nested\.h5: '/train/images' is a group \(holding a\), but it must be a dataset of uint8 pixels"):
+        build(plugins, "hdf5", path=str(tmp_path / "nested.h5"))
+
+    with h5py.File(tmp_path / "labels-only.h5", "w") as f:
+        f["train/images"] = images
+        f["test/labels"] = np.zeros(10, np.int64)
+    with pytest.raises(DataError, match=r"labels-only\.h5: the group '/test' has no dataset 'images' \(it holds labels\)"):
+        build(plugins, "hdf5", path=str(tmp_path / "labels-only.h5"))
+
+
 # --------------------------------------------------------------------------- `gentk data list / prepare`
 
 
