@@ -474,6 +474,22 @@ def test_an_hdf5_file_laid_out_otherwise_says_where_each_array_goes(plugins, tmp
         build(plugins, "hdf5", path=str(tmp_path / "labels-only.h5"))
 
 
+def test_channels_last_images_without_their_layout_are_refused_with_the_fix(plugins, tmp_path):
+    np.savez(tmp_path / "gray.npz", train_images=np.zeros((10, 28, 28, 1), np.uint8), test_images=np.zeros((4, 28, 28, 1), np.uint8))
+    with pytest.raises(DataError, match=r"gray\.npz: train_images have shape \(10, 28, 28, 1\): read as layout = \"NCHW\" \(the default\), that is 28 channels of 28x1 pixels.*set layout = \"NHWC\" in \[data\] \(--set data\.layout=NHWC\)") as error:
+        build(plugins, "npz", path=str(tmp_path / "gray.npz"))
+    assert "\n" not in str(error.value)
+    assert build(plugins, "npz", path=str(tmp_path / "gray.npz"), layout="NHWC").image_shape == (1, 28, 28)
+
+    np.savez(tmp_path / "rgb.npz", train_images=np.zeros((10, 32, 32, 3), np.uint8))
+    with pytest.raises(DataError, match=r"32 channels of 32x3 pixels.*layout = \"NHWC\""):
+        build(plugins, "npz", path=str(tmp_path / "rgb.npz"))
+
+    np.savez(tmp_path / "first.npz", train_images=np.zeros((10, 3, 32, 32), np.uint8))  # the reverse mistake
+    with pytest.raises(DataError, match=r"read as layout = \"NHWC\", that is 32 channels of 3x32 pixels.*set layout = \"NCHW\""):
+        build(plugins, "npz", path=str(tmp_path / "first.npz"), layout="NHWC")
+
+
 # --------------------------------------------------------------------------- `gentk data list / prepare`
 
 

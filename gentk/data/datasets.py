@@ -340,16 +340,38 @@ class _ArrayFile:
             raise DataError(f"{path}: {split} images are {images.dtype}; store uint8 pixels (0..255, or 0/1 with max_value = 1). {self.schema_hint}")
         if images.ndim == 3:
             images = images[:, None]
-        elif images.ndim == 4 and self.options.layout == "NHWC":
-            images = np.ascontiguousarray(rearrange(images, "n h w c -> n c h w"))
-        elif images.ndim != 4:
+        elif images.ndim == 4:
+            self._check_layout(path, split, images.shape)
+            if self.options.layout == "NHWC":
+                images = np.ascontiguousarray(rearrange(images, "n h w c -> n c h w"))
+        else:
             raise DataError(f"{path}: {split} images have shape {images.shape}; expected (N, H, W) or (N, C, H, W). {self.schema_hint}")
         if self.options.max_value == 1 and images.max(initial=0) > 1:
             raise DataError(f"{path}: {split} images hold values up to {images.max()} but max_value is 1; set max_value = 255 for 8-bit images.")
-        labels = np.full(images.shape[0], -1, np.int64) if labels is None else class_numbers(labels, f"{path}: {self.labels_name(split)}")
+        labels = np.full(images.shape[0], -1, np.int64) if labels is None else class_numbers(labels, f"{path}: {self.array_name(split, 'labels')}")
         if labels.shape[0] != images.shape[0]:
             raise DataError(f"{path}: {images.shape[0]} {split} images but {labels.shape[0]} labels; they must match.")
         return Arrays(images, labels)
+
+    def _check_layout(self, path: Path, split: str, shape: tuple[int, ...]) -> None:
+        """Refuse 4-D images whose layout cannot be right: more than 4 channels of images at
+        most 4 pixels wide (or high), where the other layout gives a few channels.
+
+        (N, 28, 28, 1) read as NCHW is 28 channels of 28x1 pixels; as NHWC it is 1 channel of 28x28.
+        """
+        layout, other = self.options.layout, "NHWC" if self.options.layout == "NCHW" else "NCHW"
+        channels, other_channels = (shape[1], shape[3]) if layout == "NCHW" else (shape[3], shape[1])
+        if channels > MAX_CHANNELS >= other_channels:
+            c, h, w = (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
+            default = " (the default)" if layout == "NCHW" else ""
+            raise DataError(
+                f"{path}: {self.array_name(split, 'images')} have shape {tuple(shape)}: read as layout = \"{layout}\"{default}, that is {c} channels of {h}x{w} pixels, "
+                f"which cannot be right; the axis of size {other_channels} looks like the channels. If the array is {other} ({'channels last' if other == 'NHWC' else 'channels first'}), "
+                f"set layout = \"{other}\" in [data] (--set data.layout={other})."
+            )
+
+
+MAX_CHANNELS = 4  # gray, gray + alpha or two cameras, RGB, RGBA: more is taken for a misread layout
 
 
 def class_numbers(labels: np.ndarray, where: str) -> np.ndarray:
@@ -388,8 +410,8 @@ class NPZ(_ArrayFile):
     schema_hint = "An .npz needs train_images (uint8) and optionally train_labels, validation_images/_labels, test_images/_labels."
 
     @staticmethod
-    def labels_name(split: str) -> str:
-        return f"{split}_labels"
+    def array_name(split: str, kind: str) -> str:
+        return f"{split}_{kind}"
 
     def read(self, path: Path) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
         try:
@@ -406,8 +428,8 @@ class HDF5(_ArrayFile):
     schema_hint = "An HDF5 file needs a group 'train' with a uint8 dataset 'images' and optionally 'labels'; likewise 'validation' and 'test'."
 
     @staticmethod
-    def labels_name(split: str) -> str:
-        return f"/{split}/labels"
+    def array_name(split: str, kind: str) -> str:
+        return f"/{split}/{kind}"
 
     def read(self, path: Path) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
         try:
