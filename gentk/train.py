@@ -134,10 +134,11 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
 
     # -- data and model (built alike on every rank, then rank 0's weights everywhere)
     seed_everything(recipe.seed)
-    if data is None:
-        from gentk.data import build_data
+    from gentk.data import build_data, check_held_out
 
+    if data is None:
         data = build_data(recipe.data, plugins, seed=recipe.seed, offline=offline)
+    check_held_out(data, recipe.eval.metrics)  # before training, not at the first evaluation
     if model is None:
         from gentk.model import build_model
 

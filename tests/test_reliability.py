@@ -493,6 +493,30 @@ def test_a_nan_before_the_first_checkpoint_does_not_suggest_a_resume(tmp_path, r
     assert f"--out {tmp_path}" in message and "clip_grad" in message
 
 
+# --------------------------------------------------------------------------- the user's data (item 13)
+
+
+def test_a_dataset_without_held_out_examples_fails_at_check_not_at_the_first_evaluation(tmp_path, recipe_file, capsys):
+    import numpy as np
+
+    np.savez(tmp_path / "train-only.npz", train_images=np.zeros((40, 8, 8), np.uint8), train_labels=np.arange(40) % 4)
+    data = ("--set", "data={name = 'npz', path = '" + str(tmp_path / "train-only.npz") + "', batch_size = 20}")
+    code, out, err = cli(capsys, "check", recipe_file, *data)
+    assert code == 2 and "train-only.npz" in err and "has only a train split" in err and "recon_nll" in err
+    assert "test_images" in err and "data.validation" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+    code, out, err = cli(capsys, "run", recipe_file, *data, "--out", tmp_path / "runs")
+    assert code == 2 and "has only a train split" in err and not any((tmp_path / "runs").glob("*")), "refused before training"
+
+    held_out = (*data[:-1], data[-1].replace("batch_size = 20", "batch_size = 20, validation = 8"))
+    code, out, err = cli(capsys, "check", recipe_file, *held_out)
+    assert code == 0, err
+    code, out, err = cli(capsys, "run", recipe_file, *held_out, "--set", "train.steps=2", "--out", tmp_path / "runs")
+    assert code == 0, err
+    code, out, err = cli(capsys, "eval", next((tmp_path / "runs").glob("tiny-*")))  # the test split, by default
+    assert code == 2 and "no 'test' examples" in err and "--split validation" in err
+
+
 # --------------------------------------------------------------------------- names and plugins (items 12, 16)
 
 
