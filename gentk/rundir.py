@@ -162,6 +162,10 @@ class MetricsLog:
             with h5py.File(self.h5_path, "a") as f:
                 for data in _datasets(f):
                     data.resize((int(np.searchsorted(data["step"], step, side="right")),))
+                rows = {data.name.lstrip("/"): data.shape[0] for data in _datasets(f)}
+            if events is not None and rows != _rows_per_name(events):  # metrics.jsonl is written first
+                self._write_h5(events)
+                notes.append("metrics.h5 lacked rows that metrics.jsonl holds (a write cut short between the two files, e.g. by a kill); rebuilt it from metrics.jsonl.")
         if jsonl_problem:
             if self.jsonl_path.exists():
                 os.replace(self.jsonl_path, self.jsonl_path.with_name("metrics.jsonl.damaged"))
@@ -234,6 +238,15 @@ class MetricsLog:
                     if s <= step:
                         by_step.setdefault(int(s), {"step": int(s)})[data.name.lstrip("/")] = _json_number(value)
         return [by_step[s] for s in sorted(by_step)]
+
+
+def _rows_per_name(events: list[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for event in events:
+        for name in event:
+            if name != "step":
+                counts[name] = counts.get(name, 0) + 1
+    return counts
 
 
 def _datasets(f: h5py.File) -> list[h5py.Dataset]:

@@ -470,6 +470,30 @@ def test_an_evaluation_killed_midway_is_run_on_resume(tmp_path, recipe_file, at)
     assert (part / "checkpoints" / "best.pt").exists() and (part / "samples" / f"step-{at:08d}.png").exists()
 
 
+def test_an_evaluation_killed_between_its_two_metrics_files_is_complete_in_both(tmp_path, recipe_file, plugins, monkeypatch, capsys):
+    whole = train(load(recipe_file, plugins), plugins=plugins, out=tmp_path / "whole").run_dir
+    real = rundir._append
+
+    def killed_after_the_jsonl_line(f, step, scalars):  # metrics.jsonl has the rows, metrics.h5 not yet
+        if step == 4 and any(k.startswith("eval/") for k in scalars):
+            monkeypatch.setattr(rundir, "_append", real)
+            raise Killed
+        real(f, step, scalars)
+
+    monkeypatch.setattr(rundir, "_append", killed_after_the_jsonl_line)
+    with pytest.raises(Killed):
+        train(load(recipe_file, plugins), plugins=plugins, out=tmp_path / "parts")
+    capsys.readouterr()
+    part = train(load(recipe_file, plugins), plugins=plugins, out=tmp_path / "parts", resume="auto").run_dir
+    assert "metrics.h5 lacked rows that metrics.jsonl holds" in capsys.readouterr().out
+    assert without_clock(part) == without_clock(whole)
+    series, expected = rundir.read_metrics(part), rundir.read_metrics(whole)
+    assert sorted(series) == sorted(expected)
+    for name in expected:
+        if not name.startswith(("speed/", "time/")):
+            assert series[name].tolist() == expected[name].tolist(), name
+
+
 def test_a_nan_before_the_first_checkpoint_does_not_suggest_a_resume(tmp_path, recipe_file, plugins):
     from gentk.data import build_data
     from gentk.model import build_model
