@@ -163,9 +163,14 @@ class MetricsLog:
                 for data in _datasets(f):
                     data.resize((int(np.searchsorted(data["step"], step, side="right")),))
                 rows = {data.name.lstrip("/"): data.shape[0] for data in _datasets(f)}
-            if events is not None and rows != _rows_per_name(events):  # metrics.jsonl is written first
+            expected = _rows_per_name(events) if events is not None else rows
+            if rows != expected:  # metrics.jsonl is written first
                 self._write_h5(events)
-                notes.append("metrics.h5 lacked rows that metrics.jsonl holds (a write cut short between the two files, e.g. by a kill); rebuilt it from metrics.jsonl.")
+                short = sorted(name for name in set(rows) | set(expected) if rows.get(name, 0) != expected.get(name, 0))
+                notes.append(
+                    f"metrics.h5 lacked rows that metrics.jsonl holds ({short[0]}: {rows.get(short[0], 0)} rows against {expected.get(short[0], 0)}"
+                    f"{f', and {len(short) - 1} more series' if len(short) > 1 else ''}; a write cut short between the two files, e.g. by a kill); rebuilt it from metrics.jsonl."
+                )
         if jsonl_problem:
             if self.jsonl_path.exists():
                 os.replace(self.jsonl_path, self.jsonl_path.with_name("metrics.jsonl.damaged"))
