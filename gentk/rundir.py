@@ -70,10 +70,15 @@ def make_layout(run_dir: Path) -> None:
     (run_dir / "samples").mkdir(exist_ok=True)
 
 
-def write_json(path: Path, value: Any) -> None:
+def write_text(path: Path, text: str) -> None:
+    """Replace a file's text atomically: a process killed at any moment leaves the old text or the new."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(path: Path, value: Any) -> None:
+    write_text(path, json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def environment(device: torch.device, world_size: int) -> dict[str, Any]:

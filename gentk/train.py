@@ -174,7 +174,7 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
     log = rundir.MetricsLog(run_dir) if info.is_main else None
     if info.is_main:
         rundir.make_layout(run_dir)
-        (run_dir / "recipe.toml").write_text(f"# resolved from {recipe.source}\n" + recipe.to_toml())
+        rundir.write_text(run_dir / "recipe.toml", f"# resolved from {recipe.source}\n" + recipe.to_toml())  # a resume may read it
         rundir.write_environment(run_dir, rundir.environment(device, info.world_size), step)
         if hasattr(data, "write_manifest"):
             data.write_manifest(run_dir)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -492,6 +493,25 @@ def test_an_evaluation_killed_between_its_two_metrics_files_is_complete_in_both(
     for name in expected:
         if not name.startswith(("speed/", "time/")):
             assert series[name].tolist() == expected[name].tolist(), name
+
+
+def test_a_kill_while_recipe_toml_is_written_leaves_one_the_documented_resume_can_read(copy, plugins, monkeypatch):
+    run = copy()  # resumed as docs/training.md and the interrupt message say: gentk run RUN/recipe.toml --resume RUN
+    original = load(run / "recipe.toml", plugins).to_dict()
+    real = Path.write_text
+
+    def cut(self, *args, **kwargs):  # killed once the file was opened (emptied), before its text was in
+        if "recipe.toml" in self.name:
+            real(self, "")
+            raise Killed
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", cut)
+    with pytest.raises(Killed):
+        train(load(run / "recipe.toml", plugins), plugins=plugins, resume=run)
+    monkeypatch.undo()
+    assert load(run / "recipe.toml", plugins).to_dict() == original
+
 
 
 def test_a_nan_before_the_first_checkpoint_does_not_suggest_a_resume(tmp_path, recipe_file, plugins):
