@@ -513,6 +513,18 @@ def test_a_kill_while_recipe_toml_is_written_leaves_one_the_documented_resume_ca
     assert load(run / "recipe.toml", plugins).to_dict() == original
 
 
+def test_kill_9_in_a_checkpoint_write_an_evaluation_and_the_final_one_then_resume_is_the_whole_run(tmp_path):
+    """A short bench/kill_loop.py: real `gentk run` processes, killed -9 and resumed (the full loop: --kills 20)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kill_loop", Path(__file__).resolve().parents[1] / "bench" / "kill_loop.py")
+    kill_loop = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kill_loop)
+    said = []
+    passed = kill_loop.kill_loop(3, seed=0, workdir=tmp_path, steps=30, kinds=("checkpoint", "evaluation", "final evaluation"), say=said.append)
+    assert passed, "\n".join(said)
+    assert sum(line.startswith("kill ") for line in said) == 3 and said[-1].startswith("PASS: 3 kills")
+
 
 def test_a_nan_before_the_first_checkpoint_does_not_suggest_a_resume(tmp_path, recipe_file, plugins):
     from gentk.data import build_data
