@@ -33,7 +33,7 @@ import attrs
 import torch
 
 from gentk import checkpoint, dist, rundir
-from gentk.data import build_data
+from gentk.data import build_data, evaluation_split
 from gentk.errors import GentkError, ResultsNotSaved, did_you_mean
 from gentk.model import build_model
 from gentk.plugins import plugins_or_default
@@ -187,14 +187,15 @@ def held_out_losses(model, data, split: str, recipe: Recipe, device, info) -> di
 def run_evaluation(model, ema, data, recipe: Recipe, plugins, device, info, run_dir: Path, step: int) -> dict[str, float]:
     """Held-out losses, the recipe's metrics and a sample grid, without moving any RNG.
 
-    The engine's evaluation every ``eval.every`` steps: with the EMA weights when `ema` is
-    given, the metrics and samples on rank 0 only (then broadcast), each image written
-    passed to the ``gentk_log_image`` hook, the model back in training mode afterwards.
+    The engine's evaluation every ``eval.every`` steps, on the validation split when there
+    is one, else the test split (`gentk.data.evaluation_split`): with the EMA weights when
+    `ema` is given, the metrics and samples on rank 0 only (then broadcast), each image
+    written passed to the ``gentk_log_image`` hook, the model back in training mode afterwards.
     """
     model.eval()
     try:
         with checkpoint.preserved_rng(), torch.no_grad(), (ema.applied(model) if ema else contextlib.nullcontext()):
-            split = "validation" if data.split_sizes.get("validation", 0) > 0 else "test"
+            split = evaluation_split(data)
             metrics = held_out_losses(model, data, split, recipe, device, info)
             results = None
             if info.is_main:
@@ -227,7 +228,9 @@ def evaluate_run(run_dir: str | Path, *, names: Sequence[str] | None = None, whi
     run = load_run(run_dir, which=which, device=device, plugins=plugins, offline=offline)
     names = list(run.recipe.eval.metrics if names is None else names)
     if split not in run.data.split_sizes or run.data.split_sizes[split] == 0:
-        raise GentkError(f"this run's data has no '{split}' examples; splits: {', '.join(f'{k} ({v})' for k, v in run.data.split_sizes.items())}.")
+        present = [k for k, v in run.data.split_sizes.items() if v > 0 and k != "train"]
+        advice = f" Evaluate on a split that has examples: --split {present[0]}." if present else ""
+        raise GentkError(f"this run's data has no '{split}' examples; splits: {', '.join(f'{k} ({v})' for k, v in run.data.split_sizes.items())}.{advice}")
     started = time.perf_counter()
     batch_size = run.recipe.data.common.batch_size
     with checkpoint.preserved_rng(), torch.no_grad():

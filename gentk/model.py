@@ -39,7 +39,7 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from gentk.contracts import Adversary, KLTerm, support_problem
-from gentk.data import Batch, build_data
+from gentk.data import Batch, build_data, check_held_out
 from gentk.distributions import normal_log_prob
 from gentk.errors import GentkError
 from gentk.plugins import plugins_or_default
@@ -340,14 +340,17 @@ def check_model(recipe: Recipe, plugins=None, *, image_shape: Sequence[int] | No
     fake batch (binary images, random labels), updating nothing; returns a one-line summary.
 
     The image shape is the dataset factory's ``image_shape`` attribute when it declares one,
-    else the dataset is built (from local files only). Raises `GentkError` when a step's loss
+    else the dataset is built (from local files only) and must have held-out examples for
+    the evaluations (`gentk.data.check_held_out`). Raises `GentkError` when a step's loss
     is not finite or leaves one of its parts without gradient.
     """
     plugins = plugins_or_default(plugins)
     if image_shape is None:
         image_shape = getattr(plugins.registries.datasets.get(recipe.data.name).factory, "image_shape", None)
     if image_shape is None:
-        image_shape = build_data(recipe.data, plugins, seed=recipe.seed, offline=True).image_shape
+        data = build_data(recipe.data, plugins, seed=recipe.seed, offline=True)
+        check_held_out(data, recipe.eval.metrics)  # here, not at the first evaluation of a run
+        image_shape = data.image_shape
     model = build_model(recipe, image_shape, plugins)
     generator = torch.Generator().manual_seed(recipe.seed)
     x = torch.bernoulli(torch.full((batch_size, *image_shape), 0.5), generator=generator)

@@ -70,10 +70,15 @@ def make_layout(run_dir: Path) -> None:
     (run_dir / "samples").mkdir(exist_ok=True)
 
 
-def write_json(path: Path, value: Any) -> None:
+def write_text(path: Path, text: str) -> None:
+    """Replace a file's text atomically: a process killed at any moment leaves the old text or the new."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(path: Path, value: Any) -> None:
+    write_text(path, json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def environment(device: torch.device, world_size: int) -> dict[str, Any]:
@@ -162,6 +167,15 @@ class MetricsLog:
             with h5py.File(self.h5_path, "a") as f:
                 for data in _datasets(f):
                     data.resize((int(np.searchsorted(data["step"], step, side="right")),))
+                rows = {data.name.lstrip("/"): data.shape[0] for data in _datasets(f)}
+            expected = _rows_per_name(events) if events is not None else rows
+            if rows != expected:  # metrics.jsonl is written first
+                self._write_h5(events)
+                short = sorted(name for name in set(rows) | set(expected) if rows.get(name, 0) != expected.get(name, 0))
+                notes.append(
+                    f"metrics.h5 lacked rows that metrics.jsonl holds ({short[0]}: {rows.get(short[0], 0)} rows against {expected.get(short[0], 0)}"
+                    f"{f', and {len(short) - 1} more series' if len(short) > 1 else ''}; a write cut short between the two files, e.g. by a kill); rebuilt it from metrics.jsonl."
+                )
         if jsonl_problem:
             if self.jsonl_path.exists():
                 os.replace(self.jsonl_path, self.jsonl_path.with_name("metrics.jsonl.damaged"))
@@ -234,6 +248,15 @@ class MetricsLog:
                     if s <= step:
                         by_step.setdefault(int(s), {"step": int(s)})[data.name.lstrip("/")] = _json_number(value)
         return [by_step[s] for s in sorted(by_step)]
+
+
+def _rows_per_name(events: list[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for event in events:
+        for name in event:
+            if name != "step":
+                counts[name] = counts.get(name, 0) + 1
+    return counts
 
 
 def _datasets(f: h5py.File) -> list[h5py.Dataset]:

@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from gentk import checkpoint, dist, rundir
-from gentk.data import build_data
+from gentk.data import build_data, check_held_out
 from gentk.errors import GentkError, TrainingError, TrainingInterrupted, did_you_mean
 from gentk.evaluate import run_evaluation
 from gentk.model import build_model
@@ -135,6 +135,7 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
     seed_everything(recipe.seed)
     if data is None:
         data = build_data(recipe.data, plugins, seed=recipe.seed, offline=offline)
+    check_held_out(data, recipe.eval.metrics)  # before training, not at the first evaluation
     if model is None:
         model = build_model(recipe, image_shape=data.image_shape, plugins=plugins)
     model.to(device)
@@ -168,7 +169,7 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
     log = rundir.MetricsLog(run_dir) if info.is_main else None
     if info.is_main:
         rundir.make_layout(run_dir)
-        (run_dir / "recipe.toml").write_text(f"# resolved from {recipe.source}\n" + recipe.to_toml())
+        rundir.write_text(run_dir / "recipe.toml", f"# resolved from {recipe.source}\n" + recipe.to_toml())  # a resume may read it
         rundir.write_environment(run_dir, rundir.environment(device, info.world_size), step)
         if hasattr(data, "write_manifest"):
             data.write_manifest(run_dir)

@@ -8,6 +8,7 @@ formats (MATLAB v5 .mat via scipy; LeCun's binary matrices, gzipped or not).
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import logging
@@ -239,6 +240,67 @@ def test_cache_is_reused_then_rebuilt_when_truncated_or_stale(plugins, cache, tm
         load(plugins, "mnist", root=tmp_path, verify=True)
 
 
+@pytest.fixture
+def read_only(monkeypatch):
+    """read_only(directory): writing under `directory` fails with EROFS, as on a read-only mount.
+
+    Tests run as root in CI, where a mode bit does not stop a write, so the refusal is
+    simulated where Python opens files (os.open: lock files, temporary files) and checks
+    access (os.access).
+    """
+    refused = []
+
+    def inside(path) -> bool:
+        return any(Path(os.path.abspath(path)).is_relative_to(d) for d in refused)
+
+    real_open, real_access = os.open, os.access
+
+    def open_(path, flags, *args, **kwargs):
+        if inside(path) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    def access(path, mode, *args, **kwargs):
+        return False if inside(path) and mode & os.W_OK else real_access(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+    monkeypatch.setattr(os, "access", access)
+    return lambda directory: refused.append(Path(directory).resolve())
+
+
+def test_a_read_only_cache_directory_with_a_valid_cache_is_used(plugins, cache, tmp_path, read_only, monkeypatch):
+    arrays = write_fake_mnist(tmp_path / "mnist", n_train=30)
+    load(plugins, "mnist", root=tmp_path, verify=False)  # converted once, where it may write
+    read_only(cache)
+    loaded = load(plugins, "mnist", root=tmp_path, verify=False)
+    assert np.array_equal(loaded.splits["train"].images[:, 0], arrays["train-images-idx3-ubyte"])
+
+    write_fake_mnist(tmp_path / "mnist", n_train=30, seed=1)  # the cache no longer matches the files
+    with pytest.raises(DataError) as error:
+        load(plugins, "mnist", root=tmp_path, verify=False)
+    message = str(error.value)
+    assert f"{cache} is not writable" in message and "has changed since the cache was built" in message and "GENTK_CACHE" in message
+    assert (cache / "mnist.h5").is_file(), "the stale cache is left where it is"
+
+    empty = tmp_path / "empty-cache"
+    empty.mkdir()
+    read_only(empty)
+    monkeypatch.setenv("GENTK_CACHE", str(empty))
+    with pytest.raises(DataError, match=r"empty-cache is not writable.*no cache of dataset 'mnist' there yet.*GENTK_CACHE"):
+        load(plugins, "mnist", root=tmp_path, verify=False)
+
+
+def test_a_cache_that_cannot_be_written_is_one_paragraph(plugins, cache, tmp_path, monkeypatch):
+    import gentk.data.sources as sources
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    write_fake_mnist(tmp_path / "mnist", n_train=30)
+    monkeypatch.setattr(sources, "write_cache", full)
+    with pytest.raises(DataError, match=r"cannot write the cache .*mnist\.h5 \(No space left on device\)\. Free space there, or set GENTK_CACHE"):
+        load(plugins, "mnist", root=tmp_path, verify=False)
+
 def test_svhn_mat_v5(plugins, cache, tmp_path):
     scipy_io = pytest.importorskip("scipy.io", reason="SVHN needs scipy (pip install 'gentk[svhn]')")
     rng = np.random.default_rng(0)
@@ -360,6 +422,72 @@ def test_npz_and_hdf5_user_files(plugins, cache, tmp_path):
         build(plugins, "npz", path=str(tmp_path / "broken.npz"))
     with pytest.raises(DataError, match=r"data file 'nope\.npz' not found"):
         build(plugins, "npz", path="nope.npz", common=DataOptions(root=str(tmp_path)))
+
+
+@pytest.mark.parametrize(
+    "labels, found",
+    [
+        (np.array(["cat", "dog"] * 10), r"hold strings \('cat', 'dog'.*map the class names to numbers"),
+        (np.r_[np.arange(19) % 4, np.nan], r"hold 1 value that is not a number \(NaN or infinite; the first at index 19\).*store -1 instead"),
+        (np.r_[np.arange(19) % 4, 2.5], r"hold 1 fractional value \(2\.5 at index 19\).*class numbers, not scores"),
+        (np.r_[np.arange(19) % 4, -3], r"hold 1 value below -1 \(-3 at index 19\).*-1 where a label is unknown"),
+    ],
+    ids=["strings", "nan", "fractional", "negative"],
+)
+def test_labels_that_are_not_class_numbers_are_refused_not_cast(plugins, tmp_path, labels, found):
+    np.savez(tmp_path / "mine.npz", train_images=np.zeros((20, 4, 4), np.uint8), train_labels=labels)
+    with pytest.raises(DataError, match=rf"mine\.npz: train_labels {found}") as error:
+        build(plugins, "npz", path=str(tmp_path / "mine.npz"))
+    assert "\n" not in str(error.value) and "0..num_classes-1" in str(error.value)
+
+    with h5py.File(tmp_path / "mine.h5", "w") as f:  # the same checks for HDF5 (strings stored as bytes)
+        f["train/images"] = np.zeros((20, 4, 4), np.uint8)
+        f["train/labels"] = labels.astype("S") if labels.dtype.kind == "U" else labels
+    with pytest.raises(DataError, match=r"mine\.h5: /train/labels hold"):
+        build(plugins, "hdf5", path=str(tmp_path / "mine.h5"))
+
+
+def test_whole_float_and_unknown_labels_are_class_numbers(plugins, tmp_path):
+    np.savez(tmp_path / "mine.npz", train_images=np.zeros((6, 4, 4), np.uint8), train_labels=np.array([0.0, 1.0, 2.0, -1.0, 1.0, 0.0]))
+    data = build(plugins, "npz", path=str(tmp_path / "mine.npz"))
+    assert data.num_classes == 3
+    assert next(data.eval_batches("train", 6)).y.tolist() == [0, 1, 2, -1, 1, 0]
+
+
+def test_an_hdf5_file_laid_out_otherwise_says_where_each_array_goes(plugins, tmp_path):
+    images = np.zeros((10, 4, 4), np.uint8)
+    with h5py.File(tmp_path / "flat.h5", "w") as f:
+        f["train"] = images  # the images themselves, not a group holding them
+    with pytest.raises(DataError, match=r"flat\.h5: '/train' is a dataset of shape \(10, 4, 4\), but it must be a group.*/train/images") as error:
+        build(plugins, "hdf5", path=str(tmp_path / "flat.h5"))
+    assert "\n" not in str(error.value)
+
+    with h5py.File(tmp_path / "nested.h5", "w") as f:
+        f["train/images/a"] = images  # a group where the pixels belong
+    with pytest.raises(DataError, match=r"nested\.h5: '/train/images' is a group \(holding a\), but it must be a dataset of uint8 pixels"):
+        build(plugins, "hdf5", path=str(tmp_path / "nested.h5"))
+
+    with h5py.File(tmp_path / "labels-only.h5", "w") as f:
+        f["train/images"] = images
+        f["test/labels"] = np.zeros(10, np.int64)
+    with pytest.raises(DataError, match=r"labels-only\.h5: the group '/test' has no dataset 'images' \(it holds labels\)"):
+        build(plugins, "hdf5", path=str(tmp_path / "labels-only.h5"))
+
+
+def test_channels_last_images_without_their_layout_are_refused_with_the_fix(plugins, tmp_path):
+    np.savez(tmp_path / "gray.npz", train_images=np.zeros((10, 28, 28, 1), np.uint8), test_images=np.zeros((4, 28, 28, 1), np.uint8))
+    with pytest.raises(DataError, match=r"gray\.npz: train_images have shape \(10, 28, 28, 1\): read as layout = \"NCHW\" \(the default\), that is 28 channels of 28x1 pixels.*set layout = \"NHWC\" in \[data\] \(--set data\.layout=NHWC\)") as error:
+        build(plugins, "npz", path=str(tmp_path / "gray.npz"))
+    assert "\n" not in str(error.value)
+    assert build(plugins, "npz", path=str(tmp_path / "gray.npz"), layout="NHWC").image_shape == (1, 28, 28)
+
+    np.savez(tmp_path / "rgb.npz", train_images=np.zeros((10, 32, 32, 3), np.uint8))
+    with pytest.raises(DataError, match=r"32 channels of 32x3 pixels.*layout = \"NHWC\""):
+        build(plugins, "npz", path=str(tmp_path / "rgb.npz"))
+
+    np.savez(tmp_path / "first.npz", train_images=np.zeros((10, 3, 32, 32), np.uint8))  # the reverse mistake
+    with pytest.raises(DataError, match=r"read as layout = \"NHWC\", that is 32 channels of 3x32 pixels.*set layout = \"NCHW\""):
+        build(plugins, "npz", path=str(tmp_path / "first.npz"), layout="NHWC")
 
 
 # --------------------------------------------------------------------------- `gentk data list / prepare`

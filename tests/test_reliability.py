@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -470,6 +471,61 @@ def test_an_evaluation_killed_midway_is_run_on_resume(tmp_path, recipe_file, at)
     assert (part / "checkpoints" / "best.pt").exists() and (part / "samples" / f"step-{at:08d}.png").exists()
 
 
+def test_an_evaluation_killed_between_its_two_metrics_files_is_complete_in_both(tmp_path, recipe_file, plugins, monkeypatch, capsys):
+    whole = train(load(recipe_file, plugins), plugins=plugins, out=tmp_path / "whole").run_dir
+    real = rundir._append
+
+    def killed_after_the_jsonl_line(f, step, scalars):  # metrics.jsonl has the rows, metrics.h5 not yet
+        if step == 4 and any(k.startswith("eval/") for k in scalars):
+            monkeypatch.setattr(rundir, "_append", real)
+            raise Killed
+        real(f, step, scalars)
+
+    monkeypatch.setattr(rundir, "_append", killed_after_the_jsonl_line)
+    with pytest.raises(Killed):
+        train(load(recipe_file, plugins), plugins=plugins, out=tmp_path / "parts")
+    capsys.readouterr()
+    part = train(load(recipe_file, plugins), plugins=plugins, out=tmp_path / "parts", resume="auto").run_dir
+    assert "metrics.h5 lacked rows that metrics.jsonl holds" in capsys.readouterr().out
+    assert without_clock(part) == without_clock(whole)
+    series, expected = rundir.read_metrics(part), rundir.read_metrics(whole)
+    assert sorted(series) == sorted(expected)
+    for name in expected:
+        if not name.startswith(("speed/", "time/")):
+            assert series[name].tolist() == expected[name].tolist(), name
+
+
+def test_a_kill_while_recipe_toml_is_written_leaves_one_the_documented_resume_can_read(copy, plugins, monkeypatch):
+    run = copy()  # resumed as docs/training.md and the interrupt message say: gentk run RUN/recipe.toml --resume RUN
+    original = load(run / "recipe.toml", plugins).to_dict()
+    real = Path.write_text
+
+    def cut(self, *args, **kwargs):  # killed once the file was opened (emptied), before its text was in
+        if "recipe.toml" in self.name:
+            real(self, "")
+            raise Killed
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", cut)
+    with pytest.raises(Killed):
+        train(load(run / "recipe.toml", plugins), plugins=plugins, resume=run)
+    monkeypatch.undo()
+    assert load(run / "recipe.toml", plugins).to_dict() == original
+
+
+def test_kill_9_in_a_checkpoint_write_an_evaluation_and_the_final_one_then_resume_is_the_whole_run(tmp_path):
+    """A short bench/kill_loop.py: real `gentk run` processes, killed -9 and resumed (the full loop: --kills 20)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kill_loop", Path(__file__).resolve().parents[1] / "bench" / "kill_loop.py")
+    kill_loop = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kill_loop)
+    said = []
+    passed = kill_loop.kill_loop(3, seed=0, workdir=tmp_path, steps=30, kinds=("checkpoint", "evaluation", "final evaluation"), say=said.append)
+    assert passed, "\n".join(said)
+    assert sum(line.startswith("kill ") for line in said) == 3 and said[-1].startswith("PASS: 3 kills")
+
+
 def test_a_nan_before_the_first_checkpoint_does_not_suggest_a_resume(tmp_path, recipe_file, plugins):
     from gentk.data import build_data
     from gentk.model import build_model
@@ -491,6 +547,30 @@ def test_a_nan_before_the_first_checkpoint_does_not_suggest_a_resume(tmp_path, r
     message = str(error.value)
     assert "at step 1" in message and "--resume" not in message and "No checkpoint was written" in message
     assert f"--out {tmp_path}" in message and "clip_grad" in message
+
+
+# --------------------------------------------------------------------------- the user's data (item 13)
+
+
+def test_a_dataset_without_held_out_examples_fails_at_check_not_at_the_first_evaluation(tmp_path, recipe_file, capsys):
+    import numpy as np
+
+    np.savez(tmp_path / "train-only.npz", train_images=np.zeros((40, 8, 8), np.uint8), train_labels=np.arange(40) % 4)
+    data = ("--set", "data={name = 'npz', path = '" + str(tmp_path / "train-only.npz") + "', batch_size = 20}")
+    code, out, err = cli(capsys, "check", recipe_file, *data)
+    assert code == 2 and "train-only.npz" in err and "has only a train split" in err and "recon_nll" in err
+    assert "test_images" in err and "data.validation" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+    code, out, err = cli(capsys, "run", recipe_file, *data, "--out", tmp_path / "runs")
+    assert code == 2 and "has only a train split" in err and not any((tmp_path / "runs").glob("*")), "refused before training"
+
+    held_out = (*data[:-1], data[-1].replace("batch_size = 20", "batch_size = 20, validation = 8"))
+    code, out, err = cli(capsys, "check", recipe_file, *held_out)
+    assert code == 0, err
+    code, out, err = cli(capsys, "run", recipe_file, *held_out, "--set", "train.steps=2", "--out", tmp_path / "runs")
+    assert code == 0, err
+    code, out, err = cli(capsys, "eval", next((tmp_path / "runs").glob("tiny-*")))  # the test split, by default
+    assert code == 2 and "no 'test' examples" in err and "--split validation" in err
 
 
 # --------------------------------------------------------------------------- names and plugins (items 12, 16)

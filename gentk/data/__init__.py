@@ -24,7 +24,7 @@ Every name below is importable from `gentk.data` itself; see docs/data.md.
 
 from __future__ import annotations
 
-from gentk.data.batches import Batch, Data, TrainBatches, balanced_subset, build_data, static_binarize
+from gentk.data.batches import Batch, Data, TrainBatches, balanced_subset, build_data, check_held_out, evaluation_split, static_binarize
 from gentk.data.datasets import (
     BINARIZE,
     FASHION_SOURCES,
@@ -84,8 +84,10 @@ __all__ = [
     "balanced_subset",
     "build_data",
     "cache_state",
+    "check_held_out",
     "describe_datasets",
     "downsample",
+    "evaluation_split",
     "prepare_dataset",
     "read_cache",
     "read_idx",

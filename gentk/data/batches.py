@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -290,6 +290,30 @@ class Data:
             for i in self.labeled_indices:
                 writer.writerow([int(i), int(labels[i])])
         return run_dir / "data.json"
+
+
+def evaluation_split(data) -> str:
+    """The split a run's evaluations use: "validation" when it has examples, else "test"."""
+    return "validation" if data.split_sizes.get("validation", 0) > 0 else "test"
+
+
+def check_held_out(data, metrics: Sequence[str]) -> None:
+    """Refuse data without validation or test examples, before a run trains on it.
+
+    Every evaluation (each ``eval.every`` steps and at the end) computes the held-out
+    losses and `metrics` on the split `evaluation_split` names; without examples there the
+    first evaluation would fail, after the training up to it.
+    """
+    if data.split_sizes.get(evaluation_split(data), 0) > 0:
+        return
+    file = getattr(data, "facts", {}).get("file")
+    computed = "the held-out losses" + (f" and the metric{'s' if len(metrics) > 1 else ''} {', '.join(metrics)}" if metrics else "")
+    raise DataError(
+        f"dataset '{data.name}'{f' ({file})' if file else ''} has only a train split ({data.split_sizes.get('train', 0)} examples), "
+        f"but every evaluation (each eval.every steps and at the end of the run) computes {computed} on validation or test examples. "
+        "Give it a test split (npz: test_images and test_labels; HDF5: /test/images and /test/labels), "
+        "or hold out the end of the training split with data.validation = N (--set data.validation=1000)."
+    )
 
 
 def _to_unit(levels: np.ndarray, scale: int) -> np.ndarray:

@@ -340,22 +340,78 @@ class _ArrayFile:
             raise DataError(f"{path}: {split} images are {images.dtype}; store uint8 pixels (0..255, or 0/1 with max_value = 1). {self.schema_hint}")
         if images.ndim == 3:
             images = images[:, None]
-        elif images.ndim == 4 and self.options.layout == "NHWC":
-            images = np.ascontiguousarray(rearrange(images, "n h w c -> n c h w"))
-        elif images.ndim != 4:
+        elif images.ndim == 4:
+            self._check_layout(path, split, images.shape)
+            if self.options.layout == "NHWC":
+                images = np.ascontiguousarray(rearrange(images, "n h w c -> n c h w"))
+        else:
             raise DataError(f"{path}: {split} images have shape {images.shape}; expected (N, H, W) or (N, C, H, W). {self.schema_hint}")
         if self.options.max_value == 1 and images.max(initial=0) > 1:
             raise DataError(f"{path}: {split} images hold values up to {images.max()} but max_value is 1; set max_value = 255 for 8-bit images.")
-        labels = np.full(images.shape[0], -1, np.int64) if labels is None else np.asarray(labels).astype(np.int64).reshape(-1)
+        labels = np.full(images.shape[0], -1, np.int64) if labels is None else class_numbers(labels, f"{path}: {self.array_name(split, 'labels')}")
         if labels.shape[0] != images.shape[0]:
             raise DataError(f"{path}: {images.shape[0]} {split} images but {labels.shape[0]} labels; they must match.")
         return Arrays(images, labels)
+
+    def _check_layout(self, path: Path, split: str, shape: tuple[int, ...]) -> None:
+        """Refuse 4-D images whose layout cannot be right: more than 4 channels of images at
+        most 4 pixels wide (or high), where the other layout gives a few channels.
+
+        (N, 28, 28, 1) read as NCHW is 28 channels of 28x1 pixels; as NHWC it is 1 channel of 28x28.
+        """
+        layout, other = self.options.layout, "NHWC" if self.options.layout == "NCHW" else "NCHW"
+        channels, other_channels = (shape[1], shape[3]) if layout == "NCHW" else (shape[3], shape[1])
+        if channels > MAX_CHANNELS >= other_channels:
+            c, h, w = (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
+            default = " (the default)" if layout == "NCHW" else ""
+            raise DataError(
+                f"{path}: {self.array_name(split, 'images')} have shape {tuple(shape)}: read as layout = \"{layout}\"{default}, that is {c} channels of {h}x{w} pixels, "
+                f"which cannot be right; the axis of size {other_channels} looks like the channels. If the array is {other} ({'channels last' if other == 'NHWC' else 'channels first'}), "
+                f"set layout = \"{other}\" in [data] (--set data.layout={other})."
+            )
+
+
+MAX_CHANNELS = 4  # gray, gray + alpha or two cameras, RGB, RGBA: more is taken for a misread layout
+
+
+def class_numbers(labels: np.ndarray, where: str) -> np.ndarray:
+    """A user's labels as int64 (N,): whole numbers from -1 (unknown) up, never silently cast.
+
+    Strings, NaN or infinite values, fractions and values below -1 are a `DataError` that
+    starts with `where` (the file and the array) and says what to store instead.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    rule = "labels must be integers 0..num_classes-1, or -1 where a label is unknown"
+    if labels.dtype.kind in "USO":
+        shown = ", ".join(repr(v.decode() if isinstance(v, bytes) else str(v)) for v in labels[:2].tolist())
+        raise DataError(f"{where} hold strings ({shown}, ...); {rule}: map the class names to numbers (e.g. names, labels = numpy.unique(labels, return_inverse=True)) and save the numbers.")
+    if labels.dtype.kind not in "biuf":
+        raise DataError(f"{where} hold {labels.dtype} values; {rule}.")
+    if labels.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(labels))
+        if bad.size:
+            raise DataError(f"{where} hold {_count(bad.size, 'value')} that {'is' if bad.size == 1 else 'are'} not a number (NaN or infinite; the first at index {bad[0]}); {rule}. Where NaN marks a missing label, store -1 instead.")
+        bad = np.flatnonzero(labels != np.round(labels))
+        if bad.size:
+            raise DataError(f"{where} hold {_count(bad.size, 'fractional value')} ({labels[bad[0]]:g} at index {bad[0]}); {rule}. Check that the array holds class numbers, not scores or probabilities.")
+    bad = np.flatnonzero(labels < -1)
+    if bad.size:
+        raise DataError(f"{where} hold {_count(bad.size, 'value')} below -1 ({labels[bad[0]]:g} at index {bad[0]}); {rule}. Renumber the classes from 0.")
+    return labels.astype(np.int64)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 class NPZ(_ArrayFile):
     """The user's arrays in a NumPy .npz: train_images, train_labels, test_images, ... (docs/data.md)."""
 
     schema_hint = "An .npz needs train_images (uint8) and optionally train_labels, validation_images/_labels, test_images/_labels."
+
+    @staticmethod
+    def array_name(split: str, kind: str) -> str:
+        return f"{split}_{kind}"
 
     def read(self, path: Path) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
         try:
@@ -371,12 +427,34 @@ class HDF5(_ArrayFile):
 
     schema_hint = "An HDF5 file needs a group 'train' with a uint8 dataset 'images' and optionally 'labels'; likewise 'validation' and 'test'."
 
+    @staticmethod
+    def array_name(split: str, kind: str) -> str:
+        return f"/{split}/{kind}"
+
     def read(self, path: Path) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
         try:
             with h5py.File(path, "r") as f:
-                return {s: (f[s]["images"][()], f[s]["labels"][()] if "labels" in f[s] else None) for s in SPLITS if s in f and "images" in f[s]}
+                return {s: self._split(path, f[s]) for s in SPLITS if s in f}
         except OSError as exc:
             raise CorruptFileError(f"{path}: cannot be read as HDF5 ({exc}). Check that it is a complete HDF5 file.") from None
+
+    def _split(self, path: Path, group) -> tuple[np.ndarray, np.ndarray | None]:
+        """A split's images and labels, after checking that the group holds them as datasets."""
+        name = group.name
+        if not isinstance(group, h5py.Group):
+            raise DataError(
+                f"{path}: '{name}' is a dataset of shape {group.shape}, but it must be a group holding the dataset 'images' (and optionally 'labels'): "
+                f"store the pixels as {name}/images and the labels as {name}/labels (h5py: f.create_dataset('{name[1:]}/images', data=images)). {self.schema_hint}"
+            )
+        for key in ("images", "labels"):
+            if key in group and not isinstance(group[key], h5py.Dataset):
+                raise DataError(
+                    f"{path}: '{name}/{key}' is a group (holding {', '.join(group[key]) or 'nothing'}), but it must be a dataset of "
+                    f"{'uint8 pixels (N, H, W) or (N, C, H, W)' if key == 'images' else 'integer labels (N,)'}. {self.schema_hint}"
+                )
+        if "images" not in group:
+            raise DataError(f"{path}: the group '{name}' has no dataset 'images' (it holds {', '.join(group) or 'nothing'}). {self.schema_hint}")
+        return group["images"][()], group["labels"][()] if "labels" in group else None
 
 
 # --------------------------------------------------------------------------- synthetic

@@ -244,15 +244,19 @@ class FileSet:
         return {s.name: s.locate(self.directories) for s in self.sources}
 
     def load(self, *, download: bool, offline: bool) -> tuple[dict[str, Arrays], dict[str, Any]]:
-        """The splits, from the cache when it is valid for the source files, else rebuilt."""
+        """The splits, from the cache when it is valid for the source files, else rebuilt.
+
+        A cache directory gentk may not write to (a shared, read-only copy) is fine as long
+        as the cache there is valid: it is read without the lock, since nobody can replace it.
+        """
         path = self.cache_path
+        lock = filelock.FileLock(str(path) + ".lock")  # one rank converts, the others wait
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
         except OSError as exc:
-            raise DataError(f"cannot create the cache directory {path.parent} ({exc}). Set GENTK_CACHE to a writable directory.") from None
-        if not os.access(path.parent, os.W_OK):
-            raise DataError(f"the cache directory {path.parent} is not writable. Set GENTK_CACHE to a writable directory (the data files themselves may stay read-only).")
-        with filelock.FileLock(str(path) + ".lock"):  # one rank converts, the others wait
+            return self._read_only(path, exc)
+        try:
             located = self.locate()
             if path.is_file():
                 try:
@@ -262,6 +266,26 @@ class FileSet:
                 except StaleCache as exc:
                     log.warning("rebuilding the cache %s of dataset '%s': %s", path, self.dataset, exc)
             return self._rebuild(path, download=download, offline=offline)
+        finally:
+            lock.release()
+
+    def _read_only(self, path: Path, exc: OSError) -> tuple[dict[str, Arrays], dict[str, Any]]:
+        """The cache in a directory gentk cannot write to (`exc` says why): used when valid, else a clear error."""
+        reason = f"there is no cache of dataset '{self.dataset}' there yet ({path.name})"
+        if path.is_file():
+            try:
+                splits, meta = read_cache(path)
+                self._check_sources(meta, self.locate())
+                log.info("using the cache %s of dataset '%s' from a directory gentk cannot write to", path, self.dataset)
+                return splits, meta
+            except StaleCache as stale:
+                reason = f"its cache {path.name} cannot be used: {stale}"
+        state = "is not writable" if path.parent.is_dir() else "cannot be created"
+        raise DataError(
+            f"the cache directory {path.parent} {state} ({exc.strerror or exc}), and {reason}. "
+            "Set GENTK_CACHE to a writable directory (gentk converts the dataset there once; the data files themselves may stay read-only), "
+            "or run `gentk data prepare` where the cache directory is writable."
+        ) from None
 
     def _check_sources(self, meta: Mapping[str, Any], located: Mapping[str, Path | None]) -> None:
         stored = meta.get("sources", {})
@@ -286,5 +310,8 @@ class FileSet:
             digest = verify(files[s.name], s) if self.verify else content_digests(files[s.name])["sha256"]
             sources[s.name] = {"sha256": digest, "fingerprint": _fingerprint(files[s.name])}
         splits = self.convert(files)
-        write_cache(path, splits, {"dataset": self.dataset, "sources": sources, "verified": self.verify})
+        try:
+            write_cache(path, splits, {"dataset": self.dataset, "sources": sources, "verified": self.verify})
+        except OSError as exc:  # a full disk, or a directory whose lock file alone is writable
+            raise DataError(f"cannot write the cache {path} ({exc.strerror or exc}). Free space there, or set GENTK_CACHE to a writable directory with room for the converted dataset.") from None
         return read_cache(path)
