@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="validate recipes and build their models; trains nothing")
     _add_recipe_args(p, many=True)
+    p.add_argument("--offline", action="store_true", help="never download data a check needs (a dataset whose image shape is known without its files needs none)")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("show", help="print the fully resolved recipe (extends, --set and defaults applied)")
@@ -122,12 +123,23 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
 
 
 def cmd_check(args: argparse.Namespace, plugins: Plugins) -> int:
-    for path in args.recipe:
-        recipe = load_recipe(path, args.overrides, plugins=plugins)
-        from gentk.model import check_model
+    """Check every recipe given, then report every failure (exit 2 if any); one recipe's error is raised as it is."""
+    from gentk.model import check_model
 
-        summary = check_model(recipe, plugins=plugins)
+    failed = []
+    for path in args.recipe:
+        try:
+            recipe = load_recipe(path, args.overrides, plugins=plugins)
+            summary = check_model(recipe, plugins=plugins, offline=args.offline)
+        except GentkError as exc:
+            if len(args.recipe) == 1:
+                raise  # one recipe: its error is the one paragraph
+            failed.append(path)
+            print(f"{path}: FAILED\n{textwrap.indent(str(exc), '  ')}", file=sys.stderr)
+            continue
         print(f"{path}: ok ({summary})")
+    if failed:
+        raise GentkError(f"{len(failed)} of {len(args.recipe)} recipes failed the check: {', '.join(failed)} (each error is above).")
     return 0
 
 

@@ -335,20 +335,38 @@ def build_model(recipe: Recipe, image_shape: Sequence[int], plugins=None) -> Mod
     return Model.from_recipe(recipe, image_shape, plugins_or_default(plugins))
 
 
-def check_model(recipe: Recipe, plugins=None, *, image_shape: Sequence[int] | None = None, batch_size: int = 2) -> str:
+def declared_image_shape(recipe: Recipe, plugins) -> tuple[int, ...] | None:
+    """The image shape a recipe's dataset declares without reading files, or None.
+
+    A factory's class attribute ``image_shape`` (MNIST, SVHN), else the ``image_shape`` of
+    the dataset object built from the recipe's options (smallNORB: its camera and size
+    options decide it); building that object reads no file.
+    """
+    entry = plugins.registries.datasets.get(recipe.data.name)
+    shape = getattr(entry.factory, "image_shape", None)
+    if isinstance(shape, tuple):
+        return shape
+    root = recipe.data.common.root if recipe.data.common is not None else None
+    source = entry.build(recipe.data.config, root=root, download=False, offline=True)
+    shape = getattr(source, "image_shape", None)
+    return tuple(shape) if shape is not None else None
+
+
+def check_model(recipe: Recipe, plugins=None, *, image_shape: Sequence[int] | None = None, batch_size: int = 2, offline: bool = False) -> str:
     """Build a recipe's model and run every training step's loss and backward pass once on a
     fake batch (binary images, random labels), updating nothing; returns a one-line summary.
 
-    The image shape is the dataset factory's ``image_shape`` attribute when it declares one,
-    else the dataset is built (from local files only) and must have held-out examples for
-    the evaluations (`gentk.data.check_held_out`). Raises `GentkError` when a step's loss
-    is not finite or leaves one of its parts without gradient.
+    The image shape is the dataset's ``image_shape`` (an attribute of its factory, or of the
+    dataset object its options build, which reads no file) when it declares one, else the
+    dataset is loaded (downloaded unless `offline`, as `gentk run` would) and must have
+    held-out examples for the evaluations (`gentk.data.check_held_out`). Raises `GentkError`
+    when a step's loss is not finite or leaves one of its parts without gradient.
     """
     plugins = plugins_or_default(plugins)
     if image_shape is None:
-        image_shape = getattr(plugins.registries.datasets.get(recipe.data.name).factory, "image_shape", None)
+        image_shape = declared_image_shape(recipe, plugins)
     if image_shape is None:
-        data = build_data(recipe.data, plugins, seed=recipe.seed, offline=True)
+        data = build_data(recipe.data, plugins, seed=recipe.seed, offline=offline)
         check_held_out(data, recipe.eval.metrics)  # here, not at the first evaluation of a run
         image_shape = data.image_shape
     model = build_model(recipe, image_shape, plugins)

@@ -95,3 +95,21 @@ def test_gentk_check_on_a_real_recipe(capsys):
     args = ["check", str(RECIPES / "aae_semisup.toml")] + [a for o in small_budget("aae_semisup") for a in ("--set", o)]
     assert main(args) == 0
     assert "steps: reconstruction, discriminator.y, generator.y, discriminator.z, generator.z, supervised.y" in capsys.readouterr().out
+
+
+def test_gentk_check_needs_no_files_for_svhn_or_norb_and_reports_every_failure(tmp_path, monkeypatch, capsys):
+    """SVHN and smallNORB declare their image shapes without files, so both check on a machine
+    that has neither; one bad recipe among several is reported with the others still checked."""
+    from gentk.cli import main
+
+    monkeypatch.setenv("GENTK_DATA", str(tmp_path / "empty"))
+    monkeypatch.setenv("GENTK_CACHE", str(tmp_path / "cache"))
+    bad = tmp_path / "bad.toml"
+    bad.write_text('extends = "%s"\n[model.decoder]\nname = "bernouli"\n' % (RECIPES / "vae.toml").as_posix())
+    recipes = [RECIPES / "paper" / "pixelgan_svhn_500.toml", bad, RECIPES / "paper" / "pixelgan_norb_1000.toml", tmp_path / "missing.toml"]
+    assert main(["check", *map(str, recipes), "--offline"]) == 2
+    out, err = capsys.readouterr()
+    assert "pixelgan_svhn_500.toml: ok" in out and "images (3, 32, 32)" in out
+    assert "pixelgan_norb_1000.toml: ok" in out and "images (1, 32, 32)" in out  # camera left, size 32: no file read
+    assert "bad.toml: FAILED" in err and "Did you mean 'bernoulli'?" in err and "missing.toml: FAILED" in err
+    assert "2 of 4 recipes failed the check" in err and "Traceback" not in err

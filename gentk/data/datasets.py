@@ -256,6 +256,11 @@ class SmallNORB(_Published):
     Config = SmallNORBOptions
     dir_names = ("smallnorb", "smallNORB", "norb")
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """Known from the options without reading a file (`gentk check` needs no data)."""
+        return (2 if self.options.camera == "both" else 1, self.options.size, self.options.size)
+
     def fileset(self) -> FileSet:
         sources = tuple(SourceFile(n, (_NORB_URL + n + ".gz",), (Checksum("md5", m),), note="md5 of the decompressed .mat") for n, m in _NORB_FILES.values())
         camera, size = self.options.camera, self.options.size
