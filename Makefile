@@ -1,6 +1,5 @@
 # Set-up, main job and tests. `make run` and `make test` each create .venv on first use.
-# TORCH_SPEC picks the torch build: CI sets torch==2.13.0 (the CPU build on its disk);
-# on a GPU machine use the build that matches your CUDA, e.g. TORCH_SPEC="torch==2.13.0".
+# TORCH_SPEC picks the torch build: CI sets torch==2.13.0 (the CPU build on its disk).
 PYTHON     ?= python3
 VENV       ?= .venv
 TORCH_SPEC ?= torch==2.13.0

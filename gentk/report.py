@@ -113,6 +113,7 @@ class Table:
 @attrs.frozen
 class Images:
     items: list[tuple[str, str]]  # (caption, path relative to the report)
+    kind: str = "plot"  # "plot": a figure shown at the page's width; "grid": a sample grid of small images, enlarged with sharp pixels
 
 
 Block = Heading | Paragraph | Table | Images
@@ -150,13 +151,16 @@ def render_html(blocks: Sequence[Block], title: str) -> str:
             rows = "".join("<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in row) + "</tr>" for row in b.rows)
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif isinstance(b, Images):
-            cells = "".join(f'<figure><img src="{html.escape(p)}" alt="{html.escape(c)}"><figcaption>{_inline_html(c)}</figcaption></figure>' for c, p in b.items)
-            body.append(f'<div class="images">{cells}</div>')
+            # each image links to itself: a click opens it at full size
+            cells = "".join(f'<figure><a href="{html.escape(p)}"><img src="{html.escape(p)}" alt="{html.escape(c)}"></a><figcaption>{_inline_html(c)}</figcaption></figure>' for c, p in b.items)
+            body.append(f'<div class="images {b.kind}">{cells}</div>')
     style = (
         "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
         "table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}"
         "th{background:#f4f4f4}.images{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0}"
-        "img{image-rendering:pixelated;max-width:360px}figcaption{font-size:90%;text-align:center}"
+        ".plot img{max-width:100%;height:auto}"  # plots at the page's width, smoothly scaled
+        ".grid img{image-rendering:pixelated;width:560px;max-width:100%}"  # 28-pixel digits, about 2x, sharp
+        "figcaption{font-size:90%;text-align:center}"
     )
     return f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title><style>{style}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
 
@@ -292,7 +296,7 @@ def study_blocks(meta: dict[str, Any], results: Sequence[Any], recipes: Sequence
     else:
         blocks.append(Paragraph('matplotlib is not installed, so this report has no learning curves: pip install "gentk[plots]" and run the same `gentk compare` again (finished runs are reused).'))
     blocks.append(Heading("Samples"))
-    blocks.append(Images(samples) if samples else Paragraph("No sample grids: the runs were made with eval.samples = 0."))
+    blocks.append(Images(samples, kind="grid") if samples else Paragraph("No sample grids: the runs were made with eval.samples = 0."))
     if code_plots:
         blocks += [Heading("Code space"), Paragraph("Codes z ~ q(z|x) of test images coloured by label (top-2 PCA axes for codes of more than 2 dimensions)."), Images(code_plots)]
     blocks += [

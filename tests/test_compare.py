@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -80,6 +81,9 @@ def test_a_tiny_compare_end_to_end_then_reused(tmp_path, capsys):
     assert "code_space/vae-seed0-z.png" in md
     page = (study / "report.html").read_text()
     assert "<table>" in page and 'src="samples/vae-seed0.png"' in page
+    referenced = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert referenced and all((study / path).is_file() for path in referenced), [p for p in referenced if not (study / p).is_file()]
+    assert '<div class="images grid">' in page and '<div class="images plot">' in page  # sample grids enlarged, plots at full width
     results = json.loads((study / "study.json").read_text())["results"]
     assert sorted((r["recipe"], r["seed"]) for r in results) == [("aae_semisup", 0), ("aae_semisup", 1), ("vae", 0), ("vae", 1)]
     assert all(0 <= r["metrics"]["semisup_error"] <= 100 for r in results if r["recipe"] == "aae_semisup")
@@ -118,7 +122,6 @@ def test_markdown_and_html_render_the_same_blocks():
 
 # --------------------------------------------------------------------------- recipes/paper
 
-import re  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gentk  # noqa: E402
