@@ -121,6 +121,14 @@ class TrainSpec:
     ema: float = option(0.0, "decay of an exponential moving average of the weights used for evaluation (0: off)", ge=0.0, lt=1.0)
     threads: int | None = option(None, "CPU threads for torch (default: torch's choice)", ge=1)
     phases: dict[Literal["reconstruction", "regularization", "supervised"], PhaseSpec] = option(factory=dict, doc="optimizer and schedule per phase")
+    phase_defaults: dict[str, PhaseSpec] = internal(attrs.Factory(dict))  # a phase without a table, filled in when the recipe loads
+
+    def phase(self, name: str) -> PhaseSpec:
+        """Phase `name`'s optimizer, schedule and clipping: its ``[train.phases.NAME]`` table, else the format's defaults."""
+        spec = self.phases.get(name) or self.phase_defaults.get(name)
+        if spec is None:
+            raise RecipeError(f"train.phases.{name}: this recipe has no such table, and its defaults were not filled in (a TrainSpec built by hand, not by gentk.load_recipe). Add the table, or load the recipe with gentk.load_recipe.")
+        return spec
 
 
 @attrs.frozen
@@ -293,9 +301,19 @@ def recipe_from_dict(tree: Mapping[str, Any], *, plugins=None, source: str | Non
     plugins = plugins_or_default(plugins)
     ctx = _Context(plugins.registries, origins or {}, source or "<recipe>")
     recipe = ctx.structure(Recipe, tree, ())
-    recipe = attrs.evolve(recipe, source=source)
+    recipe = attrs.evolve(recipe, source=source, train=_with_phase_defaults(recipe.train, ctx))
     check_recipe(recipe, ctx)
     return recipe
+
+
+def _with_phase_defaults(train: TrainSpec, ctx: _Context) -> TrainSpec:
+    """Resolve each phase without a ``[train.phases.NAME]`` table to `PhaseSpec`'s defaults (Adam, a constant rate).
+
+    They stay out of `Recipe.to_dict`: the resolved recipe a run writes lists the tables
+    the recipe has, as before.
+    """
+    defaults = {phase: ctx.structure(PhaseSpec, {}, ("train", "phases", phase)) for phase in PHASES if phase not in train.phases}
+    return attrs.evolve(train, phase_defaults=defaults)
 
 
 def check_recipe(recipe: Recipe, ctx: _Context | None = None) -> None:
