@@ -1,8 +1,8 @@
 """Speed of the gated PixelCNN decoder on CPU: training throughput and sampling time.
 
-Configuration (issue 4, DESIGN.md sec. 6): 10 gated layers, 64 channels, 7x7 mask-A then
-3x3 mask-B, Bernoulli output, 28x28 binary images, adaptive-bias conditioning on a
-10-dimensional code, Adam.
+Configuration (docs/architecture.md, "Performance facts"): 10 gated layers, 64 channels,
+7x7 mask-A then 3x3 mask-B, Bernoulli output, 28x28 binary images, adaptive-bias
+conditioning on a 10-dimensional code, Adam.
 
     .venv/bin/python bench/pixelcnn.py                 # training + cached + naive sampling
     .venv/bin/python bench/pixelcnn.py --skip-naive    # without the naive sampler (about 2.5 minutes)

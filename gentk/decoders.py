@@ -35,7 +35,7 @@ from gentk.pixelcnn import PixelCNNDecoder
 from gentk.options import configured, option
 from gentk.plugins import hookimpl
 
-# Research code imports every decoder from here (DESIGN.md §1); `pixelcnn` registers itself.
+# Research code imports every decoder from here (README.md, "Research code"); `pixelcnn` registers itself.
 __all__ = ["BernoulliLikelihood", "DiscretizedLogisticLikelihood", "FactorizedDecoder", "GaussianLikelihood", "PixelCNNDecoder", "bernoulli_decoder", "gaussian_decoder", "logistic_decoder"]
 
 # --------------------------------------------------------------------------- likelihoods

@@ -1,13 +1,13 @@
 """The one Model: an encoder, named latents (prior and regularizer each) and a decoder.
 
 PixelGAN autoencoders (Makhzani & Frey 2017), the VAE, the AAE and PixelVAE are all this
-class; they differ only in their recipes (DESIGN.md §3, §7.4):
+class; they differ only in their recipes (docs/architecture.md, "Training phases"):
 
     x --encoder--> {latent: head outputs} --concat codes--> c --decoder--> log p(x|c)
                         |                                     ^
                         +-- regularizer vs prior per latent   +-- prior samples at sampling time
 
-The model turns its parts into the training steps of DESIGN.md §3, so the engine never
+The model turns its parts into the training steps the engine runs, so the engine never
 looks inside it:
 
 1. ``reconstruction`` (phase reconstruction): -log p(x|c) plus the penalties of
@@ -151,7 +151,7 @@ class Model(nn.Module):
         )
 
     def phases(self) -> list[str]:
-        """The phases this model trains in, in the order of DESIGN.md §3."""
+        """The phases this model trains in, in the engine's order (reconstruction, regularization, supervised)."""
         used = {step.phase for step in self.training_steps()}
         return [phase for phase in PHASES if phase in used]
 

@@ -1,10 +1,10 @@
 """Recipes: TOML files that assemble and train a model, validated before anything runs.
 
-A recipe is a tree of tables (DESIGN.md §4). A table that picks a component has a
-``name`` key naming a registered component; its other keys are that component's options,
-declared by the component as an attrs class whose fields use `gentk.options.option`
-(type, default, range, one-line doc). The fixed tables (``[data]``, ``[model]``, ``[train]``, ``[eval]``)
-are the attrs classes below.
+A recipe is a tree of tables (docs/architecture.md, "The recipe tree"). A table that
+picks a component has a ``name`` key naming a registered component; its other keys are
+that component's options, declared by the component as an attrs class whose fields use
+`gentk.options.option` (type, default, range, one-line doc). The fixed tables
+(``[data]``, ``[model]``, ``[train]``, ``[eval]``) are the attrs classes below.
 
 Reading a recipe:
 1. parse the TOML file; ``extends = "base.toml"`` (or a list) deep-merges the named files

@@ -5,7 +5,8 @@ E_x KL(q(z|x) || p(z)) = I(x; z) + KL(q(z) || p(z)): the VAE and PixelVAE pay bo
 (`KLRegularizer`), PixelGAN and the AAE drop the mutual information and replace
 KL(q(z) || p(z)) by a GAN between prior samples and codes (`AdversarialRegularizer`).
 
-A regularizer declares the training phase it acts in (``phase``, DESIGN.md §3):
+A regularizer declares the training phase it acts in (``phase``; docs/architecture.md,
+"Training phases"):
 
 - ``"reconstruction"``: it offers ``penalty(head, step) -> (scalar, logs)``, added to the
   reconstruction loss, and ``kl(head) -> (B,)``, its exact term of the ELBO;

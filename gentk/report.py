@@ -4,8 +4,8 @@ A report is built once as a list of blocks (headings, paragraphs, tables, image 
 rendered twice, as ``report.md`` and ``report.html``, so the two never disagree. Every
 metric is shown as mean +- sample standard deviation over seeds, with the published number
 beside it where the paper has one (`PAPER`): Table 1 of Makhzani & Frey 2017, "PixelGAN
-Autoencoders" (test error %, mean +- std), and the binarized-MNIST NLL baselines of
-DESIGN.md §5. Learning curves need matplotlib (the ``plots`` extra); without it the report
+Autoencoders" (test error %, mean +- std), and the binarized-MNIST NLL baselines
+(docs/results.md). Learning curves need matplotlib (the ``plots`` extra); without it the report
 says so instead of drawing them.
 """
 

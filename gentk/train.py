@@ -1,4 +1,4 @@
-"""The engine: one training loop for every recipe (DESIGN.md §3).
+"""The engine: one training loop for every recipe (docs/architecture.md, "Training phases").
 
 `train` builds the data and the Model a recipe describes and runs, at each step, the
 Model's training steps in order (``Model.training_steps()``: reconstruction, then the
@@ -8,6 +8,12 @@ Frey 2017). Each training step has its own optimizer and learning-rate schedule 
 ``train.phases.<phase>``.
 The engine never looks inside the model: it only knows each step's phase, parameters
 and loss.
+
+`_train` reads top to bottom: the set-up (`open_run` picks a fresh run directory or the
+checkpoint to continue, `Run.build` makes the data, model, optimizers and batches,
+`Run.restore` continues from a `checkpoint.TrainState`, `Run.start_directory` lays out
+the run directory), then the loop (`Run.train_step`, `Run.log_scalars`, `Run.save`,
+`Run.evaluate`), then `Run.finish`.
 
 The same loop runs on a CPU, a GPU (with bf16 or fp16 AMP) and under ``torchrun`` on
 many GPUs (see `gentk.dist`). It writes the run directory of `gentk.rundir`, saves
@@ -498,7 +504,7 @@ def setup_torch(cfg, device: torch.device) -> None:
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     if device.type == "cpu":
-        torch.set_flush_denormal(True)  # DESIGN §6: denormals slowed an AAE from 13 to 1 step/s
+        torch.set_flush_denormal(True)  # denormals slowed an AAE from 13 to 1 step/s (docs/architecture.md, "Performance facts")
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
         torch.use_deterministic_algorithms(True)
