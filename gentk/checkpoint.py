@@ -202,17 +202,29 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     except Exception as exc:  # a truncated or foreign file: say which and what to do (never torch's advice to unpickle code)
         unsafe = _unsafe_global(exc)
         if unsafe is not None:
-            raise TrainingError(f"cannot read checkpoint '{path}': it holds a Python object of type {unsafe}, and gentk checkpoints hold plain data only (tensors, numbers, strings, lists, dicts), so that loading one never runs code. gentk did not write this file, or it was changed since; pick another file in {path.parent}.") from None
+            raise TrainingError(
+                f"cannot read checkpoint '{path}': it holds a Python object of type {unsafe}, and gentk checkpoints hold plain data only "
+                "(tensors, numbers, strings, lists, dicts), so that loading one never runs code. gentk did not write this file, or it was "
+                f"changed since; pick another file in {path.parent}."
+            ) from None
         raise TrainingError(f"cannot read checkpoint '{path}': {type(exc).__name__}: {_one_line(exc)}. It may be incomplete; pick another file in {path.parent}.") from None
     if not isinstance(state, dict) or state.get("format") not in READABLE_FORMATS:
         raise TrainingError(f"'{path}' is not a gentk checkpoint of format {CHECKPOINT_FORMAT}.")
     if state["format"] >= 2:
         stored = state.pop("checksum", None)
         if stored != content_digest(state):
-            raise TrainingError(f"checkpoint '{path}' is damaged: its content does not match the checksum written with it ({'none' if stored is None else 'a different one'}), so a weight or a state changed after it was saved (a disk or copy error). Its values cannot be trusted; resume from another file in {path.parent} (a run directory resumes from the newest intact one by itself).")
+            raise TrainingError(
+                f"checkpoint '{path}' is damaged: its content does not match the checksum written with it "
+                f"({'none' if stored is None else 'a different one'}), so a weight or a state changed after it was saved (a disk or copy "
+                f"error). Its values cannot be trusted; resume from another file in {path.parent} (a run directory resumes from the newest "
+                "intact one by itself)."
+            )
     missing = [key for key in RUN_KEYS if key not in state]
     if missing:
-        raise TrainingError(f"checkpoint '{path}' has no {', '.join(repr(k) for k in missing)}: it is not a complete gentk checkpoint (the engine writes {', '.join(RUN_KEYS)}). It was cut or edited after it was written; use another file in {path.parent}.")
+        raise TrainingError(
+            f"checkpoint '{path}' has no {', '.join(repr(k) for k in missing)}: it is not a complete gentk checkpoint (the engine writes "
+            f"{', '.join(RUN_KEYS)}). It was cut or edited after it was written; use another file in {path.parent}."
+        )
     return state
 
 
@@ -236,7 +248,10 @@ def load_weights(model: torch.nn.Module, state: dict[str, Any], path: str | Path
                 for key, value in state["ema"].items():
                     live[key].copy_(value)
     except (KeyError, RuntimeError, ValueError) as exc:
-        raise TrainingError(f"checkpoint '{path}' does not fit the model its own recipe builds: {_one_line(exc)}. The file was changed after the run wrote it, or comes from another version of a plugin; use another file in {Path(path).parent}.") from None
+        raise TrainingError(
+            f"checkpoint '{path}' does not fit the model its own recipe builds: {_one_line(exc)}. The file was changed after the run wrote it, "
+            f"or comes from another version of a plugin; use another file in {Path(path).parent}."
+        ) from None
 
 
 # --------------------------------------------------------------------------- the checkpoints/ folder
@@ -299,7 +314,10 @@ def find(resume: str | Path) -> Path:
         if any(directory.glob("step-*.pt")):
             return directory / LATEST
     if path.is_dir():
-        raise TrainingError(f"'{path}' holds no checkpoint (looked for checkpoints/{LATEST}). The run may have stopped before its first checkpoint; start it again without --resume.")
+        raise TrainingError(
+            f"'{path}' holds no checkpoint (looked for checkpoints/{LATEST}). The run may have stopped before its first checkpoint; start it "
+            "again without --resume."
+        )
     raise TrainingError(f"--resume '{path}': no such file or directory. Pass a run directory (runs/NAME-TIME), a checkpoint file, or 'auto'.")
 
 

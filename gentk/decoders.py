@@ -31,8 +31,8 @@ from torch import Tensor, nn
 
 from gentk.distributions import bernoulli_log_prob, discretized_logistic_log_prob, normal_log_prob, standard_normal, uniform
 from gentk.nn import activation, mlp, upsampled_start_size
-from gentk.pixelcnn import PixelCNNDecoder
 from gentk.options import configured, option
+from gentk.pixelcnn import PixelCNNDecoder
 from gentk.plugins import hookimpl
 
 # Research code imports every decoder from here (README.md, "Research code"); `pixelcnn` registers itself.

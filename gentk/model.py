@@ -111,7 +111,10 @@ class Model(nn.Module):
         except ValueError as exc:
             raise GentkError(f"model.decoder ({spec.decoder.name}) for images {tuple(image_shape)} and a code of size {cond_size}: {exc}") from None
         if decoder.cond_size != cond_size:
-            raise GentkError(f"model.decoder ({spec.decoder.name}) was built for a code of size {cond_size} but accepts codes of size {decoder.cond_size} (its cond_size).")
+            raise GentkError(
+                f"model.decoder ({spec.decoder.name}) was built for a code of size {cond_size} but accepts codes of size {decoder.cond_size} "
+                "(its cond_size)."
+            )
         return cls(encoder, decoder, spec.latents, priors, regularizers)
 
     # ----------------------------------------------------------------------- parts and phases
@@ -251,7 +254,10 @@ class Model(nn.Module):
         categorical = [name for name, spec in self.latents.items() if spec.head == "categorical"]
         if latent is None:
             if len(categorical) != 1:
-                raise GentkError(f"sample_per_category needs latent=NAME: this model has {len(categorical)} categorical latents ({', '.join(categorical) or 'none'}).")
+                raise GentkError(
+                    f"sample_per_category needs latent=NAME: this model has {len(categorical)} categorical latents "
+                    f"({', '.join(categorical) or 'none'})."
+                )
             latent = categorical[0]
         elif latent not in categorical:
             raise GentkError(f"'{latent}' is not a categorical latent of this model; categorical latents: {', '.join(categorical) or 'none'}.")
@@ -278,7 +284,10 @@ class Model(nn.Module):
             return self.log_prob(x)
         other = [name for name, reg in self.regularizers.items() if not isinstance(reg, KLTerm)]
         if other:
-            raise GentkError(f"the ELBO needs a KL regularizer on every latent; {', '.join(other)} {'is' if len(other) == 1 else 'are'} not KL-regularized (an adversarial latent has no q(z|x) density term).")
+            raise GentkError(
+                f"the ELBO needs a KL regularizer on every latent; {', '.join(other)} {'is' if len(other) == 1 else 'are'} not KL-regularized "
+                "(an adversarial latent has no q(z|x) density term)."
+            )
         heads = self.encoder(x)
         kl = sum(self.regularizers[name].kl(heads[name]) for name in self.latents)
         return self.decoder(x, self._condition(heads)) - kl

@@ -30,7 +30,6 @@ import attrs
 
 from gentk import contracts
 from gentk.errors import RecipeError, RegistryError, closest, did_you_mean
-from gentk.plugins import plugins_or_default
 
 # The declaration API lives in gentk.options; these names stay importable from here.
 from gentk.options import (  # noqa: F401
@@ -45,6 +44,7 @@ from gentk.options import (  # noqa: F401
     registered_names,
     unstructure,
 )
+from gentk.plugins import plugins_or_default
 
 # --------------------------------------------------------------------------- the recipe tables
 
@@ -110,7 +110,12 @@ class TrainSpec:
     """The ``[train]`` table."""
 
     steps: int = option(10000, "training steps (each runs every phase once)", ge=1)
-    minutes: float | None = option(None, "wall-clock budget in minutes, counted over resumes: training stops at the first step past it, saves and runs the final evaluation (steps stays the upper bound and sets the schedules' length)", gt=0)
+    minutes: float | None = option(
+        None,
+        "wall-clock budget in minutes, counted over resumes: training stops at the first step past it, saves and runs the final evaluation "
+        "(steps stays the upper bound and sets the schedules' length)",
+        gt=0,
+    )
     log_every: int = option(50, "steps between logged scalars", ge=1)
     checkpoint_every: int = option(1000, "steps between checkpoints", ge=1)
     keep_last: int = option(3, "periodic checkpoints kept besides latest and best", ge=1)
@@ -127,7 +132,10 @@ class TrainSpec:
         """Phase `name`'s optimizer, schedule and clipping: its ``[train.phases.NAME]`` table, else the format's defaults."""
         spec = self.phases.get(name) or self.phase_defaults.get(name)
         if spec is None:
-            raise RecipeError(f"train.phases.{name}: this recipe has no such table, and its defaults were not filled in (a TrainSpec built by hand, not by gentk.load_recipe). Add the table, or load the recipe with gentk.load_recipe.")
+            raise RecipeError(
+                f"train.phases.{name}: this recipe has no such table, and its defaults were not filled in (a TrainSpec built by hand, not by "
+                "gentk.load_recipe). Add the table, or load the recipe with gentk.load_recipe."
+            )
         return spec
 
 
@@ -145,7 +153,11 @@ def _one_path_component(instance, attribute, value) -> None:
     """A name that becomes a folder under --out: it must not be empty, leave --out or nest."""
     bad = not isinstance(value, str) or value.strip() in ("", ".", "..") or any(c in value for c in "/\\\0") or value != value.strip()
     if bad:
-        raise OptionValueError(attribute.name, f"expected one folder name (letters, digits, '-', '_', '.'), found {value!r}: the run directory is --out/NAME-TIME, so a name must not be empty, '.' or '..', contain '/', '\\' or a NUL byte, or start or end with a space. For example name = \"aae_mnist\".")
+        raise OptionValueError(
+            attribute.name,
+            f"expected one folder name (letters, digits, '-', '_', '.'), found {value!r}: the run directory is --out/NAME-TIME, so a name must "
+            "not be empty, '.' or '..', contain '/', '\\' or a NUL byte, or start or end with a space. For example name = \"aae_mnist\".",
+        )
 
 
 @attrs.frozen
@@ -228,7 +240,10 @@ def resolve_extends(path: str | Path, origins: dict[tuple, str] | None = None, _
     for parent in parents:
         parent_path = (path.parent / parent) if not Path(parent).is_absolute() else Path(parent)
         if not parent_path.is_file():
-            raise RecipeError(f"{path}: extends: the file '{parent}' (looked for at {parent_path}) does not exist. Paths in 'extends' are relative to the recipe that names them.")
+            raise RecipeError(
+                f"{path}: extends: the file '{parent}' (looked for at {parent_path}) does not exist. Paths in 'extends' are relative to the "
+                "recipe that names them."
+            )
         merged = _merge(merged, resolve_extends(parent_path, origins, _stack + (real,)))
     _record_origins(tree, str(path), (), origins)
     return _merge(merged, tree)
@@ -508,4 +523,7 @@ class _Context:
             return out
         if attrs.has(tp):
             return self.structure(tp, value, path)
-        raise TypeError(f"gentk.recipe cannot check values of type {tp!r} (at {'.'.join(map(str, path))}); use int, float, str, bool, list, dict, Literal or an attrs class")
+        raise TypeError(
+            f"gentk.recipe cannot check values of type {tp!r} (at {'.'.join(map(str, path))}); use int, float, str, bool, list, dict, Literal "
+            "or an attrs class"
+        )

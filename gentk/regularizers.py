@@ -178,7 +178,11 @@ class AdversarialRegularizer(nn.Module):
         discriminator: list[int] = option(doc="hidden widths of the discriminator MLP (AAE paper: [1000, 1000])", factory=lambda: [1000, 1000], ge=1)
         activation: Literal["relu", "leaky_relu", "elu", "tanh", "softplus"] = option("relu", "nonlinearity of the discriminator")
         gradient_penalty: float = option(0.0, "weight gamma / 2 of the R1 penalty on real samples (0: off)", ge=0)
-        batch_features: bool = option(False, "the discriminator also sees the batch mean of the codes (a minibatch feature), so it can tell codes that crowd a few categories from prior samples")
+        batch_features: bool = option(
+            False,
+            "the discriminator also sees the batch mean of the codes (a minibatch feature), so it can tell codes that crowd a few categories "
+            "from prior samples",
+        )
 
     def __init__(self, config: Config | None = None, *, size: int, prior: nn.Module, head: str, **options) -> None:
         super().__init__()

@@ -86,7 +86,8 @@ def train(
     dist.init(info, chosen)
     clean = False  # whether every rank reaches the final barrier (see dist.shutdown)
     try:
-        with torch_settings(recipe.train, chosen), contextlib.ExitStack() as claim:  # _train enters the run directory's lock and the run callbacks here
+        # _train enters the run directory's lock and the run callbacks here
+        with torch_settings(recipe.train, chosen), contextlib.ExitStack() as claim:
             result = _train(recipe, plugins, Path(out), chosen, info, resume, force, offline, model, data, claim)
         clean = True
         return result
@@ -126,7 +127,10 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
     run.clock = RunClock(state.elapsed if state is not None else 0.0, cfg.minutes)
     out_of_time = state is not None and run.clock.spent()  # a fresh run takes at least one step
     if out_of_time and run.step < cfg.steps:
-        say(f"gentk: the run's time budget (train.minutes = {cfg.minutes:g}) is spent at step {run.step}; nothing to train. Raise train.minutes (--minutes N) to continue it.")
+        say(
+            f"gentk: the run's time budget (train.minutes = {cfg.minutes:g}) is spent at step {run.step}; nothing to train. Raise train.minutes "
+            "(--minutes N) to continue it."
+        )
     try:
         if state is not None and run.evaluation_missing(out_of_time):
             run.evaluate()
@@ -147,7 +151,10 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
                         raise TrainingInterrupted(interrupt_message(stop.requested, run.step, cfg.steps, run_dir, recipe), run_dir=run_dir, step=run.step)
                     if run.step % recipe.eval.every == 0 or last:
                         if out_of_time:
-                            say(f"gentk: time budget of {cfg.minutes:g} minutes reached at step {run.step} of {cfg.steps}; saved, now the final evaluation.")
+                            say(
+                                f"gentk: time budget of {cfg.minutes:g} minutes reached at step {run.step} of {cfg.steps}; saved, now the final "
+                                "evaluation."
+                            )
                         run.evaluate()
     finally:
         run.progress.close()
@@ -292,7 +299,10 @@ class Run:
             if self.ema is not None and state.ema is not None:
                 self.ema.load_state_dict(state.ema)
         except (KeyError, RuntimeError, ValueError) as exc:
-            raise TrainingError(f"the checkpoint does not fit this model ({type(exc).__name__}: {' '.join(str(exc).split())}). Was the model changed? Resume with the recipe that wrote it.") from None
+            raise TrainingError(
+                f"the checkpoint does not fit this model ({type(exc).__name__}: {' '.join(str(exc).split())}). Was the model changed? Resume "
+                "with the recipe that wrote it."
+            ) from None
         rank = self.info.rank
         if state.world_size == self.info.world_size:
             position = state.data[rank]
@@ -769,7 +779,10 @@ class StopRequest:
 
 def interrupt_message(signame: str | None, step: int, total: int, run_dir: Path, recipe: Recipe) -> str:
     # run_dir/recipe.toml is the resolved recipe, --set overrides included: it always matches
-    return f"{signame or 'a signal'} at step {step} of {total}: checkpoint saved in {run_dir}/checkpoints. Resume with: gentk run {run_dir}/recipe.toml --resume {run_dir}"
+    return (
+        f"{signame or 'a signal'} at step {step} of {total}: checkpoint saved in {run_dir}/checkpoints. Resume with: gentk run "
+        f"{run_dir}/recipe.toml --resume {run_dir}"
+    )
 
 
 def nan_message(ts, step: int, value: float, run_dir: Path, last_saved: int | None) -> str:
