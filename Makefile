@@ -1,4 +1,4 @@
-# Set-up, main job and tests. `make run` and `make test` each create .venv on first use.
+# Set-up, main job, style and tests. `make run`, `make lint` and `make test` each create .venv on first use.
 # TORCH_SPEC picks the torch build: CI sets torch==2.13.0 (the CPU build on its disk).
 PYTHON     ?= python3
 VENV       ?= .venv
@@ -8,7 +8,7 @@ ARGS       ?=
 GENTK_DATA ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 export GENTK_DATA
 
-.PHONY: install run test bench clean
+.PHONY: install run lint test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ install: $(VENV)/.installed
 run: install
 	$(VENV)/bin/gentk run $(RECIPE) $(ARGS)
 
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
 test: install
 	$(VENV)/bin/python -m pytest -q $(ARGS)
 
@@ -30,4 +34,4 @@ bench: install
 	$(VENV)/bin/python bench/train.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

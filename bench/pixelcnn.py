@@ -1,8 +1,8 @@
 """Speed of the gated PixelCNN decoder on CPU: training throughput and sampling time.
 
-Configuration (issue 4, DESIGN.md sec. 6): 10 gated layers, 64 channels, 7x7 mask-A then
-3x3 mask-B, Bernoulli output, 28x28 binary images, adaptive-bias conditioning on a
-10-dimensional code, Adam.
+Configuration (docs/architecture.md, "Performance facts"): 10 gated layers, 64 channels,
+7x7 mask-A then 3x3 mask-B, Bernoulli output, 28x28 binary images, adaptive-bias
+conditioning on a 10-dimensional code, Adam.
 
     .venv/bin/python bench/pixelcnn.py                 # training + cached + naive sampling
     .venv/bin/python bench/pixelcnn.py --skip-naive    # without the naive sampler (about 2.5 minutes)
@@ -145,7 +145,11 @@ def bench_roofline(args) -> None:
     for bf16 in (False, True) if cpu_has_native_bf16() else (False,):
         for name, memory_format in (("NCHW", torch.contiguous_format), ("channels_last", torch.channels_last)):
             total = sum(time_conv(x, w, g, memory_format, bf16, args.repeats) for _, x, w, g in shapes)
-            print(f"  {'bf16' if bf16 else 'fp32'} convolutions alone, {name}: {total * 1e3:.0f} ms per step of {args.batch} -> at most {args.batch / total:.1f} images/s ({load()})", flush=True)
+            print(
+                f"  {'bf16' if bf16 else 'fp32'} convolutions alone, {name}: {total * 1e3:.0f} ms per step of {args.batch} -> at most "
+                f"{args.batch / total:.1f} images/s ({load()})",
+                flush=True,
+            )
 
 
 def bench_sampling(args) -> tuple[float, float | None]:
@@ -164,7 +168,11 @@ def bench_sampling(args) -> tuple[float, float | None]:
         t0, cpu0 = time.perf_counter(), time.process_time()
         naive = model.sample_naive(16, c, generator=torch.Generator().manual_seed(0))
         naive_time = time.perf_counter() - t0
-        print(f"  naive sampling: {naive_time:.1f} s, {time.process_time() - cpu0:.1f} s CPU time ({load()}); same samples as cached: {torch.equal(naive, cached)}", flush=True)
+        print(
+            f"  naive sampling: {naive_time:.1f} s, {time.process_time() - cpu0:.1f} s CPU time ({load()}); same samples as cached: "
+            f"{torch.equal(naive, cached)}",
+            flush=True,
+        )
     return best, naive_time
 
 

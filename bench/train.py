@@ -125,7 +125,10 @@ def table(rows: list[tuple[str, str, dict]], args) -> str:
         if "error" in r:
             lines.append(f"| {name} | {size} | | failed: {r['error']} | | | {r['load']:.1f} |")
         else:
-            lines.append(f"| {name} | {size} | {r['batch']} | {number(r['steps_per_s'])} | {number(r['images_per_s'])} | {r['peak_mib']:.0f} | {r['load']:.1f} |")
+            lines.append(
+                f"| {name} | {size} | {r['batch']} | {number(r['steps_per_s'])} | {number(r['images_per_s'])} | {r['peak_mib']:.0f} | "
+                f"{r['load']:.1f} |"
+            )
     lines += ["", END]
     return "\n".join(lines) + "\n"
 

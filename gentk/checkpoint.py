@@ -1,30 +1,14 @@
 """Checkpoints: everything needed to continue a run bit for bit, written atomically.
 
-A checkpoint is one ``torch.save`` file holding plain data only (tensors, numbers,
-strings, lists, dicts), so loading it with ``torch.load(weights_only=True)`` never
-unpickles code:
+A checkpoint is one ``torch.save`` file of a `TrainState` (its docstring lists every key),
+holding plain data only (tensors, numbers, strings, lists, dicts), so loading it with
+``torch.load(weights_only=True)`` never unpickles code. The engine builds a `TrainState`
+to save and restores a run from the `TrainState` it loads.
 
-    format       CHECKPOINT_FORMAT
-    step         training steps done
-    model        the model's state_dict
-    ema          the EMA weights (a state_dict) or None
-    optimizers   {training step name: optimizer state_dict}
-    schedules    {training step name: scheduler state_dict}
-    scalers      {training step name: GradScaler state_dict} (fp16 AMP only)
-    data         [per rank: {"train": iterator state, "labeled": iterator state or None}]
-    rng          [per rank: python, numpy, torch CPU and CUDA generator states]
-    recipe       the resolved recipe as a dict (what `Recipe.to_dict` gives)
-    image_shape  [C, H, W] of the data the model was built for
-    best         {"name": metric, "value": float, "step": int} or None
-    world_size   ranks that trained it
-    interval     [per rank: {"sums": {scalar: running sum}, "counted": steps}] of the log
-                 interval in progress, so that a resumed run logs the same means
-    checksum     SHA-256 of everything above (see `content_digest`), checked on load
-
-Loading checks the format, the checksum and that every key above is there, so a file
-damaged after it was written (a flipped bit, a truncated copy) is an error that names
-the file, never weights that load and train on as NaN. Files of format 1 (before the
-checksum) still load, unchecked.
+Loading checks the format, the checksum and that every key a run needs is there, so a
+file damaged after it was written (a flipped bit, a truncated copy) is an error that
+names the file, never weights that load and train on as NaN. Files of format 1 (before
+the checksum and the log interval) still load, unchecked, and resume.
 
 Writing goes to a temporary file in the same directory, is flushed and fsync'ed, then
 renamed over the target (and the directory fsync'ed), so a crash at any moment leaves
@@ -44,6 +28,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import attrs
 import numpy as np
 import torch
 
@@ -53,7 +38,75 @@ CHECKPOINT_FORMAT = 2
 READABLE_FORMATS = (1, 2)  # 1: without checksum, interval
 LATEST = "latest.pt"
 BEST = "best.pt"
-RUN_KEYS = ("step", "model", "ema", "optimizers", "schedules", "scalers", "data", "rng", "recipe", "image_shape", "best", "world_size")
+
+
+@attrs.define(eq=False)
+class TrainState:
+    """A run's state at one step, as a checkpoint holds it: one field per key of the file.
+
+        format       CHECKPOINT_FORMAT (written by `to_dict`; not a field)
+        step         training steps done
+        model        the model's state_dict
+        ema          the EMA weights (a state_dict), or None when train.ema = 0
+        optimizers   {training step name: optimizer state_dict}
+        schedules    {training step name: scheduler state_dict}
+        scalers      {training step name: GradScaler state_dict} (fp16 AMP only; else {})
+        data         [per rank: {"train": iterator state, "labeled": iterator state or None}]
+        rng          [per rank: python, numpy, torch CPU and CUDA generator states (`rng_state`)]
+        recipe       the resolved recipe as a dict (what `Recipe.to_dict` gives)
+        image_shape  [C, H, W] of the data the model was built for
+        best         {"name": metric, "value": float, "step": int} of best.pt, or None
+        world_size   ranks that trained it
+        elapsed      seconds the run has spent so far, over resumes (train.minutes counts
+                     them); 0.0 when a file has none
+        interval     [per rank: {"sums": {scalar: running sum}, "counted": steps}] of the log
+                     interval in progress, so that a resumed run logs the same means; None
+                     in format 1
+        checksum     SHA-256 of everything above (see `content_digest`), added by
+                     `atomic_save` and checked by `load` (format 2; not a field)
+
+    The keys up to ``world_size`` are required (`RUN_KEYS`); ``elapsed`` and ``interval``
+    may be missing from older files.
+    """
+
+    step: int
+    model: dict[str, torch.Tensor]
+    ema: dict[str, torch.Tensor] | None
+    optimizers: dict[str, Any]
+    schedules: dict[str, Any]
+    scalers: dict[str, Any]
+    data: list[dict[str, Any]]
+    rng: list[dict[str, Any]]
+    recipe: dict[str, Any]
+    image_shape: list[int]
+    best: dict[str, Any] | None
+    world_size: int
+    elapsed: float = 0.0
+    interval: list[dict[str, Any]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The checkpoint file's content, keys in the order above (without the checksum)."""
+        return {"format": CHECKPOINT_FORMAT, **attrs.asdict(self, recurse=False)}
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> TrainState:
+        """From what `load` returned (format 1 or 2)."""
+        return cls(**{field.name: state[field.name] for field in attrs.fields(cls) if field.name in state})
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> TrainState:
+        """`load` a checkpoint file (checked) as a `TrainState`."""
+        return cls.from_dict(load(path, map_location))
+
+    def log_interval(self, rank: int) -> tuple[dict[str, float], int]:
+        """Rank `rank`'s running sums and step count of the log interval the checkpoint was written in (``({}, 0)`` in format 1)."""
+        if self.interval is None:
+            return {}, 0
+        mine = self.interval[rank]
+        return {k: float(v) for k, v in mine["sums"].items()}, int(mine["counted"])
+
+
+RUN_KEYS = tuple(field.name for field in attrs.fields(TrainState) if field.default is attrs.NOTHING)
 
 
 # --------------------------------------------------------------------------- atomic files
@@ -149,17 +202,29 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     except Exception as exc:  # a truncated or foreign file: say which and what to do (never torch's advice to unpickle code)
         unsafe = _unsafe_global(exc)
         if unsafe is not None:
-            raise TrainingError(f"cannot read checkpoint '{path}': it holds a Python object of type {unsafe}, and gentk checkpoints hold plain data only (tensors, numbers, strings, lists, dicts), so that loading one never runs code. gentk did not write this file, or it was changed since; pick another file in {path.parent}.") from None
+            raise TrainingError(
+                f"cannot read checkpoint '{path}': it holds a Python object of type {unsafe}, and gentk checkpoints hold plain data only "
+                "(tensors, numbers, strings, lists, dicts), so that loading one never runs code. gentk did not write this file, or it was "
+                f"changed since; pick another file in {path.parent}."
+            ) from None
         raise TrainingError(f"cannot read checkpoint '{path}': {type(exc).__name__}: {_one_line(exc)}. It may be incomplete; pick another file in {path.parent}.") from None
     if not isinstance(state, dict) or state.get("format") not in READABLE_FORMATS:
         raise TrainingError(f"'{path}' is not a gentk checkpoint of format {CHECKPOINT_FORMAT}.")
     if state["format"] >= 2:
         stored = state.pop("checksum", None)
         if stored != content_digest(state):
-            raise TrainingError(f"checkpoint '{path}' is damaged: its content does not match the checksum written with it ({'none' if stored is None else 'a different one'}), so a weight or a state changed after it was saved (a disk or copy error). Its values cannot be trusted; resume from another file in {path.parent} (a run directory resumes from the newest intact one by itself).")
+            raise TrainingError(
+                f"checkpoint '{path}' is damaged: its content does not match the checksum written with it "
+                f"({'none' if stored is None else 'a different one'}), so a weight or a state changed after it was saved (a disk or copy "
+                f"error). Its values cannot be trusted; resume from another file in {path.parent} (a run directory resumes from the newest "
+                "intact one by itself)."
+            )
     missing = [key for key in RUN_KEYS if key not in state]
     if missing:
-        raise TrainingError(f"checkpoint '{path}' has no {', '.join(repr(k) for k in missing)}: it is not a complete gentk checkpoint (the engine writes {', '.join(RUN_KEYS)}). It was cut or edited after it was written; use another file in {path.parent}.")
+        raise TrainingError(
+            f"checkpoint '{path}' has no {', '.join(repr(k) for k in missing)}: it is not a complete gentk checkpoint (the engine writes "
+            f"{', '.join(RUN_KEYS)}). It was cut or edited after it was written; use another file in {path.parent}."
+        )
     return state
 
 
@@ -183,7 +248,10 @@ def load_weights(model: torch.nn.Module, state: dict[str, Any], path: str | Path
                 for key, value in state["ema"].items():
                     live[key].copy_(value)
     except (KeyError, RuntimeError, ValueError) as exc:
-        raise TrainingError(f"checkpoint '{path}' does not fit the model its own recipe builds: {_one_line(exc)}. The file was changed after the run wrote it, or comes from another version of a plugin; use another file in {Path(path).parent}.") from None
+        raise TrainingError(
+            f"checkpoint '{path}' does not fit the model its own recipe builds: {_one_line(exc)}. The file was changed after the run wrote it, "
+            f"or comes from another version of a plugin; use another file in {Path(path).parent}."
+        ) from None
 
 
 # --------------------------------------------------------------------------- the checkpoints/ folder
@@ -246,7 +314,10 @@ def find(resume: str | Path) -> Path:
         if any(directory.glob("step-*.pt")):
             return directory / LATEST
     if path.is_dir():
-        raise TrainingError(f"'{path}' holds no checkpoint (looked for checkpoints/{LATEST}). The run may have stopped before its first checkpoint; start it again without --resume.")
+        raise TrainingError(
+            f"'{path}' holds no checkpoint (looked for checkpoints/{LATEST}). The run may have stopped before its first checkpoint; start it "
+            "again without --resume."
+        )
     raise TrainingError(f"--resume '{path}': no such file or directory. Pass a run directory (runs/NAME-TIME), a checkpoint file, or 'auto'.")
 
 
@@ -292,18 +363,6 @@ def load_resumable(path: Path, map_location: str | torch.device = "cpu") -> tupl
     if skipped:
         raise TrainingError(f"no intact checkpoint in {path.parent}: " + " ".join(why for _, why in skipped))
     raise TrainingError(f"'{path.parent}' holds no checkpoint. The run may have stopped before its first checkpoint; start it again without --resume.")
-
-
-def log_interval(state: dict[str, Any] | None, info) -> tuple[dict[str, float], int]:
-    """The running sums and step count of the log interval a checkpoint was written in.
-
-    ``({}, 0)`` for a fresh run, a checkpoint without them (format 1), or one written by
-    another number of processes (whose sums were per rank).
-    """
-    if state is None or "interval" not in state or state["world_size"] != info.world_size:
-        return {}, 0
-    mine = state["interval"][info.rank]
-    return {k: float(v) for k, v in mine["sums"].items()}, int(mine["counted"])
 
 
 # --------------------------------------------------------------------------- random number generators

@@ -251,7 +251,10 @@ def cmd_sample(args: argparse.Namespace, plugins: Plugins) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_grid(images, out, nrow=per_row)
-    print(f"sampled {len(images)} images in {seconds:.2f} s ({len(images) / seconds:.1f} images/s; {type(run.model.decoder).__name__}.sample on {run.device}); wrote {out}")
+    print(
+        f"sampled {len(images)} images in {seconds:.2f} s ({len(images) / seconds:.1f} images/s; {type(run.model.decoder).__name__}.sample on "
+        f"{run.device}); wrote {out}"
+    )
     return 0
 
 

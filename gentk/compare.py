@@ -1,7 +1,7 @@
 """A comparison study: several recipes, several seeds, the same data and budget, one report.
 
-This is what gentk exists for (DESIGN.md §5): PixelGAN autoencoders against their
-baselines, trained alike and measured alike. `compare` trains each recipe once per seed
+This is what gentk exists for (docs/architecture.md, "The paper"): PixelGAN
+autoencoders against their baselines, trained alike and measured alike. `compare` trains each recipe once per seed
 (the same ``--set`` overrides applied to all), evaluates the final weights on the test
 split, and writes ``<out>/<name>/report.md`` and ``report.html`` (`gentk.report`).
 

@@ -31,11 +31,11 @@ from torch import Tensor, nn
 
 from gentk.distributions import bernoulli_log_prob, discretized_logistic_log_prob, normal_log_prob, standard_normal, uniform
 from gentk.nn import activation, mlp, upsampled_start_size
-from gentk.pixelcnn import PixelCNNDecoder
 from gentk.options import configured, option
+from gentk.pixelcnn import PixelCNNDecoder
 from gentk.plugins import hookimpl
 
-# Research code imports every decoder from here (DESIGN.md §1); `pixelcnn` registers itself.
+# Research code imports every decoder from here (README.md, "Research code"); `pixelcnn` registers itself.
 __all__ = ["BernoulliLikelihood", "DiscretizedLogisticLikelihood", "FactorizedDecoder", "GaussianLikelihood", "PixelCNNDecoder", "bernoulli_decoder", "gaussian_decoder", "logistic_decoder"]
 
 # --------------------------------------------------------------------------- likelihoods

@@ -5,7 +5,7 @@ The AAE paper (Makhzani et al. 2016, §2) encodes MNIST with 2 x 1000 ReLU layer
 2017, §2) make the encoder stochastic by input noise, z = f(x, n); here n is Gaussian noise
 of standard deviation `input_noise` added to x, during training only (like dropout).
 
-Each latent gets its own head on the shared features (DESIGN.md §3):
+Each latent gets its own head on the shared features (docs/models.md):
 
 - ``deterministic``: a linear layer; ``code`` is its output;
 - ``gaussian``: a linear layer giving ``mean`` and ``logvar``; ``code`` is the

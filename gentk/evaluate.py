@@ -235,7 +235,8 @@ def evaluate_run(run_dir: str | Path, *, names: Sequence[str] | None = None, whi
     batch_size = run.recipe.data.common.batch_size
     with checkpoint.preserved_rng(), torch.no_grad():
         seed_everything(run.recipe.seed)  # metrics that draw random numbers give the same result each time
-        limited = attrs.evolve(run.recipe, eval=attrs.evolve(run.recipe.eval, max_examples=max_examples))  # losses on the same examples as the metrics
+        # losses on the same examples as the metrics
+        limited = attrs.evolve(run.recipe, eval=attrs.evolve(run.recipe.eval, max_examples=max_examples))
         values = held_out_losses(run.model, run.data, split, limited, run.device, dist.DistInfo())
         found = evaluate(run.model, run.data, names, plugins=plugins, device=run.device, split=split, batch_size=batch_size, max_examples=max_examples, seed=run.recipe.seed, run_dir=run.run_dir, step=run.step, options=options)
     values.update({f"eval/{split}/{k}": v for k, v in found.items()})

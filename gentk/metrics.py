@@ -209,11 +209,17 @@ def _latent(model, wanted: str | None, *, head: str | None = None, supervised: b
     fits = [n for n, s in latents.items() if (head is None or s.head == head) and (not supervised or s.supervised)]
     if wanted is not None:
         if wanted not in fits:
-            raise GentkError(f"the {what} metric needs latent '{wanted}' to be {'a supervised ' if supervised else 'a '}{head or ''} latent; suitable latents: {', '.join(fits) or 'none'}.")
+            raise GentkError(
+                f"the {what} metric needs latent '{wanted}' to be {'a supervised ' if supervised else 'a '}{head or ''} latent; suitable "
+                f"latents: {', '.join(fits) or 'none'}."
+            )
         return wanted
     if len(fits) != 1:
         kind = ("supervised " if supervised else "") + (f"{head} " if head else "")
-        raise GentkError(f"the {what} metric needs exactly one {kind}latent, this model has {len(fits)} ({', '.join(fits) or 'none'}); pass its name with --option {what}.latent=NAME, or drop the metric from eval.metrics.")
+        raise GentkError(
+            f"the {what} metric needs exactly one {kind}latent, this model has {len(fits)} ({', '.join(fits) or 'none'}); pass its name with "
+            f"--option {what}.latent=NAME, or drop the metric from eval.metrics."
+        )
     return fits[0]
 
 

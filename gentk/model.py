@@ -1,13 +1,13 @@
 """The one Model: an encoder, named latents (prior and regularizer each) and a decoder.
 
 PixelGAN autoencoders (Makhzani & Frey 2017), the VAE, the AAE and PixelVAE are all this
-class; they differ only in their recipes (DESIGN.md §3, §7.4):
+class; they differ only in their recipes (docs/architecture.md, "Training phases"):
 
     x --encoder--> {latent: head outputs} --concat codes--> c --decoder--> log p(x|c)
                         |                                     ^
                         +-- regularizer vs prior per latent   +-- prior samples at sampling time
 
-The model turns its parts into the training steps of DESIGN.md §3, so the engine never
+The model turns its parts into the training steps the engine runs, so the engine never
 looks inside it:
 
 1. ``reconstruction`` (phase reconstruction): -log p(x|c) plus the penalties of
@@ -111,7 +111,10 @@ class Model(nn.Module):
         except ValueError as exc:
             raise GentkError(f"model.decoder ({spec.decoder.name}) for images {tuple(image_shape)} and a code of size {cond_size}: {exc}") from None
         if decoder.cond_size != cond_size:
-            raise GentkError(f"model.decoder ({spec.decoder.name}) was built for a code of size {cond_size} but accepts codes of size {decoder.cond_size} (its cond_size).")
+            raise GentkError(
+                f"model.decoder ({spec.decoder.name}) was built for a code of size {cond_size} but accepts codes of size {decoder.cond_size} "
+                "(its cond_size)."
+            )
         return cls(encoder, decoder, spec.latents, priors, regularizers)
 
     # ----------------------------------------------------------------------- parts and phases
@@ -151,7 +154,7 @@ class Model(nn.Module):
         )
 
     def phases(self) -> list[str]:
-        """The phases this model trains in, in the order of DESIGN.md §3."""
+        """The phases this model trains in, in the engine's order (reconstruction, regularization, supervised)."""
         used = {step.phase for step in self.training_steps()}
         return [phase for phase in PHASES if phase in used]
 
@@ -251,7 +254,10 @@ class Model(nn.Module):
         categorical = [name for name, spec in self.latents.items() if spec.head == "categorical"]
         if latent is None:
             if len(categorical) != 1:
-                raise GentkError(f"sample_per_category needs latent=NAME: this model has {len(categorical)} categorical latents ({', '.join(categorical) or 'none'}).")
+                raise GentkError(
+                    f"sample_per_category needs latent=NAME: this model has {len(categorical)} categorical latents "
+                    f"({', '.join(categorical) or 'none'})."
+                )
             latent = categorical[0]
         elif latent not in categorical:
             raise GentkError(f"'{latent}' is not a categorical latent of this model; categorical latents: {', '.join(categorical) or 'none'}.")
@@ -278,7 +284,10 @@ class Model(nn.Module):
             return self.log_prob(x)
         other = [name for name, reg in self.regularizers.items() if not isinstance(reg, KLTerm)]
         if other:
-            raise GentkError(f"the ELBO needs a KL regularizer on every latent; {', '.join(other)} {'is' if len(other) == 1 else 'are'} not KL-regularized (an adversarial latent has no q(z|x) density term).")
+            raise GentkError(
+                f"the ELBO needs a KL regularizer on every latent; {', '.join(other)} {'is' if len(other) == 1 else 'are'} not KL-regularized "
+                "(an adversarial latent has no q(z|x) density term)."
+            )
         heads = self.encoder(x)
         kl = sum(self.regularizers[name].kl(heads[name]) for name in self.latents)
         return self.decoder(x, self._condition(heads)) - kl

@@ -1,8 +1,8 @@
 """Optimizers and learning-rate schedules, registered as built-in plugins.
 
-Each phase of training (DESIGN.md §3) has its own optimizer and schedule, picked in the
-recipe as ``train.phases.<phase>.optimizer = { name = "adam", lr = 1e-3 }`` and
-``schedule = { name = "cosine" }``. Adam is the paper's (and the AAE paper's) choice.
+Each phase of training (docs/architecture.md, "Training phases") has its own optimizer
+and schedule, picked in the recipe as ``train.phases.<phase>.optimizer = { name = "adam",
+lr = 1e-3 }`` and ``schedule = { name = "cosine" }``. Adam is the paper's (and the AAE paper's) choice.
 Each factory takes its validated config and the engine's context: ``params`` for an
 optimizer, ``optimizer`` and ``total_steps`` for a schedule.
 """

@@ -1,10 +1,10 @@
 """Recipes: TOML files that assemble and train a model, validated before anything runs.
 
-A recipe is a tree of tables (DESIGN.md §4). A table that picks a component has a
-``name`` key naming a registered component; its other keys are that component's options,
-declared by the component as an attrs class whose fields use `gentk.options.option`
-(type, default, range, one-line doc). The fixed tables (``[data]``, ``[model]``, ``[train]``, ``[eval]``)
-are the attrs classes below.
+A recipe is a tree of tables (docs/architecture.md, "The recipe tree"). A table that
+picks a component has a ``name`` key naming a registered component; its other keys are
+that component's options, declared by the component as an attrs class whose fields use
+`gentk.options.option` (type, default, range, one-line doc). The fixed tables
+(``[data]``, ``[model]``, ``[train]``, ``[eval]``) are the attrs classes below.
 
 Reading a recipe:
 1. parse the TOML file; ``extends = "base.toml"`` (or a list) deep-merges the named files
@@ -30,7 +30,6 @@ import attrs
 
 from gentk import contracts
 from gentk.errors import RecipeError, RegistryError, closest, did_you_mean
-from gentk.plugins import plugins_or_default
 
 # The declaration API lives in gentk.options; these names stay importable from here.
 from gentk.options import (  # noqa: F401
@@ -45,6 +44,7 @@ from gentk.options import (  # noqa: F401
     registered_names,
     unstructure,
 )
+from gentk.plugins import plugins_or_default
 
 # --------------------------------------------------------------------------- the recipe tables
 
@@ -110,7 +110,12 @@ class TrainSpec:
     """The ``[train]`` table."""
 
     steps: int = option(10000, "training steps (each runs every phase once)", ge=1)
-    minutes: float | None = option(None, "wall-clock budget in minutes, counted over resumes: training stops at the first step past it, saves and runs the final evaluation (steps stays the upper bound and sets the schedules' length)", gt=0)
+    minutes: float | None = option(
+        None,
+        "wall-clock budget in minutes, counted over resumes: training stops at the first step past it, saves and runs the final evaluation "
+        "(steps stays the upper bound and sets the schedules' length)",
+        gt=0,
+    )
     log_every: int = option(50, "steps between logged scalars", ge=1)
     checkpoint_every: int = option(1000, "steps between checkpoints", ge=1)
     keep_last: int = option(3, "periodic checkpoints kept besides latest and best", ge=1)
@@ -121,6 +126,17 @@ class TrainSpec:
     ema: float = option(0.0, "decay of an exponential moving average of the weights used for evaluation (0: off)", ge=0.0, lt=1.0)
     threads: int | None = option(None, "CPU threads for torch (default: torch's choice)", ge=1)
     phases: dict[Literal["reconstruction", "regularization", "supervised"], PhaseSpec] = option(factory=dict, doc="optimizer and schedule per phase")
+    phase_defaults: dict[str, PhaseSpec] = internal(attrs.Factory(dict))  # a phase without a table, filled in when the recipe loads
+
+    def phase(self, name: str) -> PhaseSpec:
+        """Phase `name`'s optimizer, schedule and clipping: its ``[train.phases.NAME]`` table, else the format's defaults."""
+        spec = self.phases.get(name) or self.phase_defaults.get(name)
+        if spec is None:
+            raise RecipeError(
+                f"train.phases.{name}: this recipe has no such table, and its defaults were not filled in (a TrainSpec built by hand, not by "
+                "gentk.load_recipe). Add the table, or load the recipe with gentk.load_recipe."
+            )
+        return spec
 
 
 @attrs.frozen
@@ -137,7 +153,11 @@ def _one_path_component(instance, attribute, value) -> None:
     """A name that becomes a folder under --out: it must not be empty, leave --out or nest."""
     bad = not isinstance(value, str) or value.strip() in ("", ".", "..") or any(c in value for c in "/\\\0") or value != value.strip()
     if bad:
-        raise OptionValueError(attribute.name, f"expected one folder name (letters, digits, '-', '_', '.'), found {value!r}: the run directory is --out/NAME-TIME, so a name must not be empty, '.' or '..', contain '/', '\\' or a NUL byte, or start or end with a space. For example name = \"aae_mnist\".")
+        raise OptionValueError(
+            attribute.name,
+            f"expected one folder name (letters, digits, '-', '_', '.'), found {value!r}: the run directory is --out/NAME-TIME, so a name must "
+            "not be empty, '.' or '..', contain '/', '\\' or a NUL byte, or start or end with a space. For example name = \"aae_mnist\".",
+        )
 
 
 @attrs.frozen
@@ -220,7 +240,10 @@ def resolve_extends(path: str | Path, origins: dict[tuple, str] | None = None, _
     for parent in parents:
         parent_path = (path.parent / parent) if not Path(parent).is_absolute() else Path(parent)
         if not parent_path.is_file():
-            raise RecipeError(f"{path}: extends: the file '{parent}' (looked for at {parent_path}) does not exist. Paths in 'extends' are relative to the recipe that names them.")
+            raise RecipeError(
+                f"{path}: extends: the file '{parent}' (looked for at {parent_path}) does not exist. Paths in 'extends' are relative to the "
+                "recipe that names them."
+            )
         merged = _merge(merged, resolve_extends(parent_path, origins, _stack + (real,)))
     _record_origins(tree, str(path), (), origins)
     return _merge(merged, tree)
@@ -293,9 +316,19 @@ def recipe_from_dict(tree: Mapping[str, Any], *, plugins=None, source: str | Non
     plugins = plugins_or_default(plugins)
     ctx = _Context(plugins.registries, origins or {}, source or "<recipe>")
     recipe = ctx.structure(Recipe, tree, ())
-    recipe = attrs.evolve(recipe, source=source)
+    recipe = attrs.evolve(recipe, source=source, train=_with_phase_defaults(recipe.train, ctx))
     check_recipe(recipe, ctx)
     return recipe
+
+
+def _with_phase_defaults(train: TrainSpec, ctx: _Context) -> TrainSpec:
+    """Resolve each phase without a ``[train.phases.NAME]`` table to `PhaseSpec`'s defaults (Adam, a constant rate).
+
+    They stay out of `Recipe.to_dict`: the resolved recipe a run writes lists the tables
+    the recipe has, as before.
+    """
+    defaults = {phase: ctx.structure(PhaseSpec, {}, ("train", "phases", phase)) for phase in PHASES if phase not in train.phases}
+    return attrs.evolve(train, phase_defaults=defaults)
 
 
 def check_recipe(recipe: Recipe, ctx: _Context | None = None) -> None:
@@ -490,4 +523,7 @@ class _Context:
             return out
         if attrs.has(tp):
             return self.structure(tp, value, path)
-        raise TypeError(f"gentk.recipe cannot check values of type {tp!r} (at {'.'.join(map(str, path))}); use int, float, str, bool, list, dict, Literal or an attrs class")
+        raise TypeError(
+            f"gentk.recipe cannot check values of type {tp!r} (at {'.'.join(map(str, path))}); use int, float, str, bool, list, dict, Literal "
+            "or an attrs class"
+        )

@@ -5,7 +5,8 @@ E_x KL(q(z|x) || p(z)) = I(x; z) + KL(q(z) || p(z)): the VAE and PixelVAE pay bo
 (`KLRegularizer`), PixelGAN and the AAE drop the mutual information and replace
 KL(q(z) || p(z)) by a GAN between prior samples and codes (`AdversarialRegularizer`).
 
-A regularizer declares the training phase it acts in (``phase``, DESIGN.md §3):
+A regularizer declares the training phase it acts in (``phase``; docs/architecture.md,
+"Training phases"):
 
 - ``"reconstruction"``: it offers ``penalty(head, step) -> (scalar, logs)``, added to the
   reconstruction loss, and ``kl(head) -> (B,)``, its exact term of the ELBO;
@@ -177,7 +178,11 @@ class AdversarialRegularizer(nn.Module):
         discriminator: list[int] = option(doc="hidden widths of the discriminator MLP (AAE paper: [1000, 1000])", factory=lambda: [1000, 1000], ge=1)
         activation: Literal["relu", "leaky_relu", "elu", "tanh", "softplus"] = option("relu", "nonlinearity of the discriminator")
         gradient_penalty: float = option(0.0, "weight gamma / 2 of the R1 penalty on real samples (0: off)", ge=0)
-        batch_features: bool = option(False, "the discriminator also sees the batch mean of the codes (a minibatch feature), so it can tell codes that crowd a few categories from prior samples")
+        batch_features: bool = option(
+            False,
+            "the discriminator also sees the batch mean of the codes (a minibatch feature), so it can tell codes that crowd a few categories "
+            "from prior samples",
+        )
 
     def __init__(self, config: Config | None = None, *, size: int, prior: nn.Module, head: str, **options) -> None:
         super().__init__()

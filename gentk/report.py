@@ -4,8 +4,8 @@ A report is built once as a list of blocks (headings, paragraphs, tables, image 
 rendered twice, as ``report.md`` and ``report.html``, so the two never disagree. Every
 metric is shown as mean +- sample standard deviation over seeds, with the published number
 beside it where the paper has one (`PAPER`): Table 1 of Makhzani & Frey 2017, "PixelGAN
-Autoencoders" (test error %, mean +- std), and the binarized-MNIST NLL baselines of
-DESIGN.md §5. Learning curves need matplotlib (the ``plots`` extra); without it the report
+Autoencoders" (test error %, mean +- std), and the binarized-MNIST NLL baselines
+(docs/results.md). Learning curves need matplotlib (the ``plots`` extra); without it the report
 says so instead of drawing them.
 """
 
@@ -271,16 +271,23 @@ def study_blocks(meta: dict[str, Any], results: Sequence[Any], recipes: Sequence
     blocks: list[Block] = [
         Heading(f"Comparison: {meta['name']}", 1),
         Paragraph(f"Command: `{meta['command']}`"),
-        Paragraph(f"Written {meta['time']} on {meta['machine']}. Seeds: {', '.join(map(str, seeds))}. Overrides applied to every recipe: {', '.join(f'`{o}`' for o in meta['overrides']) or 'none'}."),
+        Paragraph(
+            f"Written {meta['time']} on {meta['machine']}. Seeds: {', '.join(map(str, seeds))}. Overrides applied to every recipe: "
+            f"{', '.join(f'`{o}`' for o in meta['overrides']) or 'none'}."
+        ),
         Heading("Setup"),
-        Table(["recipe", "file", "data", "steps", "batch", "test examples", "runs"], [[s["name"], f"`{s['path']}`", s["data"], str(s["steps"]), str(s["batch_size"]), s["test_examples"], s["runs"]] for s in meta["setup"]]),
+        Table(
+            ["recipe", "file", "data", "steps", "batch", "test examples", "runs"],
+            [[s["name"], f"`{s['path']}`", s["data"], str(s["steps"]), str(s["batch_size"]), s["test_examples"], s["runs"]] for s in meta["setup"]],
+        ),
     ]
     if meta.get("differences"):
         blocks.append(Paragraph("Warning: the recipes do not share the same data and budget: " + "; ".join(meta["differences"]) + ". Use --set to align them (e.g. `--set train.steps=N`) for a fair comparison."))
     blocks += [
         Heading("Results"),
         Paragraph(
-            f"Test split (as many examples as the setup table says), {meta['checkpoint']} checkpoint of each run; mean ± sample standard deviation over {len(seeds)} seed(s) "
+            f"Test split (as many examples as the setup table says), {meta['checkpoint']} checkpoint of each run; mean ± sample standard "
+            f"deviation over {len(seeds)} seed(s) "
             "(± 0 for one seed). The paper's number, where it has one, is in parentheses; it was obtained at the paper's "
             "full scale, so a smaller budget is not expected to reach it. Errors are in %, likelihoods in nats per image "
             "(`_bpd`: bits per dimension). Metric definitions: docs/compare.md."
@@ -291,10 +298,20 @@ def study_blocks(meta: dict[str, Any], results: Sequence[Any], recipes: Sequence
     if curves:
         blocks.append(Images([("reconstruction loss (train, held-out)", curves)]))
     if error_curves:
-        blocks.append(Paragraph("Held-out error against minutes of wall time, the budget at which recipes of different speeds are compared fairly (each run's own clock: runs that shared the cores ran slower than on an idle machine)."))
+        blocks.append(
+            Paragraph(
+                "Held-out error against minutes of wall time, the budget at which recipes of different speeds are compared fairly (each run's "
+                "own clock: runs that shared the cores ran slower than on an idle machine)."
+            )
+        )
         blocks.append(Images([("held-out error against wall time", error_curves)]))
     else:
-        blocks.append(Paragraph('matplotlib is not installed, so this report has no learning curves: pip install "gentk[plots]" and run the same `gentk compare` again (finished runs are reused).'))
+        blocks.append(
+            Paragraph(
+                'matplotlib is not installed, so this report has no learning curves: pip install "gentk[plots]" and run the same `gentk '
+                "compare` again (finished runs are reused)."
+            )
+        )
     blocks.append(Heading("Samples"))
     blocks.append(Images(samples, kind="grid") if samples else Paragraph("No sample grids: the runs were made with eval.samples = 0."))
     if code_plots:

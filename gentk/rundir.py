@@ -25,10 +25,10 @@ import contextlib
 import datetime
 import errno
 import json
-import shutil
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -151,8 +151,10 @@ class MetricsLog:
         h5_problem = self._check_h5()
         if jsonl_problem and h5_problem:
             raise TrainingError(
-                f"cannot resume: both metrics files of {self.jsonl_path.parent} are damaged ({jsonl_problem}; {h5_problem}), so there is nothing to rebuild them from. "
-                f"The checkpoints are not affected: move both aside (mv metrics.jsonl metrics.jsonl.old; mv metrics.h5 metrics.h5.old) and resume again; the metrics then start afresh at step {step}."
+                f"cannot resume: both metrics files of {self.jsonl_path.parent} are damaged ({jsonl_problem}; {h5_problem}), so there is "
+                "nothing to rebuild them from. "
+                "The checkpoints are not affected: move both aside (mv metrics.jsonl metrics.jsonl.old; mv metrics.h5 metrics.h5.old) and "
+                f"resume again; the metrics then start afresh at step {step}."
             )
         if events is not None:
             events = [e for e in events if e["step"] <= step]
@@ -314,7 +316,10 @@ def claim(run_dir: str | Path, *, fresh: bool = False) -> Iterator[Path]:
         lock.acquire(timeout=0)
     except Timeout:
         holder = pid_file.read_text().strip() if pid_file.is_file() else "?"
-        raise TrainingError(f"{run_dir} is being trained by another process (process {holder} holds {run_dir / 'run.lock'}). Two processes must not train one run: wait for it to end, or stop it (kill {holder}) and resume again.") from None
+        raise TrainingError(
+            f"{run_dir} is being trained by another process (process {holder} holds {run_dir / 'run.lock'}). Two processes must not train one "
+            f"run: wait for it to end, or stop it (kill {holder}) and resume again."
+        ) from None
     try:
         pid_file.write_text(f"{os.getpid()}\n")
         yield run_dir

@@ -1,4 +1,4 @@
-"""The engine: one training loop for every recipe (DESIGN.md §3).
+"""The engine: one training loop for every recipe (docs/architecture.md, "Training phases").
 
 `train` builds the data and the Model a recipe describes and runs, at each step, the
 Model's training steps in order (``Model.training_steps()``: reconstruction, then the
@@ -8,6 +8,12 @@ Frey 2017). Each training step has its own optimizer and learning-rate schedule 
 ``train.phases.<phase>``.
 The engine never looks inside the model: it only knows each step's phase, parameters
 and loss.
+
+`_train` reads top to bottom: the set-up (`open_run` picks a fresh run directory or the
+checkpoint to continue, `Run.build` makes the data, model, optimizers and batches,
+`Run.restore` continues from a `checkpoint.TrainState`, `Run.start_directory` lays out
+the run directory), then the loop (`Run.train_step`, `Run.log_scalars`, `Run.save`,
+`Run.evaluate`), then `Run.finish`.
 
 The same loop runs on a CPU, a GPU (with bf16 or fp16 AMP) and under ``torchrun`` on
 many GPUs (see `gentk.dist`). It writes the run directory of `gentk.rundir`, saves
@@ -80,7 +86,8 @@ def train(
     dist.init(info, chosen)
     clean = False  # whether every rank reaches the final barrier (see dist.shutdown)
     try:
-        with torch_settings(recipe.train, chosen), contextlib.ExitStack() as claim:  # _train enters the run directory's lock and the run callbacks here
+        # _train enters the run directory's lock and the run callbacks here
+        with torch_settings(recipe.train, chosen), contextlib.ExitStack() as claim:
             result = _train(recipe, plugins, Path(out), chosen, info, resume, force, offline, model, data, claim)
         clean = True
         return result
@@ -97,10 +104,69 @@ def train(
 
 
 def _train(recipe, plugins, out, device, info, resume, force, offline, model, data, claim) -> TrainResult:
+    """The run, top to bottom: set-up, then the loop (step, log, checkpoint, evaluate), then the final record."""
     cfg = recipe.train
     say = print if info.is_main else (lambda *a, **k: None)
 
-    # -- which run: a fresh directory, or the checkpoint we continue from (rank 0 decides)
+    # -- set-up: which run, its objects, where the checkpoint stopped, its directory
+    run_dir, state = open_run(recipe, out, info, resume, force, claim)
+    run = Run.build(recipe, plugins, device, info, run_dir, offline, model, data)
+    seed_everything(recipe.seed + info.rank)  # each rank its own noise; rank 0 as a single process
+    if state is not None:
+        run.restore(state)  # after everything above that draws random numbers
+    run.sync = dist.PartSync(run.model, info, device)  # DDP per part under torchrun; nothing on one process
+    if info.is_main:
+        run.start_directory()
+        claim.enter_context(run_callbacks(plugins, run_dir, recipe, run.step))  # gentk_run_start now, gentk_run_end on the way out
+
+    # -- the loop
+    stop = StopRequest()
+    run.progress = Progress(cfg.steps, run.step, enabled=info.is_main)
+    run.speed = Speed(run.step)
+    run.model.train()
+    run.clock = RunClock(state.elapsed if state is not None else 0.0, cfg.minutes)
+    out_of_time = state is not None and run.clock.spent()  # a fresh run takes at least one step
+    if out_of_time and run.step < cfg.steps:
+        say(
+            f"gentk: the run's time budget (train.minutes = {cfg.minutes:g}) is spent at step {run.step}; nothing to train. Raise train.minutes "
+            "(--minutes N) to continue it."
+        )
+    try:
+        if state is not None and run.evaluation_missing(out_of_time):
+            run.evaluate()
+        with stop.installed():
+            while run.step < cfg.steps and not out_of_time:
+                run.train_step()
+                if cfg.minutes is not None:  # rank 0's clock decides, so every rank stops at the same step
+                    out_of_time = dist.any_rank(run.clock.spent(), info, device)
+                last = run.step == cfg.steps or out_of_time
+                if run.step % cfg.log_every == 0 or last:
+                    run.log_scalars()
+                with run.speed.paused():  # speed/* counts training time only
+                    # checkpoint before evaluating: an evaluation may take minutes and changes nothing
+                    interrupted = dist.any_rank(stop.requested is not None, info, device)
+                    if run.step % cfg.checkpoint_every == 0 or last or interrupted:
+                        run.save()
+                    if interrupted:
+                        raise TrainingInterrupted(interrupt_message(stop.requested, run.step, cfg.steps, run_dir, recipe), run_dir=run_dir, step=run.step)
+                    if run.step % recipe.eval.every == 0 or last:
+                        if out_of_time:
+                            say(
+                                f"gentk: time budget of {cfg.minutes:g} minutes reached at step {run.step} of {cfg.steps}; saved, now the final "
+                                "evaluation."
+                            )
+                        run.evaluate()
+    finally:
+        run.progress.close()
+    return run.finish()
+
+
+def open_run(recipe: Recipe, out: Path, info, resume, force: bool, claim: contextlib.ExitStack) -> tuple[Path, checkpoint.TrainState | None]:
+    """Which run: a fresh run directory, or the one whose checkpoint we continue, and that checkpoint.
+
+    Rank 0 decides, claims the directory (one process per run directory) and refuses a
+    changed recipe unless `force`; every rank then loads the checkpoint.
+    """
     decision = None
     if info.is_main:
         try:
@@ -108,220 +174,306 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
             if ckpt_path is not None:
                 ckpt_path, loaded, note = checkpoint.load_resumable(ckpt_path)  # a damaged latest.pt gives way to a step file
                 if note:
-                    say(f"gentk: warning: {note}")
+                    print(f"gentk: warning: {note}")
                 check_same_recipe(loaded, recipe, ckpt_path, force)
                 run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else rundir.new_run_dir(out, recipe.name)
             else:
                 run_dir = rundir.new_run_dir(out, recipe.name)
-            claim.enter_context(rundir.claim(run_dir, fresh=ckpt_path is None))  # one process per run directory
+            claim.enter_context(rundir.claim(run_dir, fresh=ckpt_path is None))
             decision = (str(ckpt_path) if ckpt_path else None, str(run_dir), None)
         except GentkError as exc:
             decision = (None, None, str(exc))
     ckpt_path, run_dir, error = dist.broadcast_object(decision, info)
     if error is not None:
         raise TrainingError(error)  # on every rank, so none waits for the others
-    run_dir = Path(run_dir)
-    state = checkpoint.load(ckpt_path) if ckpt_path is not None else None
+    state = checkpoint.TrainState.load(ckpt_path) if ckpt_path is not None else None
     if state is not None:
-        say(f"gentk: resuming {run_dir} from step {state['step']} ({ckpt_path})")
-        if state["world_size"] != info.world_size and not force:
+        if info.is_main:
+            print(f"gentk: resuming {run_dir} from step {state.step} ({ckpt_path})")
+        if state.world_size != info.world_size and not force:
             raise TrainingError(
-                f"the checkpoint was written by {state['world_size']} process(es), this run has {info.world_size}: "
+                f"the checkpoint was written by {state.world_size} process(es), this run has {info.world_size}: "
                 "the data order and random numbers would not continue exactly. Use the same number of processes, or --force "
                 "to continue with the weights and optimizer states and a fresh data order."
             )
+    return Path(run_dir), state
 
-    # -- data and model (built alike on every rank, then rank 0's weights everywhere)
-    seed_everything(recipe.seed)
-    if data is None:
-        data = build_data(recipe.data, plugins, seed=recipe.seed, offline=offline)
-    check_held_out(data, recipe.eval.metrics)  # before training, not at the first evaluation
-    if model is None:
-        model = build_model(recipe, image_shape=data.image_shape, plugins=plugins)
-    model.to(device)
-    dist.broadcast_parameters(model, info)
-    training_steps = model.training_steps()
-    params = {s.name: dist.params_of(s.parts.values()) for s in training_steps}
-    specs = {s.name: phase_spec(recipe, s.phase, plugins) for s in training_steps}
-    optimizers = {s.name: build_optimizer(s, specs[s.name], plugins) for s in training_steps}
-    schedules = {s.name: build_schedule(optimizers[s.name], specs[s.name], cfg.steps, plugins) for s in training_steps}
-    check_part_lr(recipe, training_steps)
-    autocast, scalers = mixed_precision(cfg.amp, device, training_steps)
-    ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
-    if cfg.compile:
-        compile_parts(model)
 
-    # -- batches: the global batch size; each rank gets its slice
-    common = recipe.data.common
-    batches = data.train_batches(common.batch_size, seed=recipe.seed, rank=info.rank, world_size=info.world_size)
-    labeled_batches = None
-    if any(s.phase == "supervised" for s in training_steps):
-        labeled_batches = data.train_batches(common.labeled_batch_size or common.batch_size, seed=recipe.seed, rank=info.rank, world_size=info.world_size, labeled=True)
+@attrs.define(eq=False)
+class Run:
+    """One training run's objects and counters, and the named parts of the loop in `_train`.
 
-    # -- continue where the checkpoint stopped (after everything above that draws random numbers)
-    step, best = 0, None
-    seed_everything(recipe.seed + info.rank)  # each rank its own noise; rank 0 as a single process
-    if state is not None:
-        step, best = restore(state, model, ema, optimizers, schedules, scalers, batches, labeled_batches, info, force)
-    sync = dist.PartSync(model, info, device)  # DDP per part under torchrun; nothing on one process
+    `Run.build` makes the objects (alike on every rank); `_train` sets `sync`, `log`,
+    `progress`, `speed` and `clock` as the run starts. Everything a checkpoint holds comes
+    from here (`save`) and goes back here (`restore`), through `checkpoint.TrainState`.
+    """
 
-    # -- the run directory (rank 0 only)
-    log = rundir.MetricsLog(run_dir) if info.is_main else None
-    if info.is_main:
-        rundir.make_layout(run_dir)
-        rundir.write_text(run_dir / "recipe.toml", f"# resolved from {recipe.source}\n" + recipe.to_toml())  # a resume may read it
-        rundir.write_environment(run_dir, rundir.environment(device, info.world_size), step)
-        if hasattr(data, "write_manifest"):
-            data.write_manifest(run_dir)
-        for note in log.truncate(step):  # drop what a previous process logged after its last checkpoint; repair
-            say(f"gentk: warning: {note}")
-        claim.enter_context(run_callbacks(plugins, run_dir, recipe, step))  # gentk_run_start now, gentk_run_end on the way out
+    recipe: Recipe
+    plugins: Any
+    info: dist.DistInfo
+    device: torch.device
+    run_dir: Path
+    data: Any
+    model: torch.nn.Module
+    training_steps: list  # the Model's TrainingSteps, in order
+    specs: dict[str, PhaseSpec]  # per training step: train.phases.<its phase>
+    params: dict[str, list[torch.nn.Parameter]]  # per training step: what it updates (clipped together)
+    optimizers: dict[str, torch.optim.Optimizer]
+    schedules: dict[str, Any]
+    scalers: dict[str, Any]  # fp16 AMP only
+    autocast: Callable[[], Any]
+    ema: EMA | None
+    batches: Any
+    labeled_batches: Any  # None without a supervised phase
+    sync: dist.PartSync | None = None
+    log: rundir.MetricsLog | None = None  # rank 0 only
+    progress: Progress | None = None
+    speed: Speed | None = None
+    clock: RunClock | None = None
+    step: int = 0
+    best: dict | None = None  # what best.pt holds: {"name", "value", "step"}
+    last_saved: int | None = None  # the step of the newest checkpoint, for the NaN message
+    sums: dict[str, float] = attrs.Factory(dict)  # running sums of the log interval in progress
+    counted: int = 0  # steps in those sums
+    final: dict[str, float] = attrs.Factory(dict)  # the last logged and evaluated scalars
 
-    def save(at_step: int, *, is_best: bool = False) -> Path | None:
+    @classmethod
+    def build(cls, recipe: Recipe, plugins, device: torch.device, info, run_dir: Path, offline: bool, model=None, data=None) -> Run:
+        """The data, the model (rank 0's weights on every rank), an optimizer and a schedule per training step, the EMA and the batches."""
+        cfg = recipe.train
+        seed_everything(recipe.seed)
+        if data is None:
+            data = build_data(recipe.data, plugins, seed=recipe.seed, offline=offline)
+        check_held_out(data, recipe.eval.metrics)  # before training, not at the first evaluation
+        if model is None:
+            model = build_model(recipe, image_shape=data.image_shape, plugins=plugins)
+        model.to(device)
+        dist.broadcast_parameters(model, info)
+        training_steps = model.training_steps()
+        params = {s.name: dist.params_of(s.parts.values()) for s in training_steps}
+        specs = {s.name: cfg.phase(s.phase) for s in training_steps}
+        optimizers = {s.name: build_optimizer(s, specs[s.name], plugins) for s in training_steps}
+        schedules = {s.name: build_schedule(optimizers[s.name], specs[s.name], cfg.steps, plugins) for s in training_steps}
+        check_part_lr(recipe, training_steps)
+        autocast, scalers = mixed_precision(cfg.amp, device, training_steps)
+        ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
+        if cfg.compile:
+            compile_parts(model)
+        # the global batch size; each rank gets its slice
+        common = recipe.data.common
+        batches = data.train_batches(common.batch_size, seed=recipe.seed, rank=info.rank, world_size=info.world_size)
+        labeled_batches = None
+        if any(s.phase == "supervised" for s in training_steps):
+            labeled_batches = data.train_batches(common.labeled_batch_size or common.batch_size, seed=recipe.seed, rank=info.rank, world_size=info.world_size, labeled=True)
+        return cls(
+            recipe=recipe,
+            plugins=plugins,
+            info=info,
+            device=device,
+            run_dir=run_dir,
+            data=data,
+            model=model,
+            training_steps=training_steps,
+            specs=specs,
+            params=params,
+            optimizers=optimizers,
+            schedules=schedules,
+            scalers=scalers,
+            autocast=autocast,
+            ema=ema,
+            batches=batches,
+            labeled_batches=labeled_batches,
+        )
+
+    # -- checkpoints
+
+    def restore(self, state: checkpoint.TrainState) -> None:
+        """Continue where `state` stopped: weights, optimizers, schedules, scalers and EMA; with
+        as many processes as wrote it, also each rank's data position, random numbers and log interval."""
+        try:
+            self.model.load_state_dict(state.model)
+            for name, optimizer in self.optimizers.items():
+                optimizer.load_state_dict(state.optimizers[name])
+                self.schedules[name].load_state_dict(state.schedules[name])
+                if name in self.scalers:
+                    self.scalers[name].load_state_dict(state.scalers[name])
+            if self.ema is not None and state.ema is not None:
+                self.ema.load_state_dict(state.ema)
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise TrainingError(
+                f"the checkpoint does not fit this model ({type(exc).__name__}: {' '.join(str(exc).split())}). Was the model changed? Resume "
+                "with the recipe that wrote it."
+            ) from None
+        rank = self.info.rank
+        if state.world_size == self.info.world_size:
+            position = state.data[rank]
+            self.batches.load_state_dict(position["train"])
+            if self.labeled_batches is not None and position["labeled"] is not None:
+                self.labeled_batches.load_state_dict(position["labeled"])
+            checkpoint.set_rng_state(state.rng[rank])
+            self.sums, self.counted = state.log_interval(rank)  # a resumed run logs the means an unbroken one would
+        self.step, self.best, self.last_saved = state.step, state.best, state.step
+
+    def save(self, *, is_best: bool = False) -> None:
+        """Checkpoint the current step (as best.pt too when `is_best`); every rank takes part, rank 0 writes."""
+        info = self.info
         rng = dist.gather_objects(checkpoint.rng_state(), info)
-        interval = dist.gather_objects({"sums": dict(sums), "counted": counted}, info)
-        positions = dist.gather_objects({"train": checkpoint.plain(batches.state_dict()), "labeled": checkpoint.plain(labeled_batches.state_dict()) if labeled_batches else None}, info)
-        if not info.is_main:
-            return None
-        with sync.unwrapped(model):
-            weights = model.state_dict()
-        ckpt = {
-            "format": checkpoint.CHECKPOINT_FORMAT,
-            "step": at_step,
-            "model": weights,
-            "ema": ema.state_dict() if ema else None,
-            "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-            "schedules": {k: s.state_dict() for k, s in schedules.items()},
-            "scalers": {k: s.state_dict() for k, s in scalers.items()},
-            "data": positions,
-            "rng": rng,
-            "recipe": recipe.to_dict(),
-            "image_shape": list(data.image_shape),
-            "best": best,
-            "world_size": info.world_size,
-            "elapsed": clock_run.seconds(),
-            "interval": interval,
-        }
-        return checkpoint.save(ckpt, run_dir / "checkpoints", keep_last=cfg.keep_last, best=is_best)
+        interval = dist.gather_objects({"sums": dict(self.sums), "counted": self.counted}, info)
+        labeled = checkpoint.plain(self.labeled_batches.state_dict()) if self.labeled_batches else None
+        positions = dist.gather_objects({"train": checkpoint.plain(self.batches.state_dict()), "labeled": labeled}, info)
+        if info.is_main:
+            with self.sync.unwrapped(self.model):
+                weights = self.model.state_dict()
+            state = checkpoint.TrainState(
+                step=self.step,
+                model=weights,
+                ema=self.ema.state_dict() if self.ema else None,
+                optimizers={k: o.state_dict() for k, o in self.optimizers.items()},
+                schedules={k: s.state_dict() for k, s in self.schedules.items()},
+                scalers={k: s.state_dict() for k, s in self.scalers.items()},
+                data=positions,
+                rng=rng,
+                recipe=self.recipe.to_dict(),
+                image_shape=list(self.data.image_shape),
+                best=self.best,
+                world_size=info.world_size,
+                elapsed=self.clock.seconds(),
+                interval=interval,
+            )
+            checkpoint.save(state.to_dict(), self.run_dir / "checkpoints", keep_last=self.recipe.train.keep_last, best=is_best)
+        self.last_saved = self.step
 
-    # -- the loop
-    stop = StopRequest()
-    progress = Progress(cfg.steps, step, enabled=info.is_main)
-    sums, counted = checkpoint.log_interval(state, info)  # a resumed run logs the means an unbroken one would
-    clock, clock_step = time.perf_counter(), step
-    last_saved = step if state is not None else None
-    final: dict[str, float] = {}
+    # -- the run directory
 
-    def evaluate(at_step: int) -> None:
-        """Evaluate; the best evaluation so far is checkpointed at once (as best.pt), then logged."""
-        nonlocal best, last_saved
-        with sync.unwrapped(model):
-            metrics = run_evaluation(model, ema, data, recipe, plugins, device, info, run_dir, at_step)
-        metrics["time/minutes"] = clock_run.seconds() / 60  # curves against wall time as well as steps
-        final.update(metrics)
-        key = best_key(metrics, training_steps[0].name)
-        if key is not None and (best is None or metrics[key] < best["value"]):
-            best = {"name": key, "value": metrics[key], "step": at_step}
-            save(at_step, is_best=True)
-            last_saved = at_step
-        if info.is_main:  # logged last: a resume re-runs an evaluation whose rows are missing
-            log.write(at_step, metrics)
-            plugins.pm.hook.gentk_after_eval(run_dir=run_dir, step=at_step, metrics=metrics)
-            progress.write(f"step {at_step}: " + format_scalars(metrics))
+    def start_directory(self) -> None:
+        """Lay out the run directory (rank 0): the resolved recipe, the environment, the data
+        manifest; the metrics files cut back to the checkpoint's step."""
+        run_dir = self.run_dir
+        self.log = rundir.MetricsLog(run_dir)
+        rundir.make_layout(run_dir)
+        rundir.write_text(run_dir / "recipe.toml", f"# resolved from {self.recipe.source}\n" + self.recipe.to_toml())  # a resume may read it
+        rundir.write_environment(run_dir, rundir.environment(self.device, self.info.world_size), self.step)
+        if hasattr(self.data, "write_manifest"):
+            self.data.write_manifest(run_dir)
+        for note in self.log.truncate(self.step):  # drop what a previous process logged after its last checkpoint; repair
+            print(f"gentk: warning: {note}")
 
-    model.train()
-    clock_run = RunClock(state.get("elapsed", 0.0) if state is not None else 0.0, cfg.minutes)
-    out_of_time = state is not None and clock_run.spent()  # a fresh run takes at least one step
-    if out_of_time and step < cfg.steps:
-        say(f"gentk: the run's time budget (train.minutes = {cfg.minutes:g}) is spent at step {step}; nothing to train. Raise train.minutes (--minutes N) to continue it.")
-    try:
-        # an evaluation due at the checkpoint's step that never completed (killed, or stopped before it)
-        if state is not None and (step % recipe.eval.every == 0 or step == cfg.steps or out_of_time) and dist.broadcast_object(info.is_main and not log.logged(step, "eval/"), info):
-            evaluate(step)
-        with stop.installed():
-            while step < cfg.steps and not out_of_time:
-                batch = next(batches).to(device)
-                labeled = next(labeled_batches).to(device) if labeled_batches is not None else None
-                for ts in training_steps:
-                    optimizer = optimizers[ts.name]
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler = scalers.get(ts.name)
-                    with sync.step(ts):
-                        with autocast():
-                            loss, scalars = ts.loss(labeled if ts.phase == "supervised" else batch)
-                        (scaler.scale(loss) if scaler else loss).backward()
-                    loss_value = sync.reduce(ts, loss).item()
-                    if not math.isfinite(loss_value):
-                        raise TrainingError(nan_message(ts, step + 1, loss_value, run_dir, last_saved))
-                    if scaler:
-                        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-                    if specs[ts.name].clip_grad is not None:
-                        torch.nn.utils.clip_grad_norm_(params[ts.name], specs[ts.name].clip_grad)
-                    if scaler:
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        optimizer.step()
-                    schedules[ts.name].step()
-                    sums[f"train/{ts.name}/loss"] = sums.get(f"train/{ts.name}/loss", 0.0) + loss_value
-                    for key, value in scalars.items():
-                        if key == "loss":
-                            continue  # the all-rank mean above is the step's loss
-                        name = f"train/{ts.name}/{key}"
-                        sums[name] = sums.get(name, 0.0) + float(value)
-                counted += 1
-                if ema:
-                    ema.update(model, updates=step)
-                step += 1
-                progress.update(step)
-                # the time budget: rank 0's clock decides, so every rank stops at the same step
-                if cfg.minutes is not None:
-                    out_of_time = dist.any_rank(clock_run.spent(), info, device)
-                last = step == cfg.steps or out_of_time
+    # -- one step
 
-                # log the mean of each scalar since the last log, averaged over ranks
-                if step % cfg.log_every == 0 or last:
-                    scalars = dist.mean_scalars({k: v / counted for k, v in sums.items()}, info, device)
-                    elapsed = time.perf_counter() - clock
-                    scalars["speed/steps_per_s"] = (step - clock_step) / elapsed
-                    scalars["speed/images_per_s"] = scalars["speed/steps_per_s"] * recipe.data.common.batch_size
-                    for name, schedule in schedules.items():
-                        scalars[f"lr/{name}"] = schedule.get_last_lr()[0]
-                    scalars["time/minutes"] = clock_run.seconds() / 60
-                    if info.is_main:
-                        log.write(step, scalars)
-                        plugins.pm.hook.gentk_log(run_dir=run_dir, step=step, scalars=scalars)
-                        progress.show(step, scalars)
-                    final.update(scalars)
-                    sums, counted = {}, 0
-                    clock, clock_step = time.perf_counter(), step
+    def train_step(self) -> None:
+        """One step: every training step's update in order, on one batch (the supervised ones on a labeled batch)."""
+        batch = next(self.batches).to(self.device)
+        labeled = next(self.labeled_batches).to(self.device) if self.labeled_batches is not None else None
+        for ts in self.training_steps:
+            loss, scalars = self.update(ts, labeled if ts.phase == "supervised" else batch)
+            self.sums[f"train/{ts.name}/loss"] = self.sums.get(f"train/{ts.name}/loss", 0.0) + loss
+            for key, value in scalars.items():
+                if key == "loss":
+                    continue  # the all-rank mean above is the step's loss
+                name = f"train/{ts.name}/{key}"
+                self.sums[name] = self.sums.get(name, 0.0) + float(value)
+        self.counted += 1
+        if self.ema:
+            self.ema.update(self.model, updates=self.step)
+        self.step += 1
+        self.progress.update(self.step)
 
-                # checkpoint before evaluating: an evaluation may take minutes and changes nothing
-                paused = time.perf_counter()
-                interrupted = dist.any_rank(stop.requested is not None, info, device)
-                if step % cfg.checkpoint_every == 0 or last or interrupted:
-                    save(step)
-                    last_saved = step
-                if interrupted:
-                    raise TrainingInterrupted(interrupt_message(stop.requested, step, cfg.steps, run_dir, recipe), run_dir=run_dir, step=step)
+    def update(self, ts, batch) -> tuple[float, dict[str, Any]]:
+        """Training step `ts` on `batch`: forward, backward (gradients averaged over ranks), clip,
+        optimizer and schedule step. Returns the loss (mean over ranks) and the step's logged values."""
+        optimizer, scaler, spec = self.optimizers[ts.name], self.scalers.get(ts.name), self.specs[ts.name]
+        optimizer.zero_grad(set_to_none=True)
+        with self.sync.step(ts):
+            with self.autocast():
+                loss, scalars = ts.loss(batch)
+            (scaler.scale(loss) if scaler else loss).backward()
+        loss_value = self.sync.reduce(ts, loss).item()
+        if not math.isfinite(loss_value):
+            raise TrainingError(nan_message(ts, self.step + 1, loss_value, self.run_dir, self.last_saved))
+        if scaler:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        if spec.clip_grad is not None:
+            torch.nn.utils.clip_grad_norm_(self.params[ts.name], spec.clip_grad)
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        self.schedules[ts.name].step()
+        return loss_value, scalars
 
-                if step % recipe.eval.every == 0 or last:
-                    if out_of_time:
-                        say(f"gentk: time budget of {cfg.minutes:g} minutes reached at step {step} of {cfg.steps}; saved, now the final evaluation.")
-                    evaluate(step)
-                clock += time.perf_counter() - paused  # speed/* counts training time only
-    finally:
-        progress.close()
+    # -- logging and evaluation
 
-    if not final:  # resumed a run that had already finished: evaluate it once more
-        with sync.unwrapped(model):
-            final = run_evaluation(model, ema, data, recipe, plugins, device, info, run_dir, step)
-    if info.is_main:  # eval.json: the final evaluation; keeps what `gentk eval` added there
-        path = run_dir / "eval.json"
-        record = json.loads(path.read_text()) if path.is_file() else {}
-        record.update(step=step, best=best, minutes=round(clock_run.seconds() / 60, 3), metrics={k: v for k, v in final.items() if k.startswith("eval/")})
-        rundir.write_json(path, record)
-    return TrainResult(run_dir=run_dir if info.is_main else None, metrics=final, step=step)
+    def log_scalars(self) -> None:
+        """Log the mean of each scalar since the last log (averaged over ranks), the speed, the learning rates and the time."""
+        scalars = dist.mean_scalars({k: v / self.counted for k, v in self.sums.items()}, self.info, self.device)
+        scalars["speed/steps_per_s"] = self.speed.steps_per_s(self.step)
+        scalars["speed/images_per_s"] = scalars["speed/steps_per_s"] * self.recipe.data.common.batch_size
+        for name, schedule in self.schedules.items():
+            scalars[f"lr/{name}"] = schedule.get_last_lr()[0]
+        scalars["time/minutes"] = self.clock.seconds() / 60
+        if self.info.is_main:
+            self.log.write(self.step, scalars)
+            self.plugins.pm.hook.gentk_log(run_dir=self.run_dir, step=self.step, scalars=scalars)
+            self.progress.show(self.step, scalars)
+        self.final.update(scalars)
+        self.sums, self.counted = {}, 0
+        self.speed.restart(self.step)
+
+    def evaluate(self) -> None:
+        """Evaluate the current step; the best evaluation so far is checkpointed at once (as best.pt), then logged."""
+        with self.sync.unwrapped(self.model):
+            metrics = run_evaluation(self.model, self.ema, self.data, self.recipe, self.plugins, self.device, self.info, self.run_dir, self.step)
+        metrics["time/minutes"] = self.clock.seconds() / 60  # curves against wall time as well as steps
+        self.final.update(metrics)
+        key = best_key(metrics, self.training_steps[0].name)
+        if key is not None and (self.best is None or metrics[key] < self.best["value"]):
+            self.best = {"name": key, "value": metrics[key], "step": self.step}
+            self.save(is_best=True)
+        if self.info.is_main:  # logged last: a resume re-runs an evaluation whose rows are missing
+            self.log.write(self.step, metrics)
+            self.plugins.pm.hook.gentk_after_eval(run_dir=self.run_dir, step=self.step, metrics=metrics)
+            self.progress.write(f"step {self.step}: " + format_scalars(metrics))
+
+    def evaluation_missing(self, out_of_time: bool) -> bool:
+        """Whether an evaluation due at the checkpoint's step never completed (killed, or stopped before it); rank 0's log decides."""
+        due = self.step % self.recipe.eval.every == 0 or self.step == self.recipe.train.steps or out_of_time
+        return due and dist.broadcast_object(self.info.is_main and not self.log.logged(self.step, "eval/"), self.info)
+
+    def finish(self) -> TrainResult:
+        """The final record: eval.json (rank 0) and the `TrainResult`."""
+        if not self.final:  # resumed a run that had already finished: evaluate it once more
+            with self.sync.unwrapped(self.model):
+                self.final = run_evaluation(self.model, self.ema, self.data, self.recipe, self.plugins, self.device, self.info, self.run_dir, self.step)
+        if self.info.is_main:  # eval.json: the final evaluation; keeps what `gentk eval` added there
+            path = self.run_dir / "eval.json"
+            record = json.loads(path.read_text()) if path.is_file() else {}
+            evaluated = {k: v for k, v in self.final.items() if k.startswith("eval/")}
+            record.update(step=self.step, best=self.best, minutes=round(self.clock.seconds() / 60, 3), metrics=evaluated)
+            rundir.write_json(path, record)
+        return TrainResult(run_dir=self.run_dir if self.info.is_main else None, metrics=self.final, step=self.step)
+
+
+class Speed:
+    """Training steps per second since the last log, leaving out checkpoints and evaluations."""
+
+    def __init__(self, step: int) -> None:
+        self.restart(step)
+
+    def restart(self, step: int) -> None:
+        self.start, self.step = time.perf_counter(), step
+
+    def steps_per_s(self, step: int) -> float:
+        return (step - self.step) / (time.perf_counter() - self.start)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Time spent in the block does not count (on the way out of an exception too: the run then ends anyway)."""
+        paused = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.start += time.perf_counter() - paused
 
 
 @contextlib.contextmanager
@@ -363,7 +515,7 @@ def setup_torch(cfg, device: torch.device) -> None:
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     if device.type == "cpu":
-        torch.set_flush_denormal(True)  # DESIGN §6: denormals slowed an AAE from 13 to 1 step/s
+        torch.set_flush_denormal(True)  # denormals slowed an AAE from 13 to 1 step/s (docs/architecture.md, "Performance facts")
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
         torch.use_deterministic_algorithms(True)
@@ -405,16 +557,6 @@ def _restore_torch_flags(saved: dict[str, Any]) -> None:
         os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
     else:
         os.environ["CUBLAS_WORKSPACE_CONFIG"] = saved["cublas_workspace"]
-
-
-def phase_spec(recipe: Recipe, phase: str, plugins) -> PhaseSpec:
-    """``train.phases.<phase>``, or the recipe format's defaults when the table is absent."""
-    spec = recipe.train.phases.get(phase)
-    if spec is not None:
-        return spec
-    from gentk.recipe import _Context
-
-    return _Context(plugins.registries, {}, recipe.source or "<recipe>").structure(PhaseSpec, {}, ("train", "phases", phase))
 
 
 def build_optimizer(ts, spec: PhaseSpec, plugins) -> torch.optim.Optimizer:
@@ -582,28 +724,6 @@ def diff(old: Any, new: Any, path: str = "") -> list[str]:
     return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
 
 
-def restore(state, model, ema, optimizers, schedules, scalers, batches, labeled_batches, info, force) -> tuple[int, dict | None]:
-    """Load a checkpoint into the run's objects; returns (step, best)."""
-    try:
-        model.load_state_dict(state["model"])
-        for name, optimizer in optimizers.items():
-            optimizer.load_state_dict(state["optimizers"][name])
-            schedules[name].load_state_dict(state["schedules"][name])
-            if name in scalers:
-                scalers[name].load_state_dict(state["scalers"][name])
-        if ema is not None and state["ema"] is not None:
-            ema.load_state_dict(state["ema"])
-    except (KeyError, RuntimeError, ValueError) as exc:
-        raise TrainingError(f"the checkpoint does not fit this model ({type(exc).__name__}: {' '.join(str(exc).split())}). Was the model changed? Resume with the recipe that wrote it.") from None
-    if state["world_size"] == info.world_size:
-        position = state["data"][info.rank]
-        batches.load_state_dict(position["train"])
-        if labeled_batches is not None and position["labeled"] is not None:
-            labeled_batches.load_state_dict(position["labeled"])
-        checkpoint.set_rng_state(state["rng"][info.rank])
-    return state["step"], state["best"]
-
-
 # --------------------------------------------------------------------------- evaluation
 
 
@@ -660,7 +780,10 @@ class StopRequest:
 
 def interrupt_message(signame: str | None, step: int, total: int, run_dir: Path, recipe: Recipe) -> str:
     # run_dir/recipe.toml is the resolved recipe, --set overrides included: it always matches
-    return f"{signame or 'a signal'} at step {step} of {total}: checkpoint saved in {run_dir}/checkpoints. Resume with: gentk run {run_dir}/recipe.toml --resume {run_dir}"
+    return (
+        f"{signame or 'a signal'} at step {step} of {total}: checkpoint saved in {run_dir}/checkpoints. Resume with: gentk run "
+        f"{run_dir}/recipe.toml --resume {run_dir}"
+    )
 
 
 def nan_message(ts, step: int, value: float, run_dir: Path, last_saved: int | None) -> str:

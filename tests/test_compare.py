@@ -148,7 +148,8 @@ def test_one_paper_recipe_per_table1_column(column, plugins):
     name, key = TABLE1[column]
     text = (PAPER_DIR / f"{name}.toml").read_text()
     paper = report.paper_number(name, key)
-    assert f'"{column}"' in text and f"{paper.value:.2f} (±{paper.std:g}" in text.replace("±1.0)", "±1)")  # the header states the number we compare with
+    # the header states the number we compare with
+    assert f'"{column}"' in text and f"{paper.value:.2f} (±{paper.std:g}" in text.replace("±1.0)", "±1)")
     recipe = gentk.load_recipe(PAPER_DIR / f"{name}.toml", plugins=plugins)
     assert recipe.name == name and key.split("_")[0] in " ".join(recipe.eval.metrics)
     latent = recipe.model.latents["y"]

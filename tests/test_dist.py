@@ -85,8 +85,14 @@ samples = 0
 REPO = Path(__file__).resolve().parents[1]
 
 
+def torchrun_command(recipe: Path, out: Path, *extra: str) -> list[str]:
+    """``gentk run`` on two CPU processes under torchrun."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    return [*launcher, "-m", "gentk", "run", str(recipe), "--out", str(out), "--device", "cpu", *extra]
+
+
 def torchrun(recipe: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "gentk", "run", str(recipe), "--out", str(out), "--device", "cpu", *extra]
+    command = torchrun_command(recipe, out, *extra)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     return subprocess.run(command, capture_output=True, text=True, timeout=240, env=env, cwd=REPO)
 
@@ -144,7 +150,7 @@ def test_ctrl_c_under_torchrun_saves_once_and_the_run_resumes(tmp_path):
 
     recipe_file = tmp_path / "tiny_ddp_aae.toml"
     recipe_file.write_text(ADVERSARIAL)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "gentk", "run", str(recipe_file), "--out", str(tmp_path), "--device", "cpu", "--set", "train.steps=100000", "--set", "train.log_every=10"]
+    command = torchrun_command(recipe_file, tmp_path, "--set", "train.steps=100000", "--set", "train.log_every=10")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO, start_new_session=True)
     try:
@@ -162,7 +168,8 @@ def test_ctrl_c_under_torchrun_saves_once_and_the_run_resumes(tmp_path):
     assert state["world_size"] == 2 and state["step"] >= 1
     assert err.count("Resume with:") == 1, err[-3000:]  # rank 0 says it, once
     assert f"SIGINT at step {state['step']} of 100000" in err
-    done = torchrun(run / "recipe.toml", tmp_path, "--resume", str(run), "--force", "--set", f"train.steps={state['step'] + 2}")  # as the message says
+    # as the message says
+    done = torchrun(run / "recipe.toml", tmp_path, "--resume", str(run), "--force", "--set", f"train.steps={state['step'] + 2}")
     assert done.returncode == 0, done.stderr[-3000:]
     assert checkpoint.load(run / "checkpoints" / "latest.pt")["step"] == state["step"] + 2
 

@@ -51,6 +51,9 @@ def test_importing_the_declarations_loads_no_torch_and_no_engine():
     heavy = [m for m in loaded if m.split(".")[0] in ("torch", "numpy") or m in ("gentk.model", "gentk.train")]
     assert not heavy, f"import gentk.options loads {', '.join(heavy)}"
 
-    code = "import gentk, gentk.train; from gentk.train import TrainResult; print(callable(gentk.train), gentk.train.__module__, gentk.build_model.__name__)"
+    code = (
+        "import gentk, gentk.train; from gentk.train import TrainResult; print(callable(gentk.train), gentk.train.__module__, "
+        "gentk.build_model.__name__)"
+    )
     found = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True, check=True)
     assert found.stdout.split() == ["True", "gentk.train", "build_model"]

@@ -18,9 +18,9 @@ from gentk.pixelcnn import (
     LIKELIHOODS,
     PixelCNNDecoder,
     _AddToRowsBelowFirst,
+    categorical256_log_prob,
     cpu_has_native_bf16,
     gate,
-    categorical256_log_prob,
     logistic_mixture_log_prob,
 )
 from gentk.plugins import load_plugins

@@ -13,7 +13,7 @@ import torch
 import gentk
 from gentk.data import Batch
 from gentk.model import build_model, check_model
-from gentk.train import build_optimizer, phase_spec
+from gentk.train import build_optimizer
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -69,7 +69,7 @@ def test_recipe_checks_and_trains_at_a_small_budget(name, plugins):
     model = build_model(recipe, (1, 28, 28), plugins)
     assert model.phases() == PHASES.get(name, ["reconstruction", "regularization"])
     steps = model.training_steps()
-    optimizers = [build_optimizer(step, phase_spec(recipe, step.phase, plugins), plugins) for step in steps]
+    optimizers = [build_optimizer(step, recipe.train.phase(step.phase), plugins) for step in steps]
     g = torch.Generator().manual_seed(0)
     x = torch.bernoulli(torch.rand(1, 1, 28, 28, generator=g).expand(8, 1, 28, 28), generator=g)  # one noisy template
     batch = Batch(x, torch.arange(8) % 10)

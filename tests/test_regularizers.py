@@ -14,7 +14,6 @@ from gentk.distributions import categorical_kl, normal_kl, normal_log_prob
 from gentk.priors import CategoricalPrior, GaussianMixturePrior, StandardNormalPrior
 from gentk.regularizers import AdversarialRegularizer, KLRegularizer, free_bits_kl, gan_discriminator_loss, gan_generator_loss, r1_penalty
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 

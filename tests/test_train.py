@@ -198,6 +198,32 @@ def test_resume_auto_and_changed_recipe(tmp_path, plugins, recipe_file):
         train(load(recipe_file, plugins), plugins=plugins, out=tmp_path, resume=tmp_path / "nope")
 
 
+@pytest.mark.parametrize("dropped", [("interval", "elapsed"), ("elapsed",)], ids=["format-1", "format-2-before-train.minutes"])
+def test_checkpoints_of_earlier_versions_still_resume(tmp_path, plugins, recipe_file, dropped):
+    """Files without the keys later versions added resume to the same weights; the layout round-trips through TrainState."""
+    recipe = load(recipe_file, plugins, "train.log_every=3", "train.keep_last=5")  # the checkpoint at step 4 is inside a log interval
+    run = train(recipe, plugins=plugins, out=tmp_path).run_dir
+    unbroken, unbroken_log = weights(run), losses(run)
+    path = run / "checkpoints" / "step-00000004.pt"
+    raw = torch.load(path, weights_only=True)
+    state = checkpoint.TrainState.load(path)
+    assert list(state.to_dict()) == [k for k in raw if k != "checksum"] and checkpoint.content_digest(state.to_dict()) == raw["checksum"]
+
+    old = {k: v for k, v in raw.items() if k not in (*dropped, "checksum")}
+    if "interval" in dropped:  # format 1: no checksum either
+        torch.save({**old, "format": 1}, path)
+    else:
+        checkpoint.atomic_save(old, path)
+    resumed = train(recipe, plugins=plugins, out=tmp_path, resume=path)
+    assert resumed.run_dir == run and resumed.step == 12
+    again = weights(run)
+    for key, value in unbroken["model"].items():
+        assert torch.equal(value, again["model"][key]), key
+    if "interval" not in dropped:  # the log interval's sums were kept: the same means
+        clockless = lambda rows: [{k: v for k, v in e.items() if not k.startswith(("speed/", "time/"))} for e in rows]  # noqa: E731
+        assert clockless(losses(run)) == clockless(unbroken_log)
+
+
 def test_nan_loss_stops_with_phase_and_step_and_keeps_last_checkpoint(tmp_path, plugins, recipe_file):
     from gentk.data import build_data
     from gentk.model import build_model

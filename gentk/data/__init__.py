@@ -50,7 +50,19 @@ from gentk.data.datasets import (
     downsample,
     prepare_dataset,
 )
-from gentk.data.sources import FORMAT_VERSION, SPLITS, Arrays, FileSet, StaleCache, cache_state, read_cache, read_idx, read_norb, read_svhn, write_cache
+from gentk.data.sources import (
+    FORMAT_VERSION,
+    SPLITS,
+    Arrays,
+    FileSet,
+    StaleCache,
+    cache_state,
+    read_cache,
+    read_idx,
+    read_norb,
+    read_svhn,
+    write_cache,
+)
 
 __all__ = [
     "BINARIZE",

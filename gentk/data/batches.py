@@ -178,7 +178,10 @@ class Data:
         self.image_shape = tuple(int(d) for d in first.shape[1:])
         for split, arrays in splits.items():
             if tuple(arrays.images.shape[1:]) != self.image_shape:
-                raise DataError(f"dataset '{name}': {split} images are {arrays.images.shape[1:]} but train images are {self.image_shape}; all splits must share one shape.")
+                raise DataError(
+                    f"dataset '{name}': {split} images are {arrays.images.shape[1:]} but train images are {self.image_shape}; all splits must "
+                    "share one shape."
+                )
         self.split_sizes = {s: len(splits[s]) if s in splits else 0 for s in SPLITS}
 
         # Pixels as served: uint8 `levels` divided by `scale` (255 or max_value, or 1 once binary).

@@ -322,7 +322,10 @@ class _ArrayFile:
         for candidate in (path, self.root / path):
             if candidate.is_file():
                 return candidate
-        raise DataError(f"data file '{self.options.path}' not found (looked at {path.resolve()} and {self.root / path}). Set data.path to an existing file; the schema is in docs/data.md.")
+        raise DataError(
+            f"data file '{self.options.path}' not found (looked at {path.resolve()} and {self.root / path}). Set data.path to an existing file; "
+            "the schema is in docs/data.md."
+        )
 
     def status(self) -> tuple[str, str]:
         return "the user's file named by data.path", "not cached (read directly)"
@@ -538,7 +541,10 @@ def prepare_dataset(name: str, plugins, *, root=None, offline: bool = False) -> 
     entry = plugins.registries["datasets"].get(name)
     source = _default_source(entry, root, offline=offline)
     if source is None:
-        raise DataError(f"dataset '{name}' reads a file named in the recipe ([data] path = ...); there is nothing to prepare. Run `gentk check RECIPE` to validate it.")
+        raise DataError(
+            f"dataset '{name}' reads a file named in the recipe ([data] path = ...); there is nothing to prepare. Run `gentk check RECIPE` to "
+            "validate it."
+        )
     loaded = source.load()
     lines = [f"dataset '{name}': ready"]
     for split, arrays in sorted(loaded.splits.items(), key=lambda item: SPLITS.index(item[0]) if item[0] in SPLITS else len(SPLITS)):

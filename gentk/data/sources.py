@@ -82,7 +82,10 @@ def read_idx(path: Path, *, images: bool) -> np.ndarray:
     magic = struct.unpack(">i", raw[:4])[0]
     if magic != expected_magic:
         what = "images (magic 2051)" if images else "labels (magic 2049)"
-        raise CorruptFileError(f"{path}: not an IDX file of {what}: its magic number is {magic}. Check that the file is the right one (images vs labels) and not damaged.")
+        raise CorruptFileError(
+            f"{path}: not an IDX file of {what}: its magic number is {magic}. Check that the file is the right one (images vs labels) and not "
+            "damaged."
+        )
     dims = struct.unpack(f">{ndim}i", raw[4 : 4 + 4 * ndim])
     payload = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if payload.size != int(np.prod(dims)):
@@ -118,7 +121,8 @@ def read_norb(path: Path) -> np.ndarray:
     count = int(np.prod(dims))
     if len(raw) - offset != count * dtype.itemsize:
         raise CorruptFileError(
-            f"{path}: the header announces {'x'.join(map(str, dims))} values ({count * dtype.itemsize} bytes) but the file holds {len(raw) - offset} bytes; "
+            f"{path}: the header announces {'x'.join(map(str, dims))} values ({count * dtype.itemsize} bytes) but the file holds "
+            f"{len(raw) - offset} bytes; "
             "it is truncated or damaged. Delete it and download it again."
         )
     return np.frombuffer(raw, dtype=dtype, offset=offset, count=count).reshape(dims).copy()
@@ -137,7 +141,10 @@ def read_svhn(path: Path) -> Arrays:
         with open_source(path) as f:  # a .gz copy is read through gzip
             mat = scipy.io.loadmat(f)
     except Exception as exc:  # scipy raises ValueError, TypeError, OSError... for damaged files
-        raise CorruptFileError(f"{path}: cannot be read as a MATLAB v5 .mat file ({type(exc).__name__}: {exc}); it is truncated or damaged. Delete it and download it again.") from None
+        raise CorruptFileError(
+            f"{path}: cannot be read as a MATLAB v5 .mat file ({type(exc).__name__}: {exc}); it is truncated or damaged. Delete it and download "
+            "it again."
+        ) from None
     if "X" not in mat or "y" not in mat:
         raise CorruptFileError(f"{path}: expected variables X and y (SVHN's format), found {sorted(k for k in mat if not k.startswith('__'))}.")
     x, y = mat["X"], mat["y"].reshape(-1)
