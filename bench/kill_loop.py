@@ -83,7 +83,12 @@ def child(argv: list[str]) -> int:
 
         setattr(owner, name, wrapped)
 
-    around(checkpoint, "save", lambda state, *a, **k: mark(f"begin checkpoint {state['step']}"), lambda state, *a, **k: mark(f"end checkpoint {state['step']}"))
+    around(
+        checkpoint,
+        "save",
+        lambda state, *a, **k: mark(f"begin checkpoint {state['step']}"),
+        lambda state, *a, **k: mark(f"end checkpoint {state['step']}"),
+    )
     around(engine, "run_evaluation", lambda *a, **k: mark(f"begin evaluation {a[8]}"))
 
     def log_end(log, step, scalars):
@@ -115,7 +120,9 @@ class Process:
     def __init__(self, args: list[str]) -> None:
         env = {**os.environ, "GENTK_DISABLE_PLUGIN_AUTOLOAD": "1"}
         self.args = args
-        self.proc = subprocess.Popen([sys.executable, __file__, "--child", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--child", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO
+        )
         self.lines: list[str] = []
         self.marks: list[tuple[float, list[str]]] = []
         self.late = 0.0  # seconds between the aimed moment and the kill
@@ -256,13 +263,23 @@ def compare(run: Path, reference: Path, steps: int) -> list[tuple[str, bool, str
     checks = []
     rows, expected = without_clock(run), without_clock(reference)
     differ = next((i for i, (a, b) in enumerate(zip(rows, expected)) if a != b), None)
-    detail = f"{len(rows)} rows" if rows == expected else f"{len(rows)} rows against {len(expected)}; first difference at row {differ}: {rows[differ] if differ is not None else ''}"
+    detail = (
+        f"{len(rows)} rows"
+        if rows == expected
+        else f"{len(rows)} rows against {len(expected)}; first difference at row {differ}: {rows[differ] if differ is not None else ''}"
+    )
     checks.append(("metrics.jsonl equals the uninterrupted run's (without speed/, time/)", rows == expected, detail))
     seen = [(row["step"], any(k.startswith("eval/") for k in row)) for row in rows]
     twice = sorted({s for s in seen if seen.count(s) > 1})
     train_steps = sorted(s for s, is_eval in seen if not is_eval)
     wanted_train = sorted(set(range(log_every, steps + 1, log_every)) | {steps})
-    checks.append(("no step logged twice, none missing", not twice and train_steps == wanted_train, f"twice: {twice or 'none'}; training rows at {len(train_steps)} steps, {len(wanted_train)} expected"))
+    checks.append(
+        (
+            "no step logged twice, none missing",
+            not twice and train_steps == wanted_train,
+            f"twice: {twice or 'none'}; training rows at {len(train_steps)} steps, {len(wanted_train)} expected",
+        )
+    )
     evaluations = [s for s, is_eval in seen if is_eval]
     wanted_eval = sorted(set(range(eval_every, steps + 1, eval_every)) | {steps})
     checks.append(("every scheduled evaluation present, once", evaluations == wanted_eval, f"evaluations at {evaluations}"))
@@ -274,7 +291,9 @@ def compare(run: Path, reference: Path, steps: int) -> list[tuple[str, bool, str
     strip = lambda rec: {"step": rec["step"], "best": rec["best"], "metrics": {k: v for k, v in rec["metrics"].items() if not k.startswith("time/")}}  # noqa: E731
     checks.append(("eval.json: the same best and final metrics", strip(record) == strip(record_expected), f"best {record['best']}"))
     state, state_expected = (torch.load(r / "checkpoints" / "latest.pt", weights_only=True) for r in (run, reference))
-    weights = all(torch.equal(state["model"][k], state_expected["model"][k]) for k in state_expected["model"]) and all(torch.equal(state["ema"][k], state_expected["ema"][k]) for k in state_expected["ema"])
+    weights = all(torch.equal(state["model"][k], state_expected["model"][k]) for k in state_expected["model"]) and all(
+        torch.equal(state["ema"][k], state_expected["ema"][k]) for k in state_expected["ema"]
+    )
     checks.append(("the same final weights and EMA", weights and state["step"] == steps, f"step {state['step']}"))
     samples = sorted(int(p.stem.split("-")[1]) for p in (run / "samples").glob("step-*.png"))
     checks.append(("a sample grid for every evaluation", samples == wanted_eval, f"{len(samples)} grids"))
@@ -338,7 +357,10 @@ def verdict(killed: list[Process], out: Path, reference: Path, steps: int, say) 
         place = process.died_in().split(" at step")[0].split(" after")[0].split(":")[0]
         landed[place] = landed.get(place, 0) + 1
     late = [process.late for process in killed]
-    say(f"kills landed in: {', '.join(f'{k} {v}' for k, v in sorted(landed.items()))}; each at most {1000 * max(late):.1f} ms after the moment aimed at (median {1000 * statistics.median(late):.1f} ms)")
+    say(
+        f"kills landed in: {', '.join(f'{k} {v}' for k, v in sorted(landed.items()))}; each at most {1000 * max(late):.1f} ms after the "
+        f"moment aimed at (median {1000 * statistics.median(late):.1f} ms)"
+    )
     runs = sorted(out.glob("killed-*"))
     run = max((r for r in runs if (r / "eval.json").is_file()), key=lambda r: r.stat().st_mtime)
     abandoned = [r.name for r in runs if r != run]
@@ -348,7 +370,10 @@ def verdict(killed: list[Process], out: Path, reference: Path, steps: int, say) 
     for check, ok, detail in compare(run, reference, steps):
         say(f"{'PASS' if ok else 'FAIL'}: {check} ({detail})")
         passed &= ok
-    say(f"{'PASS' if passed else 'FAIL'}: {len(killed)} kills -9 and resumes, then {'the same run as' if passed else 'a run that differs from'} an uninterrupted one")
+    say(
+        f"{'PASS' if passed else 'FAIL'}: {len(killed)} kills -9 and resumes, then "
+        f"{'the same run as' if passed else 'a run that differs from'} an uninterrupted one"
+    )
     return passed
 
 

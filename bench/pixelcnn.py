@@ -34,7 +34,13 @@ def load() -> str:
 def build(args) -> PixelCNNDecoder:
     torch.manual_seed(0)
     return PixelCNNDecoder(
-        image_shape=(1, 28, 28), cond_size=10, layers=args.layers, channels=args.channels, conditioning="adaptive_bias", likelihood="bernoulli", bf16=args.bf16
+        image_shape=(1, 28, 28),
+        cond_size=10,
+        layers=args.layers,
+        channels=args.channels,
+        conditioning="adaptive_bias",
+        likelihood="bernoulli",
+        bf16=args.bf16,
     )
 
 
@@ -131,7 +137,10 @@ def bench_peak(args, shapes) -> None:
     for name, x, w, g in shapes:
         seconds = time_conv(x, w, g, torch.channels_last, False, args.repeats)
         total_flops += conv_flops(x, w, g)
-        print(f"  fp32 channels last, {name:28s} {seconds * 1e3:6.1f} ms forward+backward, {conv_flops(x, w, g) / seconds / 1e9:4.0f} GFLOP/s", flush=True)
+        print(
+            f"  fp32 channels last, {name:28s} {seconds * 1e3:6.1f} ms forward+backward, {conv_flops(x, w, g) / seconds / 1e9:4.0f} GFLOP/s",
+            flush=True,
+        )
     print(f"  the step's convolutions: {total_flops / args.batch / 1e9:.2f} GFLOP per image (forward and backward)", flush=True)
 
 
@@ -189,8 +198,14 @@ def main() -> None:
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--bf16", action="store_true", help="train with the decoder's bf16 option (CPU bfloat16 autocast)")
-    parser.add_argument("--roofline", action="store_true", help="time the training step's convolutions alone (forward and backward), fp32 and bf16, NCHW and channels_last")
-    parser.add_argument("--peak", action="store_true", help="with --roofline: GFLOP/s of a large fp32 sgemm and of each of the step's convolutions alone")
+    parser.add_argument(
+        "--roofline",
+        action="store_true",
+        help="time the training step's convolutions alone (forward and backward), fp32 and bf16, NCHW and channels_last",
+    )
+    parser.add_argument(
+        "--peak", action="store_true", help="with --roofline: GFLOP/s of a large fp32 sgemm and of each of the step's convolutions alone"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)

@@ -56,7 +56,19 @@ def small_overrides(recipe: Path) -> list[str]:
 def measure(recipe: str, overrides: list[str], steps: int, warmup: int, device: str) -> dict:
     """Run in a child process (see `child`) so that peak memory is this run's own."""
     load = os.getloadavg()[0]
-    command = [sys.executable, __file__, "--child", recipe, "--steps", str(steps), "--warmup", str(warmup), "--device", device, *[f"--set={o}" for o in overrides]]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        recipe,
+        "--steps",
+        str(steps),
+        "--warmup",
+        str(warmup),
+        "--device",
+        device,
+        *[f"--set={o}" for o in overrides],
+    ]
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}", "load": load}
@@ -75,7 +87,16 @@ def child(args) -> None:
 
     plugins = gentk.load_plugins()
     total = args.warmup + args.steps
-    overrides = [*args.set, f"train.steps={total}", f"train.log_every={args.warmup}", f"eval.every={total + 1}", f"train.checkpoint_every={total + 1}", "eval.samples=0", "eval.max_examples=100", "eval.metrics=[]"]
+    overrides = [
+        *args.set,
+        f"train.steps={total}",
+        f"train.log_every={args.warmup}",
+        f"eval.every={total + 1}",
+        f"train.checkpoint_every={total + 1}",
+        "eval.samples=0",
+        "eval.max_examples=100",
+        "eval.metrics=[]",
+    ]
     recipe = gentk.load_recipe(args.child, overrides, plugins=plugins)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -115,7 +136,7 @@ def table(rows: list[tuple[str, str, dict]], args) -> str:
         f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {args.threads or torch.get_num_threads()} thread(s), device {args.device}; "
         f"{args.warmup} warm-up steps, then {args.steps} timed steps through the engine. "
         "Default = the recipe as written (MNIST, batch 100); small = the `--set` values of the recipe's "
-        "\"Small budget\" header comment. Peak memory is the peak resident set of the whole process (data included) on CPU, "
+        '"Small budget" header comment. Peak memory is the peak resident set of the whole process (data included) on CPU, '
         "the peak CUDA allocation on a GPU. The machine is shared: the 1-minute load average at the start of each run is shown.",
         "",
         "| recipe | size | batch | steps/s | images/s | peak memory (MiB) | load |",

@@ -21,7 +21,19 @@ from gentk.options import option  # noqa: E402
 from gentk.plugins import hookimpl, load_plugins  # noqa: E402
 from gentk.recipe import Recipe, load_recipe  # noqa: E402
 
-__all__ = ["GentkError", "RecipeError", "RegistryError", "Recipe", "__version__", "build_model", "hookimpl", "load_plugins", "load_recipe", "option", "train"]
+__all__ = [
+    "GentkError",
+    "RecipeError",
+    "RegistryError",
+    "Recipe",
+    "__version__",
+    "build_model",
+    "hookimpl",
+    "load_plugins",
+    "load_recipe",
+    "option",
+    "train",
+]
 
 _LAZY = {"build_model": "gentk.model", "train": "gentk.train"}  # name -> the module that defines it (and imports torch)
 

@@ -207,7 +207,9 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
                 "(tensors, numbers, strings, lists, dicts), so that loading one never runs code. gentk did not write this file, or it was "
                 f"changed since; pick another file in {path.parent}."
             ) from None
-        raise TrainingError(f"cannot read checkpoint '{path}': {type(exc).__name__}: {_one_line(exc)}. It may be incomplete; pick another file in {path.parent}.") from None
+        raise TrainingError(
+            f"cannot read checkpoint '{path}': {type(exc).__name__}: {_one_line(exc)}. It may be incomplete; pick another file in {path.parent}."
+        ) from None
     if not isinstance(state, dict) or state.get("format") not in READABLE_FORMATS:
         raise TrainingError(f"'{path}' is not a gentk checkpoint of format {CHECKPOINT_FORMAT}.")
     if state["format"] >= 2:
@@ -279,7 +281,9 @@ def save(state: dict[str, Any], directory: str | Path, *, keep_last: int, best: 
     except OSError as exc:  # a full disk, a read-only directory: what was saved before stays
         from gentk.rundir import storage_error
 
-        raise storage_error(exc, path, kept=f"The previous checkpoint is intact ({LATEST} still names it), and the run continues from it with --resume.") from None
+        raise storage_error(
+            exc, path, kept=f"The previous checkpoint is intact ({LATEST} still names it), and the run continues from it with --resume."
+        ) from None
     for stale in directory.glob(".*.tmp-*"):  # left by a process killed mid-write
         try:
             pid = int(stale.name.rsplit("-", 1)[1])
@@ -362,7 +366,9 @@ def load_resumable(path: Path, map_location: str | torch.device = "cpu") -> tupl
         return candidate, state, f"{'; '.join(passed)}. Resuming from {candidate.name} (step {state['step']}) instead."
     if skipped:
         raise TrainingError(f"no intact checkpoint in {path.parent}: " + " ".join(why for _, why in skipped))
-    raise TrainingError(f"'{path.parent}' holds no checkpoint. The run may have stopped before its first checkpoint; start it again without --resume.")
+    raise TrainingError(
+        f"'{path.parent}' holds no checkpoint. The run may have stopped before its first checkpoint; start it again without --resume."
+    )
 
 
 # --------------------------------------------------------------------------- random number generators

@@ -22,7 +22,9 @@ from gentk.registry import KINDS
 
 def _add_recipe_args(p: argparse.ArgumentParser, many: bool = False) -> None:
     p.add_argument("recipe", nargs="+" if many else None, help="recipe TOML file" + ("s" if many else ""))
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a recipe value; VALUE is TOML (repeatable)")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a recipe value; VALUE is TOML (repeatable)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,22 +33,39 @@ def build_parser() -> argparse.ArgumentParser:
         description="Latent-variable generative image models (PixelGAN autoencoders and baselines) from TOML recipes.",
     )
     parser.add_argument("--version", action="version", version=f"gentk {__version__}")
-    parser.add_argument("-p", dest="plugin_args", action="append", default=[], metavar="NAME", help="load plugin module NAME, or disable a plugin with no:NAME (repeatable)")
+    parser.add_argument(
+        "-p",
+        dest="plugin_args",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="load plugin module NAME, or disable a plugin with no:NAME (repeatable)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("run", help="train a recipe and write a run directory")
     _add_recipe_args(p)
     p.add_argument("--out", default="runs", help="directory that holds run directories (default: runs)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (default: the recipe's train.device)")
-    p.add_argument("--resume", default=None, metavar="auto|PATH", help="continue the latest run of this recipe (auto) or the run directory / checkpoint PATH")
+    p.add_argument(
+        "--resume", default=None, metavar="auto|PATH", help="continue the latest run of this recipe (auto) or the run directory / checkpoint PATH"
+    )
     p.add_argument("--force", action="store_true", help="resume even if the recipe changed")
     p.add_argument("--offline", action="store_true", help="never download data; say which files are missing instead")
-    p.add_argument("--minutes", type=float, default=None, metavar="N", help="a wall-clock budget: stop at N minutes, save and run the final evaluation (same as --set train.minutes=N)")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        metavar="N",
+        help="a wall-clock budget: stop at N minutes, save and run the final evaluation (same as --set train.minutes=N)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("check", help="validate recipes and build their models; trains nothing")
     _add_recipe_args(p, many=True)
-    p.add_argument("--offline", action="store_true", help="never download data a check needs (a dataset whose image shape is known without its files needs none)")
+    p.add_argument(
+        "--offline", action="store_true", help="never download data a check needs (a dataset whose image shape is known without its files needs none)"
+    )
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("show", help="print the fully resolved recipe (extends, --set and defaults applied)")
@@ -75,8 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a finished or interrupted run: writes eval.json, prints a table")
     p.add_argument("run_dir", help="a run directory (runs/NAME-TIME)")
-    p.add_argument("--metrics", nargs="+", default=None, metavar="NAME", help="registered metrics to compute (default: the recipe's eval.metrics); `gentk list metrics`")
-    p.add_argument("--option", dest="options", action="append", default=[], metavar="METRIC.KEY=VALUE", help="a metric option, e.g. iwae.k=5000 (repeatable)")
+    p.add_argument(
+        "--metrics",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="registered metrics to compute (default: the recipe's eval.metrics); `gentk list metrics`",
+    )
+    p.add_argument(
+        "--option", dest="options", action="append", default=[], metavar="METRIC.KEY=VALUE", help="a metric option, e.g. iwae.k=5000 (repeatable)"
+    )
     p.add_argument("--checkpoint", choices=("latest", "best"), default="latest", help="which checkpoint to evaluate (default: latest)")
     p.add_argument("--split", default="test", choices=("test", "validation", "train"), help="split to evaluate (default: test)")
     p.add_argument("--max-examples", type=int, default=None, metavar="N", help="evaluate on at most N examples")
@@ -101,8 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="study name (default: the recipe names joined by '-')")
     p.add_argument("--out", default="compare", help="directory holding studies (default: compare)")
     p.add_argument("--device", default=None, help="device for every run (default: each recipe's train.device)")
-    p.add_argument("--metrics", nargs="+", default=None, metavar="NAME", help="metrics evaluated on the test split after training (default: each recipe's eval.metrics)")
-    p.add_argument("--option", dest="options", action="append", default=[], metavar="METRIC.KEY=VALUE", help="a metric option, e.g. iwae.k=50 (repeatable)")
+    p.add_argument(
+        "--metrics",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="metrics evaluated on the test split after training (default: each recipe's eval.metrics)",
+    )
+    p.add_argument(
+        "--option", dest="options", action="append", default=[], metavar="METRIC.KEY=VALUE", help="a metric option, e.g. iwae.k=50 (repeatable)"
+    )
     p.add_argument("--offline", action="store_true", help="never download data")
     p.set_defaults(func=cmd_compare)
     return parser
@@ -212,7 +247,20 @@ def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
     if args.max_examples is not None and args.max_examples < 1:
         raise GentkError("--max-examples must be at least 1.")
     try:
-        record, unsaved = evaluate_run(args.run_dir, names=args.metrics, which=args.checkpoint, split=args.split, max_examples=args.max_examples, options=parse_options(args.options), device=args.device, plugins=plugins, offline=args.offline), None
+        record, unsaved = (
+            evaluate_run(
+                args.run_dir,
+                names=args.metrics,
+                which=args.checkpoint,
+                split=args.split,
+                max_examples=args.max_examples,
+                options=parse_options(args.options),
+                device=args.device,
+                plugins=plugins,
+                offline=args.offline,
+            ),
+            None,
+        )
     except ResultsNotSaved as exc:  # a read-only run: print the results, then say why they were not written
         record, unsaved = exc.record, exc
     prefix = f"eval/{args.split}/"
@@ -262,7 +310,18 @@ def cmd_compare(args: argparse.Namespace, plugins: Plugins) -> int:
     from gentk.compare import compare, parse_seeds
     from gentk.evaluate import parse_options
 
-    study = compare(args.recipe, seeds=parse_seeds(args.seeds), overrides=args.overrides, name=args.name, out=args.out, device=args.device, offline=args.offline, plugins=plugins, metrics=args.metrics, options=parse_options(args.options))
+    study = compare(
+        args.recipe,
+        seeds=parse_seeds(args.seeds),
+        overrides=args.overrides,
+        name=args.name,
+        out=args.out,
+        device=args.device,
+        offline=args.offline,
+        plugins=plugins,
+        metrics=args.metrics,
+        options=parse_options(args.options),
+    )
     print(f"report: {study / 'report.md'} and {study / 'report.html'}")
     return 0
 

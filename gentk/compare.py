@@ -121,7 +121,9 @@ def compare(
     studies = [[load_recipe(p, [*overrides, f"seed={s}"], plugins=plugins) for s in seeds] for p in paths]
     names = [runs[0].name for runs in studies]
     if len(set(names)) != len(names):
-        raise GentkError(f"two recipes share a name ({', '.join(names)}); give each its own `name` (e.g. --set is applied to all, so edit or copy a file).")
+        raise GentkError(
+            f"two recipes share a name ({', '.join(names)}); give each its own `name` (e.g. --set is applied to all, so edit or copy a file)."
+        )
     name = name or "-".join(names)
     study_dir = Path(out) / name
     study_dir.mkdir(parents=True, exist_ok=True)
@@ -135,7 +137,20 @@ def compare(
         for runs in studies:
             for recipe in runs:
                 bar.set_postfix_str(f"{recipe.name} seed {recipe.seed}")
-                results.append(_run_one(recipe, study_dir, progress, plugins, device=device, offline=offline, metrics=metrics, options=options, train=train, evaluate_run=evaluate_run))
+                results.append(
+                    _run_one(
+                        recipe,
+                        study_dir,
+                        progress,
+                        plugins,
+                        device=device,
+                        offline=offline,
+                        metrics=metrics,
+                        options=options,
+                        train=train,
+                        evaluate_run=evaluate_run,
+                    )
+                )
                 progress.base += recipe.train.steps
                 bar.update(progress.base - bar.n)
     finally:
@@ -147,14 +162,21 @@ def compare(
     return study_dir
 
 
-def _run_one(recipe: Recipe, study_dir: Path, progress: _StudyProgress, plugins, *, device, offline, metrics, options, train, evaluate_run) -> RunResult:
+def _run_one(
+    recipe: Recipe, study_dir: Path, progress: _StudyProgress, plugins, *, device, offline, metrics, options, train, evaluate_run
+) -> RunResult:
     """Train (or reuse, or resume) one recipe at one seed, then evaluate it on the test split."""
     root = study_dir / "runs" / f"{recipe.name}-seed{recipe.seed}-{recipe_hash(recipe)}"
     root.mkdir(parents=True, exist_ok=True)
     result_path = root / "result.json"
     wanted = list(recipe.eval.metrics if metrics is None else metrics)
     record = json.loads(result_path.read_text()) if result_path.is_file() else {}
-    if record.get("finished") and record.get("metric_names") == wanted and record.get("options") == (options or {}) and Path(record["run_dir"]).is_dir():
+    if (
+        record.get("finished")
+        and record.get("metric_names") == wanted
+        and record.get("options") == (options or {})
+        and Path(record["run_dir"]).is_dir()
+    ):
         return _result(recipe, record, reused=True)
 
     earlier = record.get("wall_s", 0.0)  # time spent by earlier, interrupted attempts
@@ -166,7 +188,17 @@ def _run_one(recipe: Recipe, study_dir: Path, progress: _StudyProgress, plugins,
         rundir.write_json(result_path, {"finished": False, "wall_s": earlier + time.perf_counter() - started})
         raise
     wall = earlier + time.perf_counter() - started
-    evaluation = evaluate_run(trained.run_dir, names=wanted, which="latest", split="test", max_examples=recipe.eval.max_examples, options=options, device=device, plugins=plugins, offline=offline)
+    evaluation = evaluate_run(
+        trained.run_dir,
+        names=wanted,
+        which="latest",
+        split="test",
+        max_examples=recipe.eval.max_examples,
+        options=options,
+        device=device,
+        plugins=plugins,
+        offline=offline,
+    )
     speeds = rundir.read_metrics(trained.run_dir).get("speed/steps_per_s")
     record = {
         "finished": True,
@@ -195,7 +227,17 @@ def _meta(name: str, paths, studies, overrides, seeds, results: list[RunResult])
         data = r.to_dict()["data"]
         data_text = ", ".join(f"{k} = {data[k]}" for k in ("name", "binarize", "labeled", "size", "classes") if k in data)
         reused = sum(x.reused for x in results if x.recipe == r.name)
-        setup.append({"name": r.name, "path": str(path), "data": data_text, "steps": r.train.steps, "batch_size": r.data.common.batch_size, "test_examples": "all" if r.eval.max_examples is None else str(r.eval.max_examples), "runs": f"{len(runs)} ({reused} reused)"})
+        setup.append(
+            {
+                "name": r.name,
+                "path": str(path),
+                "data": data_text,
+                "steps": r.train.steps,
+                "batch_size": r.data.common.batch_size,
+                "test_examples": "all" if r.eval.max_examples is None else str(r.eval.max_examples),
+                "runs": f"{len(runs)} ({reused} reused)",
+            }
+        )
         data_seen[r.name] = (r.data.name, data.get("binarize"))
         steps_seen[r.name] = r.train.steps
     differences = []
@@ -203,12 +245,18 @@ def _meta(name: str, paths, studies, overrides, seeds, results: list[RunResult])
         differences.append("data: " + ", ".join(f"{k} {v[0]} ({v[1]})" for k, v in data_seen.items()))
     if len(set(steps_seen.values())) > 1:
         differences.append("steps: " + ", ".join(f"{k} {v}" for k, v in steps_seen.items()))
-    command = "gentk compare " + " ".join(shlex.quote(str(p)) for p in paths) + f" --seeds {','.join(map(str, seeds))}" + "".join(f" --set {shlex.quote(o)}" for o in overrides)
+    command = (
+        "gentk compare "
+        + " ".join(shlex.quote(str(p)) for p in paths)
+        + f" --seeds {','.join(map(str, seeds))}"
+        + "".join(f" --set {shlex.quote(o)}" for o in overrides)
+    )
     return {
         "name": name,
         "command": command,
         "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": f"{platform.platform()}, {torch.get_num_threads()} torch threads" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"),
+        "machine": f"{platform.platform()}, {torch.get_num_threads()} torch threads"
+        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"),
         "seeds": list(seeds),
         "overrides": list(overrides),
         "setup": setup,
@@ -239,6 +287,14 @@ def _write(study_dir: Path, meta: dict[str, Any], results: list[RunResult], name
     curves = plot_learning_curves(series, study_dir / "curves.png")
     errors = error_series(series)
     error_curves = plot_learning_curves(series, study_dir / "errors-minutes.png", errors, x="minutes") if errors else None
-    blocks = study_blocks(meta, results, names, curves=str(curves.relative_to(study_dir)) if curves else None, samples=samples, code_plots=code_plots, error_curves=str(error_curves.relative_to(study_dir)) if error_curves else None)
+    blocks = study_blocks(
+        meta,
+        results,
+        names,
+        curves=str(curves.relative_to(study_dir)) if curves else None,
+        samples=samples,
+        code_plots=code_plots,
+        error_curves=str(error_curves.relative_to(study_dir)) if error_curves else None,
+    )
     write_report(study_dir, blocks, f"gentk compare: {meta['name']}")
     rundir.write_json(study_dir / "study.json", {"meta": meta, "results": [{**attrs.asdict(r), "run_dir": str(r.run_dir)} for r in results]})

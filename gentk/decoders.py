@@ -36,7 +36,16 @@ from gentk.pixelcnn import PixelCNNDecoder
 from gentk.plugins import hookimpl
 
 # Research code imports every decoder from here (README.md, "Research code"); `pixelcnn` registers itself.
-__all__ = ["BernoulliLikelihood", "DiscretizedLogisticLikelihood", "FactorizedDecoder", "GaussianLikelihood", "PixelCNNDecoder", "bernoulli_decoder", "gaussian_decoder", "logistic_decoder"]
+__all__ = [
+    "BernoulliLikelihood",
+    "DiscretizedLogisticLikelihood",
+    "FactorizedDecoder",
+    "GaussianLikelihood",
+    "PixelCNNDecoder",
+    "bernoulli_decoder",
+    "gaussian_decoder",
+    "logistic_decoder",
+]
 
 # --------------------------------------------------------------------------- likelihoods
 
@@ -133,7 +142,9 @@ class MLPBody(nn.Module):
 
     def __init__(self, cond_size: int, hidden: Sequence[int], act: str, out_channels: int, height: int, width: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(mlp([cond_size, *hidden, out_channels * height * width], act), Rearrange("b (c h w) -> b c h w", c=out_channels, h=height, w=width))
+        self.net = nn.Sequential(
+            mlp([cond_size, *hidden, out_channels * height * width], act), Rearrange("b (c h w) -> b c h w", c=out_channels, h=height, w=width)
+        )
 
     def forward(self, c: Tensor, n: int) -> Tensor:
         return self.net(c)
@@ -149,7 +160,11 @@ class DeconvBody(nn.Module):
         super().__init__()
         self.height, self.width = height, width
         h0, w0 = upsampled_start_size(height, len(channels)), upsampled_start_size(width, len(channels))
-        layers: list[nn.Module] = [nn.Linear(cond_size, channels[0] * h0 * w0), activation(act), Rearrange("b (c h w) -> b c h w", c=channels[0], h=h0, w=w0)]
+        layers: list[nn.Module] = [
+            nn.Linear(cond_size, channels[0] * h0 * w0),
+            activation(act),
+            Rearrange("b (c h w) -> b c h w", c=channels[0], h=h0, w=w0),
+        ]
         for n_in, n_out in zip(channels[:-1], channels[1:]):
             layers += [nn.ConvTranspose2d(n_in, n_out, 4, stride=2, padding=1), activation(act)]
         layers.append(nn.ConvTranspose2d(channels[-1], out_channels, 4, stride=2, padding=1))

@@ -281,7 +281,11 @@ class PartSync:
         manual = [p for part, params in ts.parts.items() if synced is None or part not in synced for p in params]
         value = average_gradients(manual, loss, self.info)
         if synced is None and self.wrappers:
-            self.ddp_parts[ts.name] = {part for part, params in ts.parts.items() if part in self.wrappers and all(p.grad is not None for p in params) and len(params) == _trainable(self.wrappers[part])}
+            self.ddp_parts[ts.name] = {
+                part
+                for part, params in ts.parts.items()
+                if part in self.wrappers and all(p.grad is not None for p in params) and len(params) == _trainable(self.wrappers[part])
+            }
         return value
 
     @contextlib.contextmanager

@@ -211,9 +211,7 @@ def fetch(source: SourceFile, directory: Path, *, dataset: str, progress: bool =
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DataMissingError(
-            missing_message(dataset, [source], directory, f"cannot create the directory to download into ({exc})")
-        ) from None
+        raise DataMissingError(missing_message(dataset, [source], directory, f"cannot create the directory to download into ({exc})")) from None
     target = directory / source.download_name
     with filelock.FileLock(str(target) + ".lock"):
         existing = source.locate([directory])

@@ -80,7 +80,9 @@ class MLPEncoderConfig:
     hidden: list[int] = option(doc="widths of the hidden layers (AAE paper: [1000, 1000])", factory=lambda: [1000, 1000], ge=1)
     activation: Literal["relu", "leaky_relu", "elu", "tanh", "softplus"] = option("relu", "nonlinearity after each hidden layer")
     input_noise: float = option(0.0, "std of Gaussian noise added to the input in training: the stochastic encoder z = f(x, n)", ge=0)
-    batch_norm: bool = option(False, "batch normalization before each hidden nonlinearity (spreads a categorical head's early choices over the batch)")
+    batch_norm: bool = option(
+        False, "batch normalization before each hidden nonlinearity (spreads a categorical head's early choices over the batch)"
+    )
 
 
 def mlp_encoder(config: MLPEncoderConfig | None = None, *, input_shape: Sequence[int], latents: Mapping[str, Any], **options: Any) -> Encoder:
@@ -88,7 +90,10 @@ def mlp_encoder(config: MLPEncoderConfig | None = None, *, input_shape: Sequence
     cfg = configured(MLPEncoderConfig, config, options)
     c, h, w = input_shape
     widths = [c * h * w, *cfg.hidden]
-    body = nn.Sequential(Rearrange("b c h w -> b (c h w)"), mlp(widths, cfg.activation, final_activation=True, batch_norm=cfg.batch_norm) if cfg.hidden else nn.Identity())
+    body = nn.Sequential(
+        Rearrange("b c h w -> b (c h w)"),
+        mlp(widths, cfg.activation, final_activation=True, batch_norm=cfg.batch_norm) if cfg.hidden else nn.Identity(),
+    )
     return Encoder(body, widths[-1], latents, cfg.input_noise)
 
 
@@ -99,7 +104,9 @@ class ConvEncoderConfig:
     hidden: list[int] = option(doc="widths of fully connected layers after the convolutions", factory=lambda: [1024], ge=1)
     activation: Literal["relu", "leaky_relu", "elu", "tanh", "softplus"] = option("relu", "nonlinearity after each layer")
     input_noise: float = option(0.0, "std of Gaussian noise added to the input in training: the stochastic encoder z = f(x, n)", ge=0)
-    batch_norm: bool = option(False, "batch normalization before each hidden nonlinearity (spreads a categorical head's early choices over the batch)")
+    batch_norm: bool = option(
+        False, "batch normalization before each hidden nonlinearity (spreads a categorical head's early choices over the batch)"
+    )
 
 
 def conv_encoder(config: ConvEncoderConfig | None = None, *, input_shape: Sequence[int], latents: Mapping[str, Any], **options: Any) -> Encoder:

@@ -145,7 +145,22 @@ def build_metric(plugins, name: str, options: Mapping[str, Any] | None = None):
     return entry.build(config)
 
 
-def evaluate(model, data, names: Sequence[str], *, plugins, device, split: str = "test", batch_size: int = 100, max_examples: int | None = None, seed: int = 0, run_dir: Path | None = None, step: int = 0, options: Mapping[str, Mapping[str, Any]] | None = None, log_image: Callable[[str, Path], None] | None = None) -> dict[str, float]:
+def evaluate(
+    model,
+    data,
+    names: Sequence[str],
+    *,
+    plugins,
+    device,
+    split: str = "test",
+    batch_size: int = 100,
+    max_examples: int | None = None,
+    seed: int = 0,
+    run_dir: Path | None = None,
+    step: int = 0,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    log_image: Callable[[str, Path], None] | None = None,
+) -> dict[str, float]:
     """Call each named metric on `split` under ``torch.no_grad()``; returns {key: float} (keys unprefixed).
 
     log_image: given to each metric, which calls ``log_image(tag, path)`` for each image it
@@ -155,13 +170,26 @@ def evaluate(model, data, names: Sequence[str], *, plugins, device, split: str =
     options = options or {}
     unknown = sorted(set(options) - set(names))
     if unknown:
-        raise GentkError(f"--option for {', '.join(unknown)}, which {'is' if len(unknown) == 1 else 'are'} not among the metrics evaluated ({', '.join(names)}).")
+        raise GentkError(
+            f"--option for {', '.join(unknown)}, which {'is' if len(unknown) == 1 else 'are'} not among the metrics evaluated ({', '.join(names)})."
+        )
     metrics = [build_metric(plugins, name, options.get(name)) for name in names]  # every option error before any work
     results: dict[str, float] = {}
     model.eval()
     with torch.no_grad():
         for metric in metrics:
-            values = metric(model=model, data=data, device=device, split=split, batch_size=batch_size, max_examples=max_examples, seed=seed, run_dir=run_dir, step=step, log_image=log_image)
+            values = metric(
+                model=model,
+                data=data,
+                device=device,
+                split=split,
+                batch_size=batch_size,
+                max_examples=max_examples,
+                seed=seed,
+                run_dir=run_dir,
+                step=step,
+                log_image=log_image,
+            )
             results.update({k: float(v) for k, v in (values or {}).items()})
     return results
 
@@ -170,7 +198,9 @@ def held_out_losses(model, data, split: str, recipe: Recipe, device, info) -> di
     """``Model.eval_losses`` averaged over the split's examples (all ranks together)."""
     sums: dict[str, float] = {}
     count = 0
-    for batch in data.eval_batches(split, recipe.data.common.batch_size, max_examples=recipe.eval.max_examples, rank=info.rank, world_size=info.world_size):
+    for batch in data.eval_batches(
+        split, recipe.data.common.batch_size, max_examples=recipe.eval.max_examples, rank=info.rank, world_size=info.world_size
+    ):
         batch = batch.to(device)
         n = batch.x.shape[0]
         for key, value in model.eval_losses(batch).items():
@@ -194,7 +224,7 @@ def run_evaluation(model, ema, data, recipe: Recipe, plugins, device, info, run_
     """
     model.eval()
     try:
-        with checkpoint.preserved_rng(), torch.no_grad(), (ema.applied(model) if ema else contextlib.nullcontext()):
+        with checkpoint.preserved_rng(), torch.no_grad(), ema.applied(model) if ema else contextlib.nullcontext():
             split = evaluation_split(data)
             metrics = held_out_losses(model, data, split, recipe, device, info)
             results = None
@@ -203,7 +233,20 @@ def run_evaluation(model, ema, data, recipe: Recipe, plugins, device, info, run_
                 def log_image(tag: str, path: Path) -> None:
                     plugins.pm.hook.gentk_log_image(run_dir=run_dir, step=step, tag=tag, path=path)
 
-                found = evaluate(model, data, recipe.eval.metrics, plugins=plugins, device=device, split=split, batch_size=recipe.data.common.batch_size, max_examples=recipe.eval.max_examples, seed=recipe.seed, run_dir=run_dir, step=step, log_image=log_image)
+                found = evaluate(
+                    model,
+                    data,
+                    recipe.eval.metrics,
+                    plugins=plugins,
+                    device=device,
+                    split=split,
+                    batch_size=recipe.data.common.batch_size,
+                    max_examples=recipe.eval.max_examples,
+                    seed=recipe.seed,
+                    run_dir=run_dir,
+                    step=step,
+                    log_image=log_image,
+                )
                 results = {f"eval/{split}/{k}": v for k, v in found.items()}
                 if recipe.eval.samples > 0:
                     log_image("samples", write_samples(model, recipe, device, run_dir / "samples" / f"step-{step:08d}.png"))
@@ -216,7 +259,18 @@ def run_evaluation(model, ema, data, recipe: Recipe, plugins, device, info, run_
 # --------------------------------------------------------------------------- a run directory
 
 
-def evaluate_run(run_dir: str | Path, *, names: Sequence[str] | None = None, which: str = "latest", split: str = "test", max_examples: int | None = None, options: Mapping[str, Mapping[str, Any]] | None = None, device: str | None = None, plugins=None, offline: bool = False) -> dict[str, Any]:
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    names: Sequence[str] | None = None,
+    which: str = "latest",
+    split: str = "test",
+    max_examples: int | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    device: str | None = None,
+    plugins=None,
+    offline: bool = False,
+) -> dict[str, Any]:
     """Evaluate a run directory's checkpoint and merge the result into its eval.json.
 
     names: the metrics (default: the recipe's ``eval.metrics``). Also computes the held-out
@@ -230,7 +284,9 @@ def evaluate_run(run_dir: str | Path, *, names: Sequence[str] | None = None, whi
     if split not in run.data.split_sizes or run.data.split_sizes[split] == 0:
         present = [k for k, v in run.data.split_sizes.items() if v > 0 and k != "train"]
         advice = f" Evaluate on a split that has examples: --split {present[0]}." if present else ""
-        raise GentkError(f"this run's data has no '{split}' examples; splits: {', '.join(f'{k} ({v})' for k, v in run.data.split_sizes.items())}.{advice}")
+        raise GentkError(
+            f"this run's data has no '{split}' examples; splits: {', '.join(f'{k} ({v})' for k, v in run.data.split_sizes.items())}.{advice}"
+        )
     started = time.perf_counter()
     batch_size = run.recipe.data.common.batch_size
     with checkpoint.preserved_rng(), torch.no_grad():
@@ -238,7 +294,20 @@ def evaluate_run(run_dir: str | Path, *, names: Sequence[str] | None = None, whi
         # losses on the same examples as the metrics
         limited = attrs.evolve(run.recipe, eval=attrs.evolve(run.recipe.eval, max_examples=max_examples))
         values = held_out_losses(run.model, run.data, split, limited, run.device, dist.DistInfo())
-        found = evaluate(run.model, run.data, names, plugins=plugins, device=run.device, split=split, batch_size=batch_size, max_examples=max_examples, seed=run.recipe.seed, run_dir=run.run_dir, step=run.step, options=options)
+        found = evaluate(
+            run.model,
+            run.data,
+            names,
+            plugins=plugins,
+            device=run.device,
+            split=split,
+            batch_size=batch_size,
+            max_examples=max_examples,
+            seed=run.recipe.seed,
+            run_dir=run.run_dir,
+            step=run.step,
+            options=options,
+        )
     values.update({f"eval/{split}/{k}": v for k, v in found.items()})
     record = {
         "checkpoint": str(run.checkpoint.relative_to(run.run_dir)),
@@ -257,14 +326,18 @@ def evaluate_run(run_dir: str | Path, *, names: Sequence[str] | None = None, whi
     try:
         rundir.write_json(path, existing)
     except OSError as exc:  # a read-only run: the results are not lost, the caller gets them
-        raise ResultsNotSaved(f"{path.name} was not written: {rundir.storage_error(exc, path, kept='The results are those printed above.')}", record) from None
+        raise ResultsNotSaved(
+            f"{path.name} was not written: {rundir.storage_error(exc, path, kept='The results are those printed above.')}", record
+        ) from None
     return record
 
 
 # --------------------------------------------------------------------------- samples
 
 
-def sample_images(model, n: int, *, generator: torch.Generator, latent: str | None = None, temperature: float | None = None) -> tuple[torch.Tensor, int]:
+def sample_images(
+    model, n: int, *, generator: torch.Generator, latent: str | None = None, temperature: float | None = None
+) -> tuple[torch.Tensor, int]:
     """About `n` images and how many go in a grid row: ``(images (B, C, H, W), per_row)``.
 
     latent: a categorical latent of `model` to draw one row per category of

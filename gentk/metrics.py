@@ -385,7 +385,9 @@ class CodeSpace:
         cfg = configured(CodeSpaceConfig, config, options)
         self.latent, self.examples, self.plot = cfg.latent, cfg.examples, cfg.plot
 
-    def __call__(self, *, model, data, device, split, batch_size, max_examples, seed=0, run_dir=None, step=0, log_image=None, **_) -> dict[str, float]:
+    def __call__(
+        self, *, model, data, device, split, batch_size, max_examples, seed=0, run_dir=None, step=0, log_image=None, **_
+    ) -> dict[str, float]:
         if self.latent is not None and self.latent not in model.priors:
             raise GentkError(f"code_space: this model has no latent '{self.latent}'; its latents: {', '.join(model.priors) or 'none'}.")
         names = [self.latent] if self.latent else [n for n, p in model.priors.items() if support(p) == "real"]

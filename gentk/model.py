@@ -70,7 +70,14 @@ class TrainingStep:
 class Model(nn.Module):
     """Encoder + latents + decoder; see the module docstring. Build it with `build_model`."""
 
-    def __init__(self, encoder: nn.Module | None, decoder: nn.Module, latents: Mapping[str, LatentSpec], priors: Mapping[str, nn.Module], regularizers: Mapping[str, nn.Module]) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module | None,
+        decoder: nn.Module,
+        latents: Mapping[str, LatentSpec],
+        priors: Mapping[str, nn.Module],
+        regularizers: Mapping[str, nn.Module],
+    ) -> None:
         super().__init__()
         if bool(latents) != (encoder is not None):
             raise ValueError("a model has an encoder exactly when it has latents")
@@ -96,13 +103,17 @@ class Model(nn.Module):
         for name, latent in spec.latents.items():
             try:
                 priors[name] = registries.priors.get(latent.prior.name).build(latent.prior.config, size=latent.size)
-                regularizers[name] = registries.regularizers.get(latent.regularizer.name).build(latent.regularizer.config, size=latent.size, prior=priors[name], head=latent.head)
+                regularizers[name] = registries.regularizers.get(latent.regularizer.name).build(
+                    latent.regularizer.config, size=latent.size, prior=priors[name], head=latent.head
+                )
             except ValueError as exc:
                 raise GentkError(f"model.latents.{name}: {exc}") from None
         encoder = None
         if spec.encoder is not None:
             try:
-                encoder = registries.encoders.get(spec.encoder.name).build(spec.encoder.config, input_shape=tuple(image_shape), latents=dict(spec.latents))
+                encoder = registries.encoders.get(spec.encoder.name).build(
+                    spec.encoder.config, input_shape=tuple(image_shape), latents=dict(spec.latents)
+                )
             except ValueError as exc:
                 raise GentkError(f"model.encoder ({spec.encoder.name}) for images {tuple(image_shape)}: {exc}") from None
         cond_size = sum(latent.size for latent in spec.latents.values())
@@ -160,6 +171,7 @@ class Model(nn.Module):
 
     def training_steps(self) -> list[TrainingStep]:
         """The optimizer updates of one training step, in order (see the module docstring)."""
+
         def params(name: str) -> list[nn.Parameter]:
             return [p for p in self.parts()[name].parameters() if p.requires_grad]
 
@@ -245,7 +257,9 @@ class Model(nn.Module):
         return self.decoder.sample(n, torch.cat(codes, -1) if codes else None, generator=generator, temperature=temperature)
 
     @torch.no_grad()
-    def sample_per_category(self, n_per_row: int, latent: str | None = None, *, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
+    def sample_per_category(
+        self, n_per_row: int, latent: str | None = None, *, generator: torch.Generator | None = None, temperature: float = 1.0
+    ) -> Tensor:
         """K * n_per_row images, row k (n_per_row images) with categorical `latent` set to class k.
 
         The other latents come from their priors: rows show what the category holds and
@@ -271,7 +285,9 @@ class Model(nn.Module):
     def log_prob(self, x: Tensor) -> Tensor:
         """Exact log p(x) per image (B,), in nats; defined for a model without latents (a PixelCNN)."""
         if self.latents:
-            raise GentkError("log p(x) is intractable for a model with latents; use elbo(x) (KL-regularized latents) or an importance-weighted bound.")
+            raise GentkError(
+                "log p(x) is intractable for a model with latents; use elbo(x) (KL-regularized latents) or an importance-weighted bound."
+            )
         return self.decoder(x, None)
 
     def elbo(self, x: Tensor) -> Tensor:

@@ -39,7 +39,9 @@ def _range_validator(ge=None, gt=None, le=None, lt=None, choices=None):
         if value is None:
             return
         if choices is not None and value not in choices:
-            raise OptionValueError(attribute.name, f"expected one of {', '.join(map(repr, choices))}, found {value!r}.{did_you_mean(str(value), map(str, choices))}")
+            raise OptionValueError(
+                attribute.name, f"expected one of {', '.join(map(repr, choices))}, found {value!r}.{did_you_mean(str(value), map(str, choices))}"
+            )
         if ge is not None and not value >= ge:
             raise OptionValueError(attribute.name, f"expected a value >= {ge}, found {value!r}")
         if gt is not None and not value > gt:

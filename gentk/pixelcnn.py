@@ -84,7 +84,9 @@ class PixelCNNConfig:
     channels: int = option(64, "feature channels of each stack (the gates see twice as many pre-activations)", ge=1)
     first_kernel: int = option(7, "kernel size of the mask-A first layer (odd)", ge=1, validator=_odd)
     kernel: int = option(3, "kernel size of the mask-B gated layers (odd)", ge=1, validator=_odd)
-    conditioning: Conditioning = option("adaptive_bias", "how the code c enters: adaptive_bias, location_dependent, input_concat or none", choices=CONDITIONINGS)
+    conditioning: Conditioning = option(
+        "adaptive_bias", "how the code c enters: adaptive_bias, location_dependent, input_concat or none", choices=CONDITIONINGS
+    )
     likelihood: Likelihood = option("bernoulli", "per sub-pixel distribution: bernoulli, categorical256 or logistic_mixture", choices=LIKELIHOODS)
     mixtures: int = option(5, "logistic components per sub-pixel (logistic_mixture)", ge=1)
     map_channels: int = option(16, "channels of the spatial map made from c (location_dependent, input_concat)", ge=1)
@@ -156,7 +158,9 @@ class SubpixelDraws:
     draw is one comparison.
     """
 
-    def __init__(self, likelihood: str, n: int, image_shape: tuple[int, int, int], generator: torch.Generator | None, temperature: float, *, device, dtype) -> None:
+    def __init__(
+        self, likelihood: str, n: int, image_shape: tuple[int, int, int], generator: torch.Generator | None, temperature: float, *, device, dtype
+    ) -> None:
         if temperature <= 0:
             raise ValueError(f"pixelcnn: temperature must be > 0, got {temperature}")
         n_channels, height, width = image_shape
@@ -186,7 +190,9 @@ class SubpixelDraws:
         component = _inverse_cdf(logit_pi / temperature, u[0]).unsqueeze(-1)
         v = u[1].clamp(1e-5, 1 - 1e-5)
         # A continuous logistic draw falls in level k's bin with exactly that bin's mass.
-        y = mean.gather(-1, component).squeeze(-1) + temperature * torch.exp(log_scale.gather(-1, component).squeeze(-1)) * (torch.log(v) - torch.log1p(-v))
+        y = mean.gather(-1, component).squeeze(-1) + temperature * torch.exp(log_scale.gather(-1, component).squeeze(-1)) * (
+            torch.log(v) - torch.log1p(-v)
+        )
         return torch.round((y + 1) * 127.5).clamp(0, 255) / 255
 
 
@@ -411,10 +417,12 @@ class PixelCNNDecoder(nn.Module):
         if (cfg.conditioning == "none") != (self.cond_size == 0):
             raise GentkError(
                 f"pixelcnn: conditioning='{cfg.conditioning}' with cond_size={self.cond_size}: an unconditional decoder "
-                "(no latents) needs conditioning = \"none\", a conditional one one of adaptive_bias, location_dependent, input_concat."
+                '(no latents) needs conditioning = "none", a conditional one one of adaptive_bias, location_dependent, input_concat.'
             )
         if cfg.channels < n_channels:
-            raise GentkError(f"pixelcnn: channels={cfg.channels} is fewer than the image's {n_channels} channels; each channel needs its own feature group.")
+            raise GentkError(
+                f"pixelcnn: channels={cfg.channels} is fewer than the image's {n_channels} channels; each channel needs its own feature group."
+            )
         self.n_params = params_per_subpixel(cfg.likelihood, cfg.mixtures)
         p = cfg.channels
         image_groups = torch.arange(n_channels)
@@ -431,7 +439,14 @@ class PixelCNNDecoder(nn.Module):
             self.cond_proj = nn.ModuleList(nn.Conv2d(cfg.map_channels, 2 * 2 * p, 1) for _ in range(cfg.layers))
         features = feature_groups(p, n_channels)
         self.layers = nn.ModuleList(
-            GatedLayer(len(input_groups) if i == 0 else p, p, cfg.first_kernel if i == 0 else cfg.kernel, in_groups=input_groups if i == 0 else features, groups=n_channels, first=i == 0)
+            GatedLayer(
+                len(input_groups) if i == 0 else p,
+                p,
+                cfg.first_kernel if i == 0 else cfg.kernel,
+                in_groups=input_groups if i == 0 else features,
+                groups=n_channels,
+                first=i == 0,
+            )
             for i in range(cfg.layers)
         )
         out_groups = torch.arange(n_channels).repeat_interleave(self.n_params)
@@ -516,7 +531,9 @@ class PixelCNNDecoder(nn.Module):
     # -- sampling
 
     @torch.no_grad()
-    def sample_naive(self, n: int, c: Tensor | None = None, *, generator: torch.Generator | None = None, temperature: float = 1.0, return_params: bool = False):
+    def sample_naive(
+        self, n: int, c: Tensor | None = None, *, generator: torch.Generator | None = None, temperature: float = 1.0, return_params: bool = False
+    ):
         """Reference sampler: one full forward pass per sub-pixel (C*H*W passes).
 
         Returns (n, C, H, W) in the data range; with return_params also the parameters
@@ -537,7 +554,9 @@ class PixelCNNDecoder(nn.Module):
         return (x, used) if return_params else x
 
     @torch.no_grad()
-    def sample(self, n: int, c: Tensor | None = None, *, generator: torch.Generator | None = None, temperature: float = 1.0, return_params: bool = False):
+    def sample(
+        self, n: int, c: Tensor | None = None, *, generator: torch.Generator | None = None, temperature: float = 1.0, return_params: bool = False
+    ):
         """Cached sampler (Ramachandran et al. 2017): exactly the naive sampler's samples, fast.
 
         Each layer keeps the rows of its vertical-stack input and the current row of its
@@ -664,7 +683,21 @@ class _CachedSampler:
                 nxt = self.hbuf[i + 1][:, j + layers[i + 1].h_cols - 1] if i + 1 < self.L else None
                 here = None if layer.first else self.hbuf[i][:, j + layer.h_cols - 1]
                 pre = self.pre[i]
-                steps.append((self.hbias[i][:, j], window, self.hmat[i], pre, pre[:, :p], pre[:, p:], self.gate_out[i], self.gate_in[i], self.res[i], here, nxt))
+                steps.append(
+                    (
+                        self.hbias[i][:, j],
+                        window,
+                        self.hmat[i],
+                        pre,
+                        pre[:, :p],
+                        pre[:, p:],
+                        self.gate_out[i],
+                        self.gate_in[i],
+                        self.res[i],
+                        here,
+                        nxt,
+                    )
+                )
             self.plan.append(steps)
 
     def _fixed(self, bias: Tensor, i: int, half: int) -> Tensor:

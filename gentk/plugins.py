@@ -33,7 +33,16 @@ hookimpl = pluggy.HookimplMarker("gentk")
 ENTRY_POINT_GROUP = "gentk"
 
 # Built-in component modules, registered through the same hooks as any plugin.
-BUILTIN: tuple[str, ...] = ("gentk.optim", "gentk.data.datasets", "gentk.encoders", "gentk.priors", "gentk.regularizers", "gentk.decoders", "gentk.pixelcnn", "gentk.metrics")
+BUILTIN: tuple[str, ...] = (
+    "gentk.optim",
+    "gentk.data.datasets",
+    "gentk.encoders",
+    "gentk.priors",
+    "gentk.regularizers",
+    "gentk.decoders",
+    "gentk.pixelcnn",
+    "gentk.metrics",
+)
 
 
 @attrs.define

@@ -74,10 +74,14 @@ class LatentSpec:
     """One named latent: its size, the encoder head that produces it, its prior and regularizer."""
 
     size: int = option(REQUIRED, "dimension (Gaussian) or number of categories (categorical)", ge=1)
-    head: Literal["deterministic", "gaussian", "categorical"] = option("deterministic", "encoder output: deterministic (linear), gaussian (mean, log-variance), categorical (softmax)")
+    head: Literal["deterministic", "gaussian", "categorical"] = option(
+        "deterministic", "encoder output: deterministic (linear), gaussian (mean, log-variance), categorical (softmax)"
+    )
     prior: ComponentSpec = component("priors", "the prior p(z) this latent is matched to", default={"name": "standard_normal"})
     regularizer: ComponentSpec = component("regularizers", "how q(z) is matched to p(z): kl, adversarial or none", default={"name": "none"})
-    supervised: bool = option(False, "also train this head with cross-entropy on labeled examples (categorical heads)", validator=_categorical_if_supervised)
+    supervised: bool = option(
+        False, "also train this head with cross-entropy on labeled examples (categorical heads)", validator=_categorical_if_supervised
+    )
 
 
 @attrs.frozen
@@ -253,7 +257,9 @@ _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _PLAIN_WORD = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-/]*$")
 
 
-def parse_override(text: str, *, flag: str = "--set", form: str = "KEY.PATH", example: str = "train.steps=500", path_example: str = "model.decoder.layers") -> tuple[tuple[str, ...], Any]:
+def parse_override(
+    text: str, *, flag: str = "--set", form: str = "KEY.PATH", example: str = "train.steps=500", path_example: str = "model.decoder.layers"
+) -> tuple[tuple[str, ...], Any]:
     """Parse ``KEY.PATH=VALUE`` as given to `flag`: the dotted key path and the value.
 
     VALUE is TOML; a plain word (not true/false) is taken as a string. The one parser of
@@ -336,12 +342,21 @@ def check_recipe(recipe: Recipe, ctx: _Context | None = None) -> None:
     ctx = ctx or _Context(None, {}, recipe.source or "<recipe>")
     model = recipe.model
     if model.latents and model.encoder is None:
-        ctx.fail(("model", "encoder"), f"the model has latents ({', '.join(model.latents)}) but no encoder. Add a [model.encoder] table, for example name = \"conv\".")
+        ctx.fail(
+            ("model", "encoder"),
+            f'the model has latents ({", ".join(model.latents)}) but no encoder. Add a [model.encoder] table, for example name = "conv".',
+        )
     if not model.latents and model.encoder is not None:
-        ctx.fail(("model", "latents"), "the model has an encoder but no latents. Add a [model.latents.NAME] table, or remove [model.encoder] for a plain decoder.")
+        ctx.fail(
+            ("model", "latents"),
+            "the model has an encoder but no latents. Add a [model.latents.NAME] table, or remove [model.encoder] for a plain decoder.",
+        )
     for name, latent in model.latents.items():
         if latent.supervised and recipe.data.common.labeled == 0:
-            ctx.fail(("data", "labeled"), f"latent '{name}' is supervised but data.labeled is 0. Set data.labeled to the number of labeled examples (e.g. 100).")
+            ctx.fail(
+                ("data", "labeled"),
+                f"latent '{name}' is supervised but data.labeled is 0. Set data.labeled to the number of labeled examples (e.g. 100).",
+            )
         if ctx.registries is not None:
             _check_latent_parts(name, latent, ctx)
 
@@ -428,7 +443,7 @@ class _Context:
 
     def component(self, table: Any, kind: str, common: type | None, path: tuple) -> ComponentSpec:
         if not isinstance(table, Mapping):
-            self.fail(path, f"expected a table naming a {kind[:-1]}, such as {{ name = \"...\" }}, found {describe_value(table)}.")
+            self.fail(path, f'expected a table naming a {kind[:-1]}, such as {{ name = "..." }}, found {describe_value(table)}.')
         known = self.registries[kind].names() if self.registries is not None else []
         if "name" not in table:
             self.fail(path + ("name",), f"missing required key 'name': which {kind[:-1]} to use. Known {kind}: {', '.join(known) or '(none)'}.")
@@ -485,7 +500,9 @@ class _Context:
             self.fail(path, f"expected {describe_type(tp)}, found {describe_value(value)}.")
         if origin is Literal:
             if value not in args or type(value) is bool:
-                self.fail(path, f"expected one of {', '.join(map(repr, args))}, found {describe_value(value)}.{did_you_mean(str(value), map(str, args))}")
+                self.fail(
+                    path, f"expected one of {', '.join(map(repr, args))}, found {describe_value(value)}.{did_you_mean(str(value), map(str, args))}"
+                )
             return value
         if tp is bool:
             if type(value) is not bool:

@@ -165,7 +165,9 @@ class Registries:
         try:
             return self._by_kind[kind]
         except KeyError:
-            raise RegistryError(f"unknown kind of component '{kind}'. Kinds: {', '.join(self._by_kind)}.{did_you_mean(kind, self._by_kind)}") from None
+            raise RegistryError(
+                f"unknown kind of component '{kind}'. Kinds: {', '.join(self._by_kind)}.{did_you_mean(kind, self._by_kind)}"
+            ) from None
 
     def kinds(self) -> list[str]:
         return list(self._by_kind)

@@ -102,9 +102,9 @@ class KLRegularizer(nn.Module):
         if head == "categorical" and not isinstance(prior, Categorical):
             raise ValueError("a KL regularizer on a categorical head needs a categorical prior")
         if estimator == "analytic" and not analytic:
-            raise ValueError(f"no analytic KL between a {head} head and a {type(prior).__name__}; use estimator = \"monte_carlo\" or \"auto\"")
+            raise ValueError(f'no analytic KL between a {head} head and a {type(prior).__name__}; use estimator = "monte_carlo" or "auto"')
         if estimator == "monte_carlo" and head == "categorical":
-            raise ValueError("the categorical KL is an exact finite sum; use estimator = \"analytic\" or \"auto\"")
+            raise ValueError('the categorical KL is an exact finite sum; use estimator = "analytic" or "auto"')
         self.head = head
         self.analytic = analytic and estimator != "monte_carlo"
 

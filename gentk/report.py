@@ -74,6 +74,7 @@ def paper_number(recipe: str, key: str) -> PaperNumber | None:
 
 def format_value(mean: float, std: float | None = None) -> str:
     """A compact number: 4 significant digits, with '± std' when given."""
+
     def fmt(v: float) -> str:
         return f"{v:.4g}" if math.isfinite(v) else str(v)
 
@@ -130,7 +131,15 @@ def render_markdown(blocks: Sequence[Block]) -> str:
             esc = [[c.replace("|", "\\|") for c in row] for row in [b.header, *b.rows]]
             out.append("\n".join(["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(b.header)] + ["| " + " | ".join(r) + " |" for r in esc[1:]]))
         elif isinstance(b, Images):
-            out.append("| " + " | ".join(c for c, _ in b.items) + " |\n|" + "---|" * len(b.items) + "\n| " + " | ".join(f"![{c}]({p})" for c, p in b.items) + " |")
+            out.append(
+                "| "
+                + " | ".join(c for c, _ in b.items)
+                + " |\n|"
+                + "---|" * len(b.items)
+                + "\n| "
+                + " | ".join(f"![{c}]({p})" for c, p in b.items)
+                + " |"
+            )
     return "\n\n".join(out) + "\n"
 
 
@@ -152,7 +161,11 @@ def render_html(blocks: Sequence[Block], title: str) -> str:
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif isinstance(b, Images):
             # each image links to itself: a click opens it at full size
-            cells = "".join(f'<figure><a href="{html.escape(p)}"><img src="{html.escape(p)}" alt="{html.escape(c)}"></a><figcaption>{_inline_html(c)}</figcaption></figure>' for c, p in b.items)
+            cells = "".join(
+                f'<figure><a href="{html.escape(p)}"><img src="{html.escape(p)}" '
+                f'alt="{html.escape(c)}"></a><figcaption>{_inline_html(c)}</figcaption></figure>'
+                for c, p in b.items
+            )
             body.append(f'<div class="images {b.kind}">{cells}</div>')
     style = (
         "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
@@ -162,7 +175,11 @@ def render_html(blocks: Sequence[Block], title: str) -> str:
         ".grid img{image-rendering:pixelated;width:560px;max-width:100%}"  # 28-pixel digits, about 2x, sharp
         "figcaption{font-size:90%;text-align:center}"
     )
-    return f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title><style>{style}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{style}</style></head>\n<body>\n'
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
 
 
 # --------------------------------------------------------------------------- the study report
@@ -217,10 +234,18 @@ def on_minutes(metrics: dict[str, Any], series: Any) -> Any | None:
 
 def error_series(series: dict[str, list[dict[str, Any]]]) -> list[str]:
     """The held-out error metrics (``eval/<split>/<..>error<..>``) that any run of `series` logged, sorted."""
-    return sorted({name for runs in series.values() for metrics in runs for name in metrics if name.startswith("eval/") and "error" in name.rsplit("/", 1)[-1]})
+    return sorted(
+        {name for runs in series.values() for metrics in runs for name in metrics if name.startswith("eval/") and "error" in name.rsplit("/", 1)[-1]}
+    )
 
 
-def plot_learning_curves(series: dict[str, list[dict[str, Any]]], path: Path, names: Sequence[str] = ("train/reconstruction/loss", "eval/validation/reconstruction/loss"), *, x: str = "step") -> Path | None:
+def plot_learning_curves(
+    series: dict[str, list[dict[str, Any]]],
+    path: Path,
+    names: Sequence[str] = ("train/reconstruction/loss", "eval/validation/reconstruction/loss"),
+    *,
+    x: str = "step",
+) -> Path | None:
     """Curves of `names` (one panel each), a colour per recipe and a line per seed; None without matplotlib
     (or, against minutes, when no run logged its wall time).
 
@@ -248,7 +273,16 @@ def plot_learning_curves(series: dict[str, list[dict[str, Any]]], path: Path, na
                 if x == "minutes" and (data := on_minutes(metrics, data)) is None:
                     continue
                 few = len(data) < 20  # a line through one or two points is invisible: mark them
-                ax.plot(data["step"], data["value"], color=colors[i % len(colors)], alpha=0.8, lw=1, marker="o" if few else None, ms=4, label=recipe if j == 0 else None)
+                ax.plot(
+                    data["step"],
+                    data["value"],
+                    color=colors[i % len(colors)],
+                    alpha=0.8,
+                    lw=1,
+                    marker="o" if few else None,
+                    ms=4,
+                    label=recipe if j == 0 else None,
+                )
                 drawn += 1
         ax.set_title(name)
         ax.set_xlabel("step" if x == "step" else "minutes of wall time")
@@ -265,7 +299,16 @@ def plot_learning_curves(series: dict[str, list[dict[str, Any]]], path: Path, na
     return path
 
 
-def study_blocks(meta: dict[str, Any], results: Sequence[Any], recipes: Sequence[str], *, curves: str | None, samples: list[tuple[str, str]], code_plots: list[tuple[str, str]], error_curves: str | None = None) -> list[Block]:
+def study_blocks(
+    meta: dict[str, Any],
+    results: Sequence[Any],
+    recipes: Sequence[str],
+    *,
+    curves: str | None,
+    samples: list[tuple[str, str]],
+    code_plots: list[tuple[str, str]],
+    error_curves: str | None = None,
+) -> list[Block]:
     """The report of a study as blocks (see `gentk.compare.compare` for `meta` and `results`)."""
     seeds = meta["seeds"]
     blocks: list[Block] = [
@@ -282,7 +325,13 @@ def study_blocks(meta: dict[str, Any], results: Sequence[Any], recipes: Sequence
         ),
     ]
     if meta.get("differences"):
-        blocks.append(Paragraph("Warning: the recipes do not share the same data and budget: " + "; ".join(meta["differences"]) + ". Use --set to align them (e.g. `--set train.steps=N`) for a fair comparison."))
+        blocks.append(
+            Paragraph(
+                "Warning: the recipes do not share the same data and budget: "
+                + "; ".join(meta["differences"])
+                + ". Use --set to align them (e.g. `--set train.steps=N`) for a fair comparison."
+            )
+        )
     blocks += [
         Heading("Results"),
         Paragraph(
@@ -315,10 +364,28 @@ def study_blocks(meta: dict[str, Any], results: Sequence[Any], recipes: Sequence
     blocks.append(Heading("Samples"))
     blocks.append(Images(samples, kind="grid") if samples else Paragraph("No sample grids: the runs were made with eval.samples = 0."))
     if code_plots:
-        blocks += [Heading("Code space"), Paragraph("Codes z ~ q(z|x) of test images coloured by label (top-2 PCA axes for codes of more than 2 dimensions)."), Images(code_plots)]
+        blocks += [
+            Heading("Code space"),
+            Paragraph("Codes z ~ q(z|x) of test images coloured by label (top-2 PCA axes for codes of more than 2 dimensions)."),
+            Images(code_plots),
+        ]
     blocks += [
         Heading("Runs"),
-        Table(["recipe", "seed", "run directory", "steps", "wall (s)", "steps/s", "reused"], [[r.recipe, str(r.seed), f"`{r.run_dir}`", str(r.steps), format_value(r.wall_s), format_value(r.steps_per_s) if r.steps_per_s is not None else "—", "yes" if r.reused else "no"] for r in results]),
+        Table(
+            ["recipe", "seed", "run directory", "steps", "wall (s)", "steps/s", "reused"],
+            [
+                [
+                    r.recipe,
+                    str(r.seed),
+                    f"`{r.run_dir}`",
+                    str(r.steps),
+                    format_value(r.wall_s),
+                    format_value(r.steps_per_s) if r.steps_per_s is not None else "—",
+                    "yes" if r.reused else "no",
+                ]
+                for r in results
+            ],
+        ),
     ]
     return blocks
 

@@ -176,7 +176,8 @@ class MetricsLog:
                 short = sorted(name for name in set(rows) | set(expected) if rows.get(name, 0) != expected.get(name, 0))
                 notes.append(
                     f"metrics.h5 lacked rows that metrics.jsonl holds ({short[0]}: {rows.get(short[0], 0)} rows against {expected.get(short[0], 0)}"
-                    f"{f', and {len(short) - 1} more series' if len(short) > 1 else ''}; a write cut short between the two files, e.g. by a kill); rebuilt it from metrics.jsonl."
+                    f"{f', and {len(short) - 1} more series' if len(short) > 1 else ''}; a write cut short between the two files, e.g. by a "
+                    "kill); rebuilt it from metrics.jsonl."
                 )
         if jsonl_problem:
             if self.jsonl_path.exists():
@@ -282,7 +283,12 @@ FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 NOT_ALLOWED = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
-def storage_error(exc: OSError, path: str | Path | None = None, *, kept: str = "Nothing written before is lost: files are replaced atomically, and a run continues from its last checkpoint with --resume.") -> StorageError:
+def storage_error(
+    exc: OSError,
+    path: str | Path | None = None,
+    *,
+    kept: str = "Nothing written before is lost: files are replaced atomically, and a run continues from its last checkpoint with --resume.",
+) -> StorageError:
     """A one-paragraph error for a write that failed: which file, why, and what to do."""
     path = exc.filename or path
     reason = exc.strerror or " ".join(str(exc).split())

@@ -148,7 +148,9 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
                     if run.step % cfg.checkpoint_every == 0 or last or interrupted:
                         run.save()
                     if interrupted:
-                        raise TrainingInterrupted(interrupt_message(stop.requested, run.step, cfg.steps, run_dir, recipe), run_dir=run_dir, step=run.step)
+                        raise TrainingInterrupted(
+                            interrupt_message(stop.requested, run.step, cfg.steps, run_dir, recipe), run_dir=run_dir, step=run.step
+                        )
                     if run.step % recipe.eval.every == 0 or last:
                         if out_of_time:
                             say(
@@ -264,7 +266,9 @@ class Run:
         batches = data.train_batches(common.batch_size, seed=recipe.seed, rank=info.rank, world_size=info.world_size)
         labeled_batches = None
         if any(s.phase == "supervised" for s in training_steps):
-            labeled_batches = data.train_batches(common.labeled_batch_size or common.batch_size, seed=recipe.seed, rank=info.rank, world_size=info.world_size, labeled=True)
+            labeled_batches = data.train_batches(
+                common.labeled_batch_size or common.batch_size, seed=recipe.seed, rank=info.rank, world_size=info.world_size, labeled=True
+            )
         return cls(
             recipe=recipe,
             plugins=plugins,
@@ -444,7 +448,9 @@ class Run:
         """The final record: eval.json (rank 0) and the `TrainResult`."""
         if not self.final:  # resumed a run that had already finished: evaluate it once more
             with self.sync.unwrapped(self.model):
-                self.final = run_evaluation(self.model, self.ema, self.data, self.recipe, self.plugins, self.device, self.info, self.run_dir, self.step)
+                self.final = run_evaluation(
+                    self.model, self.ema, self.data, self.recipe, self.plugins, self.device, self.info, self.run_dir, self.step
+                )
         if self.info.is_main:  # eval.json: the final evaluation; keeps what `gentk eval` added there
             path = self.run_dir / "eval.json"
             record = json.loads(path.read_text()) if path.is_file() else {}
@@ -702,7 +708,9 @@ def check_same_recipe(state: dict, recipe: Recipe, path: Path, force: bool) -> N
         return
     shown = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
     if not force:
-        raise TrainingError(f"the recipe differs from the one that wrote {path}: {shown}. Resume with the same recipe, or add --force to continue with this one.")
+        raise TrainingError(
+            f"the recipe differs from the one that wrote {path}: {shown}. Resume with the same recipe, or add --force to continue with this one."
+        )
     print(f"gentk: warning: continuing {path} with a changed recipe (--force): {shown}")
 
 
@@ -821,7 +829,11 @@ class Progress:
         if self.bar is not None:
             self.bar.set_postfix({k.removesuffix("/loss"): f"{v:.4g}" for k, v in losses.items()}, refresh=True)
         else:
-            print(f"step {step}/{self.total} {scalars['speed/steps_per_s']:.2f} steps/s " + format_scalars({k: v for k, v in scalars.items() if k.startswith("train/")}), flush=True)
+            print(
+                f"step {step}/{self.total} {scalars['speed/steps_per_s']:.2f} steps/s "
+                + format_scalars({k: v for k, v in scalars.items() if k.startswith("train/")}),
+                flush=True,
+            )
 
     def write(self, text: str) -> None:
         if not self.enabled:

@@ -68,7 +68,19 @@ def test_show_prints_resolved_recipe(cli, write):
         (GOOD, ["model.decoder.layerz=3"], "--set model.decoder.layerz=3"),
         (GOOD, ["train.steps={"], "cannot parse"),
     ],
-    ids=["unknown-table", "unknown-name", "unknown-key", "wrong-type", "out-of-range", "missing-key", "bad-toml", "extends-missing", "extends-cycle", "set-unknown", "set-unparsable"],
+    ids=[
+        "unknown-table",
+        "unknown-name",
+        "unknown-key",
+        "wrong-type",
+        "out-of-range",
+        "missing-key",
+        "bad-toml",
+        "extends-missing",
+        "extends-cycle",
+        "set-unknown",
+        "set-unparsable",
+    ],
 )
 def test_bad_input_exits_2_without_traceback(cli, write, text, overrides, expected):
     path = write("r.toml", text)

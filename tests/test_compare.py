@@ -65,7 +65,19 @@ hidden = [8]
 def test_a_tiny_compare_end_to_end_then_reused(tmp_path, capsys):
     (tmp_path / "vae.toml").write_text(VAE + COMMON + 'metrics = ["elbo", "code_space"]\n')
     (tmp_path / "semi.toml").write_text(SEMISUP + COMMON + 'metrics = ["semisup_error"]\n')
-    args = ["compare", str(tmp_path / "vae.toml"), str(tmp_path / "semi.toml"), "--seeds", "0,1", "--set", "train.steps=3", "--out", str(tmp_path / "studies"), "--name", "tiny"]
+    args = [
+        "compare",
+        str(tmp_path / "vae.toml"),
+        str(tmp_path / "semi.toml"),
+        "--seeds",
+        "0,1",
+        "--set",
+        "train.steps=3",
+        "--out",
+        str(tmp_path / "studies"),
+        "--name",
+        "tiny",
+    ]
     assert main(args) == 0
     study = tmp_path / "studies" / "tiny"
     md = (study / "report.md").read_text()
@@ -174,7 +186,13 @@ def test_each_mnist_recipe_has_a_cpu_variant_that_builds(name, plugins, one_thre
 def test_svhn_and_norb_recipes_build(name, shape, plugins, one_thread):
     from gentk.model import check_model
 
-    narrow = ["model.encoder.channels=[4, 4, 4]", "model.encoder.hidden=[8]", "model.latents.y.regularizer.discriminator=[8]", "model.decoder.layers=2", "model.decoder.channels=4"]
+    narrow = [
+        "model.encoder.channels=[4, 4, 4]",
+        "model.encoder.hidden=[8]",
+        "model.latents.y.regularizer.discriminator=[8]",
+        "model.decoder.layers=2",
+        "model.decoder.channels=4",
+    ]
     recipe = gentk.load_recipe(PAPER_DIR / f"{name}.toml", narrow, plugins=plugins)  # the recipe's data, heads and likelihood at a tiny width
     assert "supervised.y" in check_model(recipe, plugins, image_shape=shape)
 
@@ -191,7 +209,7 @@ def test_the_report_warns_when_data_or_budgets_differ(tmp_path, plugins):
     blocks = report.study_blocks(meta, [], ["vae", "aae_semisup"], curves=None, samples=[], code_plots=[])
     md = report.render_markdown(blocks)
     assert "Warning: the recipes do not share the same data and budget: steps: vae 2, aae_semisup 9" in md
-    assert 'matplotlib is not installed' in md  # what the report says without learning curves
+    assert "matplotlib is not installed" in md  # what the report says without learning curves
     aligned = [[gentk.load_recipe(p, ["train.steps=4"], plugins=plugins)] for p in paths]
     assert _meta("t", paths, aligned, ["train.steps=4"], [0], [])["differences"] == []
 
@@ -207,5 +225,8 @@ def test_a_series_on_minutes_takes_each_step_at_the_run_clock():
     assert moved["step"].tolist() == [1.0, 1.5, 2.0] and moved["value"].tolist() == [50.0, 40.0, 30.0]
     assert curve["step"].tolist() == [10, 15, 20]  # the input is left as it was
     assert report.on_minutes({}, curve) is None  # a run from before the clock was logged
-    series = {"a": [{"eval/validation/semisup_error": curve, "eval/validation/reconstruction/loss": curve, "time/minutes": metrics["time/minutes"]}], "b": [{"eval/test/cluster_error_aae": curve}]}
+    series = {
+        "a": [{"eval/validation/semisup_error": curve, "eval/validation/reconstruction/loss": curve, "time/minutes": metrics["time/minutes"]}],
+        "b": [{"eval/test/cluster_error_aae": curve}],
+    }
     assert report.error_series(series) == ["eval/test/cluster_error_aae", "eval/validation/semisup_error"]

@@ -104,7 +104,9 @@ def test_real_mnist_batches_validation_and_labeled_subset(plugins, mnist_cache, 
     assert set(x.unique().tolist()) == {0.0, 1.0} and abs(float(x.mean()) - 0.1325) < 0.005
 
 
-@pytest.mark.skipif(not FASHION_SYSTEM_DIR.is_dir(), reason=f"Fashion-MNIST is not installed in {FASHION_SYSTEM_DIR} (apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(
+    not FASHION_SYSTEM_DIR.is_dir(), reason=f"Fashion-MNIST is not installed in {FASHION_SYSTEM_DIR} (apt-get install dataset-fashion-mnist)"
+)
 def test_fashion_mnist_from_debian(plugins, cache, tmp_path):
     loaded = load(plugins, "fashion_mnist", root=tmp_path / "empty-root")
     assert loaded.splits["train"].images.shape == (60000, 1, 28, 28)
@@ -301,6 +303,7 @@ def test_a_cache_that_cannot_be_written_is_one_paragraph(plugins, cache, tmp_pat
     with pytest.raises(DataError, match=r"cannot write the cache .*mnist\.h5 \(No space left on device\)\. Free space there, or set GENTK_CACHE"):
         load(plugins, "mnist", root=tmp_path, verify=False)
 
+
 def test_svhn_mat_v5(plugins, cache, tmp_path):
     scipy_io = pytest.importorskip("scipy.io", reason="SVHN needs scipy (pip install 'gentk[svhn]')")
     rng = np.random.default_rng(0)
@@ -476,7 +479,11 @@ def test_an_hdf5_file_laid_out_otherwise_says_where_each_array_goes(plugins, tmp
 
 def test_channels_last_images_without_their_layout_are_refused_with_the_fix(plugins, tmp_path):
     np.savez(tmp_path / "gray.npz", train_images=np.zeros((10, 28, 28, 1), np.uint8), test_images=np.zeros((4, 28, 28, 1), np.uint8))
-    with pytest.raises(DataError, match=r"gray\.npz: train_images have shape \(10, 28, 28, 1\): read as layout = \"NCHW\" \(the default\), that is 28 channels of 28x1 pixels.*set layout = \"NHWC\" in \[data\] \(--set data\.layout=NHWC\)") as error:
+    with pytest.raises(
+        DataError,
+        match=r"gray\.npz: train_images have shape \(10, 28, 28, 1\): read as layout = \"NCHW\" \(the default\), that is 28 channels of 28x1 "
+        r"pixels.*set layout = \"NHWC\" in \[data\] \(--set data\.layout=NHWC\)",
+    ) as error:
         build(plugins, "npz", path=str(tmp_path / "gray.npz"))
     assert "\n" not in str(error.value)
     assert build(plugins, "npz", path=str(tmp_path / "gray.npz"), layout="NHWC").image_shape == (1, 28, 28)

@@ -27,7 +27,9 @@ def published(tmp_path: Path, content: bytes = CONTENT, name: str = "payload.bin
 
 
 def source(*urls: str, content: bytes = CONTENT) -> SourceFile:
-    return SourceFile("payload.bin", tuple(urls), (Checksum("sha256", hashlib.sha256(content).hexdigest()), Checksum("md5", hashlib.md5(content).hexdigest())))
+    return SourceFile(
+        "payload.bin", tuple(urls), (Checksum("sha256", hashlib.sha256(content).hexdigest()), Checksum("md5", hashlib.md5(content).hexdigest()))
+    )
 
 
 def test_fetch_tries_mirrors_in_order_and_verifies(tmp_path):
@@ -63,7 +65,9 @@ def test_concurrent_fetches_download_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr(download, "_download", slow)
     results = []
-    threads = [threading.Thread(target=lambda: results.append(fetch(source(good.as_uri()), tmp_path / "d", dataset="toy", progress=False))) for _ in range(3)]
+    threads = [
+        threading.Thread(target=lambda: results.append(fetch(source(good.as_uri()), tmp_path / "d", dataset="toy", progress=False))) for _ in range(3)
+    ]
     for t in threads:
         t.start()
     for t in threads:

@@ -91,6 +91,10 @@ def test_registered_with_validated_options():
 
     plugins = gentk.load_plugins()
     assert {"mlp", "conv"} <= set(plugins.registries.encoders.names())
-    tree = {"name": "t", "data": {"name": "synthetic"}, "model": {"encoder": {"name": "mlp", "hiden": [3]}, "latents": {"z": {"size": 2}}, "decoder": {"name": "bernoulli"}}}
+    tree = {
+        "name": "t",
+        "data": {"name": "synthetic"},
+        "model": {"encoder": {"name": "mlp", "hiden": [3]}, "latents": {"z": {"size": 2}}, "decoder": {"name": "bernoulli"}},
+    }
     with pytest.raises(RecipeError, match="Did you mean 'hidden'"):
         gentk.recipe.recipe_from_dict(tree, plugins=plugins)

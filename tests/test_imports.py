@@ -37,7 +37,11 @@ def below_the_engine() -> list[Path]:
 
 @pytest.mark.parametrize("path", below_the_engine(), ids=lambda p: str(p.relative_to(PACKAGE.parent)))
 def test_metrics_and_data_import_neither_the_engine_nor_evaluation(path):
-    bad = {m for m in imported_modules(path) if m in ("gentk.train", "gentk.evaluate", "gentk.compare", "gentk.cli") or m.startswith(("gentk.train.", "gentk.evaluate."))}
+    bad = {
+        m
+        for m in imported_modules(path)
+        if m in ("gentk.train", "gentk.evaluate", "gentk.compare", "gentk.cli") or m.startswith(("gentk.train.", "gentk.evaluate."))
+    }
     assert not bad, f"{path.name} imports {', '.join(sorted(bad))}"
 
 

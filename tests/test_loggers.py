@@ -100,7 +100,16 @@ def test_run_callbacks_come_in_order_with_every_image(tmp_path, recipe_file, one
         ("image", s, "samples", f"samples/step-{s:08d}.png"),
         ("eval", s),
     ]
-    assert recorder.calls == [("start", 0, "tiny_vae"), ("log", 1), ("log", 2), *evaluation(2), ("log", 3), ("log", 4), *evaluation(4), ("end", "finished")]
+    assert recorder.calls == [
+        ("start", 0, "tiny_vae"),
+        ("log", 1),
+        ("log", 2),
+        *evaluation(2),
+        ("log", 3),
+        ("log", 4),
+        *evaluation(4),
+        ("end", "finished"),
+    ]
 
 
 def test_run_end_says_how_the_run_ended(tmp_path, recipe_file, one_thread):
@@ -183,7 +192,9 @@ def test_installed_tensorboard_plugin_logs_every_run_unless_disabled(tmp_path, r
     """pip-install plugins/gentk-tensorboard into a fresh target; `gentk run` logs, `-p no:tensorboard` does not."""
     pytest.importorskip("tensorboard", reason="the TensorBoard plugin needs the tensorboard package: pip install -e '.[tensorboard]'")
     target = tmp_path / "target"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(PLUGIN)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(PLUGIN)], check=True
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("GENTK_DISABLE_PLUGIN_AUTOLOAD", "GENTK_PLUGINS")}
     env["PYTHONPATH"] = os.pathsep.join([str(target), str(REPO)])
 

@@ -165,7 +165,9 @@ def call(plugins, name, model, data, split="test", **options):
     from gentk.evaluate import build_metric
 
     with torch.no_grad():
-        return build_metric(plugins, name, options)(model=model, data=data, device=torch.device("cpu"), split=split, batch_size=25, max_examples=None, seed=0, run_dir=None, step=0)
+        return build_metric(plugins, name, options)(
+            model=model, data=data, device=torch.device("cpu"), split=split, batch_size=25, max_examples=None, seed=0, run_dir=None, step=0
+        )
 
 
 GAUSSIAN = {"z": {"size": 2, "head": "gaussian", "prior": {"name": "standard_normal"}, "regularizer": {"name": "kl"}}}
@@ -222,7 +224,9 @@ def test_iwae_bound_is_above_the_elbo_and_grows_with_k(plugins, one_thread):
 
 
 def test_importance_weights_need_a_gaussian_head(plugins):
-    adversarial = {"z": {"size": 2, "head": "deterministic", "prior": {"name": "standard_normal"}, "regularizer": {"name": "adversarial", "discriminator": [8]}}}
+    adversarial = {
+        "z": {"size": 2, "head": "deterministic", "prior": {"name": "standard_normal"}, "regularizer": {"name": "adversarial", "discriminator": [8]}}
+    }
     model, data = tiny(plugins, adversarial)
     with pytest.raises(GentkError, match="gaussian head"):
         call(plugins, "iwae", model, data, k=2)
@@ -290,7 +294,9 @@ def test_code_space_metric_and_scatter(plugins, tmp_path):
     from gentk.evaluate import build_metric
 
     with torch.no_grad():
-        values = build_metric(plugins, "code_space", {"examples": 50})(model=model, data=data, device=torch.device("cpu"), split="test", batch_size=25, max_examples=None, seed=0, run_dir=tmp_path, step=7)
+        values = build_metric(plugins, "code_space", {"examples": 50})(
+            model=model, data=data, device=torch.device("cpu"), split="test", batch_size=25, max_examples=None, seed=0, run_dir=tmp_path, step=7
+        )
     assert set(values) == {"code_z_mmd", "code_z_mean_norm", "code_z_cov_dist", "code_z_gaussian_kl"}
     assert all(math.isfinite(v) for v in values.values())
     pytest.importorskip("matplotlib")
@@ -300,7 +306,11 @@ def test_code_space_metric_and_scatter(plugins, tmp_path):
 def test_metric_options_are_validated(plugins):
     from gentk.evaluate import build_metric, parse_options
 
-    assert parse_options(["iwae.k=50", "code_space.plot=false", "cluster_error.latent=y"]) == {"iwae": {"k": 50}, "code_space": {"plot": False}, "cluster_error": {"latent": "y"}}
+    assert parse_options(["iwae.k=50", "code_space.plot=false", "cluster_error.latent=y"]) == {
+        "iwae": {"k": 50},
+        "code_space": {"plot": False},
+        "cluster_error": {"latent": "y"},
+    }
     with pytest.raises(GentkError, match="METRIC.KEY=VALUE"):
         parse_options(["k=50"])
     with pytest.raises(GentkError, match="--option iwae.k=\\[1,: cannot parse"):  # the rules of --set

@@ -30,7 +30,11 @@ def plugins():
 
 
 def make(plugins, latents, *, labeled=0, decoder=None, encoder=True) -> Model:
-    tree = {"name": "t", "data": {"name": "synthetic", "labeled": labeled}, "model": {"latents": latents, "decoder": decoder or {"name": "bernoulli", "hidden": [8]}}}
+    tree = {
+        "name": "t",
+        "data": {"name": "synthetic", "labeled": labeled},
+        "model": {"latents": latents, "decoder": decoder or {"name": "bernoulli", "hidden": [8]}},
+    }
     if encoder:
         tree["model"]["encoder"] = {"name": "mlp", "hidden": [8]}
     torch.manual_seed(0)
@@ -47,7 +51,14 @@ def test_phases_follow_the_parts(plugins):
     assert make(plugins, {"y": CAT_ADV}).phases() == ["reconstruction", "regularization"]  # categorical PixelGAN / AAE
     semi = make(plugins, {"y": {**CAT_ADV, "supervised": True}, "z": GAUSS_ADV}, labeled=20)
     assert semi.phases() == ["reconstruction", "regularization", "supervised"]
-    assert [s.name for s in semi.training_steps()] == ["reconstruction", "discriminator.y", "generator.y", "discriminator.z", "generator.z", "supervised.y"]
+    assert [s.name for s in semi.training_steps()] == [
+        "reconstruction",
+        "discriminator.y",
+        "generator.y",
+        "discriminator.z",
+        "generator.z",
+        "supervised.y",
+    ]
     assert make(plugins, {}, encoder=False).phases() == ["reconstruction"]  # a plain decoder
 
 
@@ -242,7 +253,11 @@ def test_a_head_that_cannot_suit_its_prior_or_regularizer_is_a_recipe_error(plug
     from gentk.errors import RecipeError
 
     def recipe(latent):
-        tree = {"name": "t", "data": {"name": "synthetic"}, "model": {"encoder": {"name": "mlp"}, "latents": {"y": latent}, "decoder": {"name": "bernoulli"}}}
+        tree = {
+            "name": "t",
+            "data": {"name": "synthetic"},
+            "model": {"encoder": {"name": "mlp"}, "latents": {"y": latent}, "decoder": {"name": "bernoulli"}},
+        }
         return recipe_from_dict(tree, plugins=plugins)
 
     with pytest.raises(RecipeError, match=r"model\.latents\.y\.head: prior 'categorical' samples one-hot"):
@@ -258,7 +273,11 @@ def test_only_a_categorical_head_can_be_supervised_in_a_recipe_or_in_python(plug
 
     with pytest.raises(ValueError, match="only a categorical head can be supervised by labels; this latent's head is 'gaussian'"):
         LatentSpec(size=3, head="gaussian", supervised=True)
-    tree = {"name": "t", "data": {"name": "synthetic", "labeled": 10}, "model": {"encoder": {"name": "mlp"}, "latents": {"y": {"size": 3, "supervised": True}}, "decoder": {"name": "bernoulli"}}}
+    tree = {
+        "name": "t",
+        "data": {"name": "synthetic", "labeled": 10},
+        "model": {"encoder": {"name": "mlp"}, "latents": {"y": {"size": 3, "supervised": True}}, "decoder": {"name": "bernoulli"}},
+    }
     with pytest.raises(RecipeError, match=r"model\.latents\.y\.supervised: only a categorical head"):
         recipe_from_dict(tree, plugins=plugins)
 
@@ -294,9 +313,17 @@ def test_iwae_approaches_the_exact_log_likelihood_of_a_tiny_model(plugins):
 
 
 def test_a_part_that_cannot_be_built_is_a_user_error_naming_its_table(plugins):
-    tree = {"name": "t", "data": {"name": "synthetic"}, "model": {"encoder": {"name": "conv", "channels": [2, 2, 2, 2, 2]}, "latents": {"z": GAUSS_KL}, "decoder": {"name": "bernoulli"}}}
+    tree = {
+        "name": "t",
+        "data": {"name": "synthetic"},
+        "model": {"encoder": {"name": "conv", "channels": [2, 2, 2, 2, 2]}, "latents": {"z": GAUSS_KL}, "decoder": {"name": "bernoulli"}},
+    }
     with pytest.raises(GentkError, match=r"model\.encoder \(conv\) for images \(1, 8, 8\): 5 stride-2 convolutions"):
         build_model(recipe_from_dict(tree, plugins=plugins), SHAPE, plugins)
-    tree["model"] = {"encoder": {"name": "mlp"}, "latents": {"z": {"size": 1, "prior": {"name": "gaussian_mixture"}}}, "decoder": {"name": "bernoulli"}}
+    tree["model"] = {
+        "encoder": {"name": "mlp"},
+        "latents": {"z": {"size": 1, "prior": {"name": "gaussian_mixture"}}},
+        "decoder": {"name": "bernoulli"},
+    }
     with pytest.raises(GentkError, match=r"model\.latents\.z: a mixture of Gaussians on a circle needs a latent of size >= 2"):
         build_model(recipe_from_dict(tree, plugins=plugins), SHAPE, plugins)

@@ -152,7 +152,9 @@ def test_logistic_mixture_bins_sum_to_one_and_match_the_cdf():
     xs = 2 * x - 1
     cdf = lambda y: torch.sigmoid((y - mean) / math.exp(log_scale))  # noqa: E731
     upper_tail = torch.sigmoid(-(xs[3] - 1 / 255 - mean) / math.exp(log_scale))  # 1 - cdf, without cancellation
-    expected = torch.stack([cdf(xs[0] + 1 / 255), cdf(xs[1] + 1 / 255) - cdf(xs[1] - 1 / 255), cdf(xs[2] + 1 / 255) - cdf(xs[2] - 1 / 255), upper_tail])
+    expected = torch.stack(
+        [cdf(xs[0] + 1 / 255), cdf(xs[1] + 1 / 255) - cdf(xs[1] - 1 / 255), cdf(xs[2] + 1 / 255) - cdf(xs[2] - 1 / 255), upper_tail]
+    )
     got = logistic_mixture_log_prob(one.expand(4, 3), x).exp()
     assert torch.allclose(got, expected, rtol=1e-9, atol=1e-300)
     # A very sharp component far in a tail: the mass is tiny but finite, never log(0).
@@ -198,7 +200,9 @@ def test_the_link_add_keeps_the_layout_and_has_the_right_gradient():
         link = torch.randn(2, 4, 2, 5, dtype=torch.float64).contiguous(memory_format=memory_format).requires_grad_(True)
         out = _AddToRowsBelowFirst.apply(h.clone(), link)
         assert torch.equal(out, h + torch.nn.functional.pad(link, (0, 0, 1, 0))) and out.is_contiguous(memory_format=memory_format)
-        (grad_link,) = torch.autograd.grad(_AddToRowsBelowFirst.apply(h.clone(), link), link, torch.ones_like(h).contiguous(memory_format=memory_format))
+        (grad_link,) = torch.autograd.grad(
+            _AddToRowsBelowFirst.apply(h.clone(), link), link, torch.ones_like(h).contiguous(memory_format=memory_format)
+        )
         assert grad_link.is_contiguous(memory_format=memory_format)
         assert torch.autograd.gradcheck(lambda h, link: _AddToRowsBelowFirst.apply(h.clone(), link), (h, link))
 
@@ -249,7 +253,11 @@ def test_every_convolution_runs_channels_last_on_cpu(shape):
     layer runs NCHW. The function is the reference's (test above)."""
     model, code = make(shape, "adaptive_bias", "bernoulli")
     seen = []
-    hooks = [m.register_forward_pre_hook(lambda m, args, name=name: seen.append((name, args[0]))) for name, m in model.named_modules() if name.startswith("layers.") and isinstance(m, torch.nn.Conv2d)]
+    hooks = [
+        m.register_forward_pre_hook(lambda m, args, name=name: seen.append((name, args[0])))
+        for name, m in model.named_modules()
+        if name.startswith("layers.") and isinstance(m, torch.nn.Conv2d)
+    ]
     try:
         model.logits(data(shape, "bernoulli"), code)
     finally:

@@ -67,8 +67,12 @@ def test_entry_point_plugin_adds_component_usable_from_recipe(site, toy_plugins,
     assert any(p.package == "gentk-tiny" and p.version == "1.2.3" for p in plugins.loaded)
 
     from gentk.recipe import load_recipe
+
     plugins = load_plugins(builtin=("gentk.optim",), plugins=["toyplugin"], autoload=True)
-    path = write("r.toml", '[data]\nname = "toyset"\n[model.decoder]\nname = "toydec"\n[train.phases.reconstruction]\noptimizer = { name = "tiny", lr = 0.25 }\n')
+    path = write(
+        "r.toml",
+        '[data]\nname = "toyset"\n[model.decoder]\nname = "toydec"\n[train.phases.reconstruction]\noptimizer = { name = "tiny", lr = 0.25 }\n',
+    )
     recipe = load_recipe(path, plugins=plugins)
     assert recipe.train.phases["reconstruction"].optimizer.config.lr == 0.25
 
@@ -85,11 +89,16 @@ def test_broken_plugin_is_reported_and_isolated(site):
 
 
 def test_plugin_failing_inside_its_hook_is_rolled_back(site):
-    make_dist(site, "gentk-half", "gtk_test_half", """
+    make_dist(
+        site,
+        "gentk-half",
+        "gtk_test_half",
+        """
         def gentk_register_optimizers(register):
             register("half", object)
             raise ValueError("second registration failed")
-    """)
+    """,
+    )
     plugins = load_plugins(autoload=True)
     assert "half" not in plugins.registries.optimizers  # nothing half-registered stays behind
     [failure] = plugins.failures
@@ -97,10 +106,15 @@ def test_plugin_failing_inside_its_hook_is_rolled_back(site):
 
 
 def test_misspelled_hook_is_an_error(site):
-    make_dist(site, "gentk-typo", "gtk_test_typo", """
+    make_dist(
+        site,
+        "gentk-typo",
+        "gtk_test_typo",
+        """
         def gentk_register_optimisers(register):
             register("typo", object)
-    """)
+    """,
+    )
     plugins = load_plugins(autoload=True)
     [failure] = plugins.failures
     assert failure.package == "gentk-typo" and failure.stage == "validation"
@@ -153,7 +167,18 @@ def test_real_package_installs_and_registers(tmp_path):
     """pip-install plugins/gentk-swissroll into a fresh target and ask a new gentk process."""
     target = tmp_path / "target"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(REPO / "plugins" / "gentk-swissroll")],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(REPO / "plugins" / "gentk-swissroll"),
+        ],
         check=True,
     )
     env = {k: v for k, v in os.environ.items() if k not in ("GENTK_DISABLE_PLUGIN_AUTOLOAD", "GENTK_PLUGINS")}
@@ -325,7 +350,10 @@ def test_a_component_lacking_a_member_of_its_contract_is_refused_naming_plugin_a
     [failure] = plugins.failures
     assert failure.package == "gentk-lacking" and failure.stage == "gentk_register_priors"
     assert "ContractError" in failure.error and "prior 'nosample' from plugin 'gentk-lacking' (NoSample)" in failure.error
-    assert "gentk.contracts.Prior: it lacks sample" in failure.error and "`sample(n: int, generator: torch.Generator | None = None) -> Tensor`, n samples" in failure.error
+    assert (
+        "gentk.contracts.Prior: it lacks sample" in failure.error
+        and "`sample(n: int, generator: torch.Generator | None = None) -> Tensor`, n samples" in failure.error
+    )
     with pytest.raises(PluginError, match="gentk-lacking"):
         load_plugins(autoload=True, strict=True)
 

@@ -74,4 +74,3 @@ def test_categorical_samples_are_uniform_one_hot():
     torch.testing.assert_close(prior.log_prob(z[:3]), torch.full((3,), -math.log(4)))
     with pytest.raises(ValueError, match="one-hot"):
         prior.log_prob(torch.full((1, 4), 0.25))
-

@@ -48,7 +48,18 @@ def plugins():
 
 
 def test_the_paper_s_recipes_are_all_here():
-    expected = {"pixelgan_categorical", "pixelgan_gaussian", "pixelgan_gaussian_location", "pixelgan_semisup", "vae", "aae", "aae_mixture", "aae_semisup", "pixelvae", "pixelcnn"}
+    expected = {
+        "pixelgan_categorical",
+        "pixelgan_gaussian",
+        "pixelgan_gaussian_location",
+        "pixelgan_semisup",
+        "vae",
+        "aae",
+        "aae_mixture",
+        "aae_semisup",
+        "pixelvae",
+        "pixelcnn",
+    }
     assert expected <= set(NAMES)
 
 
@@ -105,7 +116,7 @@ def test_gentk_check_needs_no_files_for_svhn_or_norb_and_reports_every_failure(t
     monkeypatch.setenv("GENTK_DATA", str(tmp_path / "empty"))
     monkeypatch.setenv("GENTK_CACHE", str(tmp_path / "cache"))
     bad = tmp_path / "bad.toml"
-    bad.write_text('extends = "%s"\n[model.decoder]\nname = "bernouli"\n' % (RECIPES / "vae.toml").as_posix())
+    bad.write_text(f'extends = "{(RECIPES / "vae.toml").as_posix()}"\n[model.decoder]\nname = "bernouli"\n')
     recipes = [RECIPES / "paper" / "pixelgan_svhn_500.toml", bad, RECIPES / "paper" / "pixelgan_norb_1000.toml", tmp_path / "missing.toml"]
     assert main(["check", *map(str, recipes), "--offline"]) == 2
     out, err = capsys.readouterr()

@@ -200,7 +200,11 @@ def test_every_command_refuses_a_wrong_shaped_weight_in_one_paragraph(copy, caps
         if state["ema"]:
             state["ema"][key] = torch.zeros(3, 3)
         checkpoint.atomic_save(state, run / "checkpoints" / name)
-    for args in (["eval", run], ["sample", run, "--out", run / "s.png"], ["run", run / "recipe.toml", "--resume", run, "--out", run.parent, "--force"]):
+    for args in (
+        ["eval", run],
+        ["sample", run, "--out", run / "s.png"],
+        ["run", run / "recipe.toml", "--resume", run, "--out", run.parent, "--force"],
+    ):
         code, out, err = cli(capsys, *args)
         assert code == 2 and "does not fit" in err and key in err and "Traceback" not in err and err.count("\n") == 1, (args, err)
     from gentk.evaluate import load_trained
@@ -357,7 +361,11 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_previous_one(tmp_path, co
 def test_read_only_places_are_clean_errors(copy, recipe_file, tmp_path, monkeypatch, capsys):
     run = copy()
     Refused(monkeypatch, tmp_path, errno.EROFS)
-    for args in (["run", recipe_file, "--out", tmp_path / "fresh"], ["run", run / "recipe.toml", "--resume", run, "--out", run.parent], ["sample", run, "-n", "4", "--out", tmp_path / "grids" / "s.png"]):
+    for args in (
+        ["run", recipe_file, "--out", tmp_path / "fresh"],
+        ["run", run / "recipe.toml", "--resume", run, "--out", run.parent],
+        ["sample", run, "-n", "4", "--out", tmp_path / "grids" / "s.png"],
+    ):
         code, out, err = cli(capsys, *args)
         assert code == 2 and "Read-only file system" in err and "Traceback" not in err and err.count("\n") == 1, (args, err)
     # eval computes its table, prints it, then says why eval.json was not written
@@ -373,8 +381,14 @@ def test_two_processes_never_train_one_run_directory(copy, capsys):
 
     run = copy()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from gentk import rundir\nwith rundir.claim(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)", str(run)],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from gentk import rundir\nwith rundir.claim(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)",
+            str(run),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -429,7 +443,10 @@ class DiesDuringEvaluation:
 
 
 def without_clock(run):
-    return [{k: v for k, v in json.loads(line).items() if not k.startswith(("speed/", "time/"))} for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(line).items() if not k.startswith(("speed/", "time/"))}
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 def test_logged_losses_after_a_resume_mid_interval_equal_a_whole_run(tmp_path, recipe_file, plugins):
@@ -455,7 +472,7 @@ def test_logged_losses_after_a_resume_mid_interval_equal_a_whole_run(tmp_path, r
 
 @pytest.mark.parametrize("at", [4, 8], ids=["periodic", "final"])
 def test_an_evaluation_killed_midway_is_run_on_resume(tmp_path, recipe_file, at):
-    overrides = ("eval.metrics=[\"recon_nll\", \"dies\"]",)
+    overrides = ('eval.metrics=["recon_nll", "dies"]',)
     never = gentk.load_plugins(autoload=False, plugins=[DiesDuringEvaluation(0)])
     whole = train(load(recipe_file, never, *overrides), plugins=never, out=tmp_path / "whole").run_dir
 

@@ -109,7 +109,9 @@ def test_run_fills_the_run_directory(tmp_path, recipe_file):
     run = result.run_dir
     assert run.parent == tmp_path / "runs" and run.name.startswith("tiny_semisup-")
     assert result.step == 12 and math.isfinite(result.metrics["eval/validation/reconstruction/loss"])
-    assert [(r, s) for r, s, _ in evaluations] == [(run, 6), (run, 12)] and evaluations[-1][2] == result.metrics["eval/validation/reconstruction/loss"]
+    assert [(r, s) for r, s, _ in evaluations] == [(run, 6), (run, 12)] and evaluations[-1][2] == result.metrics[
+        "eval/validation/reconstruction/loss"
+    ]
 
     # resolved recipe, environment, final evaluation
     assert gentk.load_recipe(run / "recipe.toml", plugins=plugins).to_dict() == recipe.to_dict()
@@ -176,6 +178,7 @@ def test_resume_after_sigint_equals_uninterrupted_training(tmp_path, plugins, re
         for key, value in a["data"][0][stream].items():
             same = torch.equal(value, b["data"][0][stream][key]) if torch.is_tensor(value) else value == b["data"][0][stream][key]
             assert same, f"data position {stream}.{key} differs"
+
     # the logged scalars agree step for step (the resumed run's log was cut at step 5 and continued)
     def logged(run):
         # wall-clock readings (speed, minutes) differ between any two runs; everything else must not
@@ -259,7 +262,7 @@ def test_bad_options_are_errors_that_say_what_to_do(tmp_path, plugins, recipe_fi
 
 
 def test_part_lr_and_step_schedule(tmp_path, plugins, recipe_file):
-    recipe = load(recipe_file, plugins, "train.steps=4", "train.phases.reconstruction.schedule={name = \"step\", every = 2, factor = 0.5}")
+    recipe = load(recipe_file, plugins, "train.steps=4", 'train.phases.reconstruction.schedule={name = "step", every = 2, factor = 0.5}')
     run = train(recipe, plugins=plugins, out=tmp_path).run_dir
     groups = weights(run)["optimizers"]["reconstruction"]["param_groups"]
     assert [(g["part"], g["lr"]) for g in groups] == [("encoder", 3e-4 * 0.25), ("decoder", 1e-3 * 0.25)]
@@ -309,7 +312,19 @@ def test_a_signal_to_the_command_line_saves_and_says_how_to_resume(tmp_path, rec
     import sys
     import time
 
-    command = [sys.executable, "-m", "gentk", "run", str(recipe_file), "--set", "train.steps=100000", "--set", "train.log_every=5", "--out", str(tmp_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "gentk",
+        "run",
+        str(recipe_file),
+        "--set",
+        "train.steps=100000",
+        "--set",
+        "train.log_every=5",
+        "--out",
+        str(tmp_path),
+    ]
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         deadline = time.monotonic() + 120
@@ -371,14 +386,22 @@ def test_a_time_budget_stops_saves_evaluates_and_can_be_raised(tmp_path, plugins
     assert "time budget (train.minutes = 0.01) is spent" in capsys.readouterr().out
     # a larger budget continues the same run without --force (the budget is not the model)
     raised = (weights(run)["elapsed"] + 3.0) / 60
-    more = train(load(recipe_file, plugins, f"train.minutes={raised}", "train.steps=100000", "eval.every=100000", "train.log_every=5"), plugins=plugins, out=tmp_path, resume="auto")
+    more = train(
+        load(recipe_file, plugins, f"train.minutes={raised}", "train.steps=100000", "eval.every=100000", "train.log_every=5"),
+        plugins=plugins,
+        out=tmp_path,
+        resume="auto",
+    )
     assert more.run_dir == run and more.step > stopped and weights(run)["elapsed"] >= raised * 60
 
 
 def test_the_minutes_flag_is_the_budget_key(tmp_path, recipe_file):
     from gentk.cli import main
 
-    assert main(["run", str(recipe_file), "--minutes", "0.005", "--set", "train.steps=100000", "--set", "eval.every=100000", "--out", str(tmp_path)]) == 0
+    assert (
+        main(["run", str(recipe_file), "--minutes", "0.005", "--set", "train.steps=100000", "--set", "eval.every=100000", "--out", str(tmp_path)])
+        == 0
+    )
     (run,) = tmp_path.glob("tiny_semisup-*")
     assert "minutes = 0.005" in (run / "recipe.toml").read_text()
     assert 0 < json.loads((run / "eval.json").read_text())["step"] < 100000

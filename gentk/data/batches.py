@@ -72,7 +72,9 @@ def balanced_subset(labels: np.ndarray, n: int, num_classes: int, seed: int) -> 
     for k in range(num_classes):
         pool = np.flatnonzero(labels == k)
         if pool.size < counts[k]:
-            raise DataError(f"labeled = {n} needs {counts[k]} training examples of class {k}, but the training split has {pool.size}. Lower data.labeled.")
+            raise DataError(
+                f"labeled = {n} needs {counts[k]} training examples of class {k}, but the training split has {pool.size}. Lower data.labeled."
+            )
         chosen.append(rng.choice(pool, counts[k], replace=False))
     return np.sort(np.concatenate(chosen)).astype(np.int64)
 
@@ -164,7 +166,19 @@ class TrainBatches(Iterator[Batch]):
 class Data:
     """A dataset ready for training: splits in memory, a labeled subset, batch iterators."""
 
-    def __init__(self, name: str, loaded: Loaded, *, validation: int | None, labeled: int, seed: int, binarize: str, threshold: float, binarize_seed: int, options: Mapping[str, Any]):
+    def __init__(
+        self,
+        name: str,
+        loaded: Loaded,
+        *,
+        validation: int | None,
+        labeled: int,
+        seed: int,
+        binarize: str,
+        threshold: float,
+        binarize_seed: int,
+        options: Mapping[str, Any],
+    ):
         self.name = name
         self.num_classes = loaded.num_classes
         self.binarize = binarize
@@ -277,7 +291,9 @@ class Data:
             "binarize": self.binarize,
             "labeled": int(len(self.labeled_indices)),
             "labeled_seed": self.seed,
-            "labeled_per_class": np.bincount(self._splits["train"][1][self.labeled_indices], minlength=self.num_classes).tolist() if len(self.labeled_indices) else [],
+            "labeled_per_class": np.bincount(self._splits["train"][1][self.labeled_indices], minlength=self.num_classes).tolist()
+            if len(self.labeled_indices)
+            else [],
             **self.facts,
         }
 

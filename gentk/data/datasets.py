@@ -69,9 +69,10 @@ class ImageOptions:
         "none (8-bit, k/255), dynamic (a fresh Bernoulli draw per training batch), static (one seeded draw, used for every split), threshold",
         choices=BINARIZE,
     )
-    threshold: float = option(0.5, "pixels above this intensity become 1 (binarize = \"threshold\")", gt=0.0, lt=1.0)
-    binarize_seed: int = option(0, "seed of the static binarization (and of the evaluation splits under dynamic); fixed so likelihoods are comparable across runs", ge=0)
-
+    threshold: float = option(0.5, 'pixels above this intensity become 1 (binarize = "threshold")', gt=0.0, lt=1.0)
+    binarize_seed: int = option(
+        0, "seed of the static binarization (and of the evaluation splits under dynamic); fixed so likelihoods are comparable across runs", ge=0
+    )
 
 
 # --------------------------------------------------------------------------- published datasets
@@ -85,7 +86,10 @@ _MNIST_SHA256 = {
     "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
-_FASHION_MIRRORS = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/")
+_FASHION_MIRRORS = (
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/",
+)
 # sha256 and md5 of the decompressed files: computed here from Debian's dataset-fashion-mnist
 # and equal to published values; Zalando's README gives the .gz md5s (8d4fb7e6..., ...).
 _FASHION_SUMS = {
@@ -115,7 +119,9 @@ def _idx_sources(names: Mapping[str, tuple[Checksum, ...]], mirrors: tuple[str, 
 
 
 MNIST_SOURCES = _idx_sources({n: (Checksum("sha256", d),) for n, d in _MNIST_SHA256.items()}, _MNIST_MIRRORS, "sha256 of the decompressed IDX file")
-FASHION_SOURCES = _idx_sources({n: (Checksum("sha256", s), Checksum("md5", m)) for n, (s, m) in _FASHION_SUMS.items()}, _FASHION_MIRRORS, "digests of the decompressed IDX file")
+FASHION_SOURCES = _idx_sources(
+    {n: (Checksum("sha256", s), Checksum("md5", m)) for n, (s, m) in _FASHION_SUMS.items()}, _FASHION_MIRRORS, "digests of the decompressed IDX file"
+)
 
 
 def _convert_idx(files: Mapping[str, Path]) -> dict[str, Arrays]:
@@ -130,12 +136,16 @@ def _convert_idx(files: Mapping[str, Path]) -> dict[str, Arrays]:
 
 def _check_counts(path_hint: str, images: np.ndarray, labels: np.ndarray) -> None:
     if images.shape[0] != labels.shape[0]:
-        raise CorruptFileError(f"{path_hint}: {images.shape[0]} images but {labels.shape[0]} labels; the files do not belong together. Replace them with matching files.")
+        raise CorruptFileError(
+            f"{path_hint}: {images.shape[0]} images but {labels.shape[0]} labels; the files do not belong together. Replace them with matching files."
+        )
 
 
 @attrs.frozen
 class PublishedOptions(ImageOptions):
-    verify: bool = option(True, "check source files against the published checksums (false: accept other files under these names; their sha256 is still recorded)")
+    verify: bool = option(
+        True, "check source files against the published checksums (false: accept other files under these names; their sha256 is still recorded)"
+    )
 
 
 class _Published:
@@ -168,7 +178,11 @@ class _Published:
     def _load(self, num_classes: int, default_validation: int) -> Loaded:
         fs = self.fileset()
         splits, meta = fs.load(download=self.download, offline=self.offline)
-        facts = {"sources": {k: v["sha256"] for k, v in meta["sources"].items()}, "cache": str(fs.cache_path), "checksums_verified": bool(meta.get("verified"))}
+        facts = {
+            "sources": {k: v["sha256"] for k, v in meta["sources"].items()},
+            "cache": str(fs.cache_path),
+            "checksums_verified": bool(meta.get("verified")),
+        }
         return Loaded(splits, num_classes, 255, default_validation, facts)
 
 
@@ -188,7 +202,9 @@ class MNIST(_Published):
 
 @attrs.frozen
 class BinarizedMNISTOptions(PublishedOptions):
-    binarize: Literal["none", "dynamic", "static", "threshold"] = option("static", "how pixels become {0, 1}: static (one seeded draw), dynamic (a fresh draw per batch), threshold", choices=BINARIZE)
+    binarize: Literal["none", "dynamic", "static", "threshold"] = option(
+        "static", "how pixels become {0, 1}: static (one seeded draw), dynamic (a fresh draw per batch), threshold", choices=BINARIZE
+    )
 
 
 class BinarizedMNIST(MNIST):
@@ -227,7 +243,12 @@ class SVHN(_Published):
 
     def fileset(self) -> FileSet:
         splits = ("train", "test", "extra") if self.options.extra else ("train", "test")
-        sources = tuple(SourceFile(f"{s}_32x32.mat", (_SVHN_URL + f"{s}_32x32.mat",), (Checksum("md5", _SVHN_MD5[s]),), gzipped=False, note="md5 of the .mat file") for s in splits)
+        sources = tuple(
+            SourceFile(
+                f"{s}_32x32.mat", (_SVHN_URL + f"{s}_32x32.mat",), (Checksum("md5", _SVHN_MD5[s]),), gzipped=False, note="md5 of the .mat file"
+            )
+            for s in splits
+        )
 
         def convert(files):
             out = {s: read_svhn(files[f"{s}_32x32.mat"]) for s in splits}
@@ -245,8 +266,12 @@ class SVHN(_Published):
 
 @attrs.frozen
 class SmallNORBOptions:
-    camera: Literal["left", "right", "both"] = option("left", "which image of each stereo pair: left (the first), right, or both as 2 channels", choices=("left", "right", "both"))
-    size: Literal[96, 48, 32] = option(32, "image side: 96 (original) or downsampled by area averaging to 48 or 32 (as the semi-supervised literature does)", choices=(96, 48, 32))
+    camera: Literal["left", "right", "both"] = option(
+        "left", "which image of each stereo pair: left (the first), right, or both as 2 channels", choices=("left", "right", "both")
+    )
+    size: Literal[96, 48, 32] = option(
+        32, "image side: 96 (original) or downsampled by area averaging to 48 or 32 (as the semi-supervised literature does)", choices=(96, 48, 32)
+    )
     verify: bool = option(True, "check source files against the published checksums")
 
 
@@ -262,7 +287,9 @@ class SmallNORB(_Published):
         return (2 if self.options.camera == "both" else 1, self.options.size, self.options.size)
 
     def fileset(self) -> FileSet:
-        sources = tuple(SourceFile(n, (_NORB_URL + n + ".gz",), (Checksum("md5", m),), note="md5 of the decompressed .mat") for n, m in _NORB_FILES.values())
+        sources = tuple(
+            SourceFile(n, (_NORB_URL + n + ".gz",), (Checksum("md5", m),), note="md5 of the decompressed .mat") for n, m in _NORB_FILES.values()
+        )
         camera, size = self.options.camera, self.options.size
 
         def convert(files):
@@ -303,7 +330,9 @@ def downsample(images: np.ndarray, factor: int, chunk: int = 2048) -> np.ndarray
 @attrs.frozen
 class ArrayFileOptions(ImageOptions):
     path: str = option(REQUIRED, "the file; a relative path is looked up in the working directory, then in the data root")
-    layout: Literal["NCHW", "NHWC"] = option("NCHW", "axis order of 4-D image arrays (3-D arrays are (N, H, W), one channel)", choices=("NCHW", "NHWC"))
+    layout: Literal["NCHW", "NHWC"] = option(
+        "NCHW", "axis order of 4-D image arrays (3-D arrays are (N, H, W), one channel)", choices=("NCHW", "NHWC")
+    )
     max_value: Literal[255, 1] = option(255, "the value of white: 255 for 8-bit images, 1 for images already in {0, 1}", choices=(255, 1))
     num_classes: int | None = option(None, "number of classes (default: the largest label + 1)", ge=1)
 
@@ -373,9 +402,11 @@ class _ArrayFile:
             c, h, w = (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
             default = " (the default)" if layout == "NCHW" else ""
             raise DataError(
-                f"{path}: {self.array_name(split, 'images')} have shape {tuple(shape)}: read as layout = \"{layout}\"{default}, that is {c} channels of {h}x{w} pixels, "
-                f"which cannot be right; the axis of size {other_channels} looks like the channels. If the array is {other} ({'channels last' if other == 'NHWC' else 'channels first'}), "
-                f"set layout = \"{other}\" in [data] (--set data.layout={other})."
+                f'{path}: {self.array_name(split, "images")} have shape {tuple(shape)}: read as layout = "{layout}"{default}, that is {c} '
+                f"channels of {h}x{w} pixels, "
+                f"which cannot be right; the axis of size {other_channels} looks like the channels. If the array is {other} "
+                f"({'channels last' if other == 'NHWC' else 'channels first'}), "
+                f'set layout = "{other}" in [data] (--set data.layout={other}).'
             )
 
 
@@ -392,19 +423,30 @@ def class_numbers(labels: np.ndarray, where: str) -> np.ndarray:
     rule = "labels must be integers 0..num_classes-1, or -1 where a label is unknown"
     if labels.dtype.kind in "USO":
         shown = ", ".join(repr(v.decode() if isinstance(v, bytes) else str(v)) for v in labels[:2].tolist())
-        raise DataError(f"{where} hold strings ({shown}, ...); {rule}: map the class names to numbers (e.g. names, labels = numpy.unique(labels, return_inverse=True)) and save the numbers.")
+        raise DataError(
+            f"{where} hold strings ({shown}, ...); {rule}: map the class names to numbers (e.g. names, labels = numpy.unique(labels, "
+            "return_inverse=True)) and save the numbers."
+        )
     if labels.dtype.kind not in "biuf":
         raise DataError(f"{where} hold {labels.dtype} values; {rule}.")
     if labels.dtype.kind == "f":
         bad = np.flatnonzero(~np.isfinite(labels))
         if bad.size:
-            raise DataError(f"{where} hold {_count(bad.size, 'value')} that {'is' if bad.size == 1 else 'are'} not a number (NaN or infinite; the first at index {bad[0]}); {rule}. Where NaN marks a missing label, store -1 instead.")
+            raise DataError(
+                f"{where} hold {_count(bad.size, 'value')} that {'is' if bad.size == 1 else 'are'} not a number (NaN or infinite; the first "
+                f"at index {bad[0]}); {rule}. Where NaN marks a missing label, store -1 instead."
+            )
         bad = np.flatnonzero(labels != np.round(labels))
         if bad.size:
-            raise DataError(f"{where} hold {_count(bad.size, 'fractional value')} ({labels[bad[0]]:g} at index {bad[0]}); {rule}. Check that the array holds class numbers, not scores or probabilities.")
+            raise DataError(
+                f"{where} hold {_count(bad.size, 'fractional value')} ({labels[bad[0]]:g} at index {bad[0]}); {rule}. Check that the array "
+                "holds class numbers, not scores or probabilities."
+            )
     bad = np.flatnonzero(labels < -1)
     if bad.size:
-        raise DataError(f"{where} hold {_count(bad.size, 'value')} below -1 ({labels[bad[0]]:g} at index {bad[0]}); {rule}. Renumber the classes from 0.")
+        raise DataError(
+            f"{where} hold {_count(bad.size, 'value')} below -1 ({labels[bad[0]]:g} at index {bad[0]}); {rule}. Renumber the classes from 0."
+        )
     return labels.astype(np.int64)
 
 
@@ -451,8 +493,10 @@ class HDF5(_ArrayFile):
         name = group.name
         if not isinstance(group, h5py.Group):
             raise DataError(
-                f"{path}: '{name}' is a dataset of shape {group.shape}, but it must be a group holding the dataset 'images' (and optionally 'labels'): "
-                f"store the pixels as {name}/images and the labels as {name}/labels (h5py: f.create_dataset('{name[1:]}/images', data=images)). {self.schema_hint}"
+                f"{path}: '{name}' is a dataset of shape {group.shape}, but it must be a group holding the dataset 'images' (and optionally "
+                "'labels'): "
+                f"store the pixels as {name}/images and the labels as {name}/labels (h5py: f.create_dataset('{name[1:]}/images', "
+                f"data=images)). {self.schema_hint}"
             )
         for key in ("images", "labels"):
             if key in group and not isinstance(group[key], h5py.Dataset):

@@ -109,11 +109,15 @@ def read_norb(path: Path) -> np.ndarray:
     """
     raw = read_content(path)
     if len(raw) < 20:
-        raise CorruptFileError(f"{path}: {len(raw)} bytes is too short for a smallNORB header; the file is truncated. Delete it and download it again.")
+        raise CorruptFileError(
+            f"{path}: {len(raw)} bytes is too short for a smallNORB header; the file is truncated. Delete it and download it again."
+        )
     magic, ndim = struct.unpack("<ii", raw[:8])
     magic &= 0xFFFFFFFF
     if magic not in _NORB_TYPES or not 1 <= ndim <= 8:
-        raise CorruptFileError(f"{path}: not a smallNORB binary matrix (magic {magic:#x}, {ndim} dims). Check that it is the right file and not damaged.")
+        raise CorruptFileError(
+            f"{path}: not a smallNORB binary matrix (magic {magic:#x}, {ndim} dims). Check that it is the right file and not damaged."
+        )
     stored = max(ndim, 3)
     dims = struct.unpack(f"<{stored}i", raw[8 : 8 + 4 * stored])[:ndim]
     dtype = np.dtype(_NORB_TYPES[magic]).newbyteorder("<")
@@ -320,5 +324,8 @@ class FileSet:
         try:
             write_cache(path, splits, {"dataset": self.dataset, "sources": sources, "verified": self.verify})
         except OSError as exc:  # a full disk, or a directory whose lock file alone is writable
-            raise DataError(f"cannot write the cache {path} ({exc.strerror or exc}). Free space there, or set GENTK_CACHE to a writable directory with room for the converted dataset.") from None
+            raise DataError(
+                f"cannot write the cache {path} ({exc.strerror or exc}). Free space there, or set GENTK_CACHE to a writable directory with "
+                "room for the converted dataset."
+            ) from None
         return read_cache(path)
