@@ -169,7 +169,8 @@ class MetricsLog:
             with h5py.File(self.h5_path, "a") as f:
                 for data in _datasets(f):
                     data.resize((int(np.searchsorted(data["step"], step, side="right")),))
-                rows = {data.name.lstrip("/"): data.shape[0] for data in _datasets(f)}
+                # a series first logged after `step` is cut to no rows, as if it were absent
+                rows = {data.name.lstrip("/"): data.shape[0] for data in _datasets(f) if data.shape[0]}
             expected = _rows_per_name(events) if events is not None else rows
             if rows != expected:  # metrics.jsonl is written first
                 self._write_h5(events)
