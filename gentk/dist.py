@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import inspect
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -260,9 +261,7 @@ class PartSync:
         from torch.nn.parallel import DistributedDataParallel
 
         self.wrappers[name] = DistributedDataParallel(
-            module,
-            device_ids=[self.device] if self.device.type == "cuda" else None,
-            forward_sync_buffers=False,  # buffers here are constants (PixelCNN masks): synced once at wrap time, no collective per forward
+            module, device_ids=[self.device] if self.device.type == "cuda" else None, **no_buffer_sync(DistributedDataParallel)
         )
         return self.wrappers[name]
 
@@ -298,6 +297,20 @@ class PartSync:
             yield
         finally:
             model.wrap_parts(self._wrap)
+
+
+def no_buffer_sync(ddp_class: type) -> dict[str, bool]:
+    """DDP's keyword for "no buffer broadcast before each forward", in this torch's spelling.
+
+    The buffers of a part are constants (PixelCNN masks), so a collective per forward would
+    only cost time. torch 2.13 named the switch ``forward_sync_buffers``; before that it was
+    ``broadcast_buffers``, which also skips DDP's broadcast of the buffers at wrap time.
+    Nothing is lost by that: `broadcast_parameters` gave every rank rank 0's buffers when
+    the model was built.
+    """
+    if "forward_sync_buffers" in inspect.signature(ddp_class.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
 
 
 def _trainable(module: torch.nn.Module) -> int:

@@ -204,3 +204,39 @@ def test_batch_norm_under_several_cpu_processes_is_a_clear_error():
     with pytest.raises(TrainingError, match="SyncBatchNorm"):
         dist.PartSync(model, dist.DistInfo(rank=0, world_size=2), torch.device("cpu"))
     assert isinstance(dist.PartSync(model, dist.DistInfo(), torch.device("cpu")), dist.PartSync)  # one process: fine
+
+
+class TwoParts(torch.nn.Module):
+    """The least a model needs for `PartSync` to wrap its parts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder, self.decoder = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+
+    def wrap_parts(self, wrap) -> None:
+        self.encoder, self.decoder = wrap("encoder", self.encoder), wrap("decoder", self.decoder)
+
+
+@pytest.mark.parametrize("torch_version", ["2.3", "2.13"])
+def test_parts_are_wrapped_with_the_ddp_keywords_this_torch_has(monkeypatch, torch_version):
+    # torch 2.13 renamed DDP's broadcast_buffers to forward_sync_buffers; pyproject allows torch >= 2.3
+    made = []
+
+    class DDP23(torch.nn.Module):  # the keywords of DistributedDataParallel in torch 2.3 to 2.12 (some of them)
+        def __init__(self, module, device_ids=None, output_device=None, dim=0, broadcast_buffers=True, process_group=None):
+            super().__init__()
+            self.module = module
+            made.append({"broadcast_buffers": broadcast_buffers})
+
+    class DDP213(torch.nn.Module):
+        def __init__(self, module, device_ids=None, broadcast_buffers=None, forward_sync_buffers=None):
+            super().__init__()
+            self.module = module
+            made.append({"broadcast_buffers": broadcast_buffers, "forward_sync_buffers": forward_sync_buffers})
+
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", DDP23 if torch_version == "2.3" else DDP213)
+    model = TwoParts()
+    sync = dist.PartSync(model, dist.DistInfo(rank=0, world_size=2), torch.device("cpu"))
+    assert set(sync.wrappers) == {"encoder", "decoder"} and sync.wrappers["encoder"] is model.encoder
+    expected = {"broadcast_buffers": False} if torch_version == "2.3" else {"broadcast_buffers": None, "forward_sync_buffers": False}
+    assert made == [expected, expected]
