@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from gentk.contracts import Adversary, KLTerm, support_problem
 from gentk.data import Batch, build_data, check_held_out
-from gentk.distributions import normal_log_prob
+from gentk.distributions import normal_log_prob, standard_normal
 from gentk.errors import GentkError
 from gentk.plugins import plugins_or_default
 from gentk.recipe import PHASES, LatentSpec, Recipe
@@ -329,7 +329,7 @@ class Model(nn.Module):
         codes = []
         for name in self.latents:
             mean, logvar = heads[name]["mean"], heads[name]["logvar"]
-            eps = torch.randn((k, *mean.shape), generator=generator, device=mean.device, dtype=mean.dtype)
+            eps = standard_normal((k, *mean.shape), generator=generator, device=mean.device).to(mean.dtype)  # on the generator's device
             z = mean + torch.exp(0.5 * logvar) * eps  # (k, B, size)
             log_p = rearrange(self.priors[name].log_prob(rearrange(z, "k b d -> (k b) d")), "(k b) -> k b", k=k)
             log_w += log_p - normal_log_prob(z, mean, logvar).sum(-1)

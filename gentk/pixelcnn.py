@@ -149,7 +149,8 @@ class SubpixelDraws:
     Both samplers take every uniform they need in one call, ``torch.rand((H, W, C, d, n))``
     (d = 2 for the logistic mixture, which picks a component and then a value, else 1), so
     that for one generator state they use the same numbers on any device, whatever order
-    they compute in. ``draw(params, i, j, ch)`` turns sub-pixel (i, j, ch)'s parameters
+    they compute in (the numbers come from the generator's device, so a CPU generator also
+    serves a decoder on a GPU). ``draw(params, i, j, ch)`` turns sub-pixel (i, j, ch)'s parameters
     (n, K) into its values (n,) in the data range ({0, 1} or k/255). Temperature divides the
     logits (and multiplies the logistic scales).
 
@@ -166,7 +167,9 @@ class SubpixelDraws:
         n_channels, height, width = image_shape
         self.likelihood, self.temperature = likelihood, temperature
         d = 2 if likelihood == "logistic_mixture" else 1
-        self.u = torch.rand((height, width, n_channels, d, n), generator=generator, device=device, dtype=dtype)
+        # drawn on the generator's device, then moved (as the priors do): a CPU generator gives the same samples on every device
+        source = generator.device if generator is not None else device
+        self.u = torch.rand((height, width, n_channels, d, n), generator=generator, device=source, dtype=dtype).to(device)
         if likelihood == "bernoulli":
             threshold = temperature * torch.logit(self.u[:, :, :, 0])  # (H, W, C, n)
             self.threshold = threshold.reshape(-1, n).unbind(0)  # one (n,) view per sub-pixel, raster order
