@@ -41,11 +41,13 @@ from gentk.errors import TrainingError
 
 @attrs.frozen
 class DistInfo:
-    """Where this process stands: its rank among `world_size` and its local GPU index."""
+    """Where this process stands: its rank among `world_size`, and among the `local_world_size`
+    processes of its machine its `local_rank`, the index of its GPU."""
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = attrs.field(default=attrs.Factory(lambda self: self.world_size, takes_self=True))  # one machine unless told
 
     @property
     def distributed(self) -> bool:
@@ -58,20 +60,26 @@ class DistInfo:
 
 
 def from_environment() -> DistInfo:
-    """The rank and world size that ``torchrun`` put in the environment (1 process without it)."""
+    """The ranks and world sizes that ``torchrun`` put in the environment (1 process without it)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    return DistInfo(rank=int(os.environ.get("RANK", "0")), world_size=world_size, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    return DistInfo(
+        rank=int(os.environ.get("RANK", "0")),
+        world_size=world_size,
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size))),
+    )
 
 
 def choose_device(choice: str, info: DistInfo = DistInfo()) -> torch.device:
     """Resolve ``auto`` (cuda, then mps, then cpu) or check an explicit choice.
 
     Under torchrun each rank takes the GPU of its local rank. A device that is not
-    available is an error, not a silent fall-back to the CPU.
+    available is an error, not a silent fall-back to the CPU; so is a choice that puts two
+    ranks on one GPU (NCCL would stop with "Duplicate GPU detected").
     """
     if choice == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", info.local_rank % torch.cuda.device_count())
+            return rank_gpu(info)
         if torch.backends.mps.is_available() and not info.distributed:
             return torch.device("mps")
         return torch.device("cpu")
@@ -83,14 +91,32 @@ def choose_device(choice: str, info: DistInfo = DistInfo()) -> torch.device:
         if not torch.cuda.is_available():
             raise TrainingError(f"device '{choice}' was asked for but CUDA is not available here. Use --device cpu (or auto).")
         if device.index is None:
-            device = torch.device("cuda", info.local_rank % torch.cuda.device_count())
+            device = rank_gpu(info)
         elif device.index >= torch.cuda.device_count():
             raise TrainingError(f"device '{choice}' does not exist: this machine has {torch.cuda.device_count()} CUDA device(s).")
+        elif info.local_world_size > 1:
+            raise TrainingError(
+                f"--device {choice} would put all {info.local_world_size} processes of this machine on one GPU, which NCCL refuses "
+                "('Duplicate GPU detected'). Use --device cuda (or auto): under torchrun each process takes the GPU of its local rank."
+            )
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise TrainingError(f"device '{choice}' was asked for but MPS is not available here. Use --device cpu (or auto).")
     elif device.type not in ("cpu", "cuda", "mps"):
         raise TrainingError(f"unsupported device '{choice}'. Use auto, cpu, cuda, cuda:N or mps.")
     return device
+
+
+def rank_gpu(info: DistInfo) -> torch.device:
+    """The GPU of this process: the one its local rank indexes; an error when the machine has too few."""
+    count = torch.cuda.device_count()
+    if info.local_rank >= count:
+        raise TrainingError(
+            f"this machine runs {info.local_world_size} processes but this one (rank {info.rank}, local rank {info.local_rank}) sees "
+            f"{count} GPU(s): two processes would share a GPU, which NCCL refuses ('Duplicate GPU detected'). Start at most {count} per "
+            f"machine (torchrun --nproc-per-node {count}), or make more GPUs visible (CUDA_VISIBLE_DEVICES). A launcher that gives each "
+            "process a GPU of its own through CUDA_VISIBLE_DEVICES should set LOCAL_RANK=0 and LOCAL_WORLD_SIZE=1 in each."
+        )
+    return torch.device("cuda", info.local_rank)
 
 
 def init(info: DistInfo, device: torch.device) -> None:

@@ -194,7 +194,9 @@ def test_device_choice(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("LOCAL_RANK", "1")
-    assert dist.from_environment() == dist.DistInfo(rank=3, world_size=4, local_rank=1)
+    assert dist.from_environment() == dist.DistInfo(rank=3, world_size=4, local_rank=1, local_world_size=4)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two machines
+    assert dist.from_environment().local_world_size == 2
 
 
 def test_batch_norm_under_several_cpu_processes_is_a_clear_error():
@@ -240,3 +242,20 @@ def test_parts_are_wrapped_with_the_ddp_keywords_this_torch_has(monkeypatch, tor
     assert set(sync.wrappers) == {"encoder", "decoder"} and sync.wrappers["encoder"] is model.encoder
     expected = {"broadcast_buffers": False} if torch_version == "2.3" else {"broadcast_buffers": None, "forward_sync_buffers": False}
     assert made == [expected, expected]
+
+
+def test_two_ranks_never_share_a_gpu(monkeypatch):
+    # NCCL stops such a run with "Duplicate GPU detected"; gentk says why and what to do before it starts
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    third = dist.DistInfo(rank=2, world_size=3, local_rank=2)  # torchrun --nproc-per-node 3 on a machine with 2 GPUs
+    for choice in ("auto", "cuda"):
+        with pytest.raises(TrainingError, match=r"sees 2 GPU\(s\): two processes would share a GPU.*--nproc-per-node 2"):
+            dist.choose_device(choice, third)
+    second = dist.DistInfo(rank=1, world_size=2, local_rank=1)
+    with pytest.raises(TrainingError, match=r"--device cuda:0 would put all 2 processes of this machine on one GPU.*--device cuda"):
+        dist.choose_device("cuda:0", second)
+    assert dist.choose_device("auto", second) == dist.choose_device("cuda", second) == torch.device("cuda", 1)
+    assert dist.choose_device("cuda:1", dist.DistInfo()) == torch.device("cuda", 1)  # one process may pick its GPU
+    one_per_machine = dist.DistInfo(rank=3, world_size=4, local_rank=0, local_world_size=1)  # 4 machines, 1 process each
+    assert dist.choose_device("cuda:1", one_per_machine) == torch.device("cuda", 1)
