@@ -195,7 +195,7 @@ def evaluate(
 
 
 def held_out_losses(model, data, split: str, recipe: Recipe, device, info) -> dict[str, float]:
-    """``Model.eval_losses`` averaged over the split's examples (all ranks together)."""
+    """``Model.eval_losses`` averaged over the split's examples (all ranks together, a rank without examples too)."""
     sums: dict[str, float] = {}
     count = 0
     for batch in data.eval_batches(
@@ -206,8 +206,8 @@ def held_out_losses(model, data, split: str, recipe: Recipe, device, info) -> di
         for key, value in model.eval_losses(batch).items():
             sums[key] = sums.get(key, 0.0) + float(value) * n
         count += n
-    keys = sorted(sums)
-    totals = dist.sum_tensor(torch.tensor([sums[k] for k in keys] + [float(count)], dtype=torch.float64, device=device), info).tolist()
+    keys = sorted(set().union(*dist.gather_objects(sorted(sums), info)))  # a rank with no examples (fewer than ranks) has no keys
+    totals = dist.sum_tensor(torch.tensor([sums.get(k, 0.0) for k in keys] + [float(count)], dtype=torch.float64, device=device), info).tolist()
     return {f"eval/{split}/{k}": v / max(totals[-1], 1.0) for k, v in zip(keys, totals[:-1])}
 
 
