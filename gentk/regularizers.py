@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from gentk.contracts import Categorical, DiagonalNormal, support_problem
 from gentk.distributions import categorical_kl, normal_kl, normal_log_prob
-from gentk.nn import mlp
+from gentk.nn import current_loss_scale, mlp
 from gentk.options import configured, option
 from gentk.plugins import hookimpl
 
@@ -48,13 +48,20 @@ def gan_generator_loss(fake_logits: Tensor) -> Tensor:
     return F.softplus(-fake_logits).mean()
 
 
-def r1_penalty(real_logits: Tensor, real: Tensor) -> Tensor:
+def r1_penalty(real_logits: Tensor, real: Tensor, scale: float | None = None) -> Tensor:
     """E ||grad_z D(z)||^2 at real samples z (Mescheder et al. 2018, eq. 9, without the gamma / 2).
 
-    `real` must require grad and `real_logits` depend on it; the graph is kept so that the
-    penalty can be minimised.
+    `real` must require grad and `real_logits` (B,) depend on it; the graph is kept so that
+    the penalty can be minimised. The gradient is taken of ``scale * mean(real_logits)`` and
+    multiplied by B / scale: under fp16 AMP, `scale` (default: the engine's loss scale,
+    `gentk.nn.current_loss_scale`, 1 otherwise) keeps small gradients from flushing to zero
+    in fp16 (PyTorch's AMP gradient-penalty recipe); the mean keeps the gradient reaching
+    each logit, scale / B, within fp16's range. An overflow gives an infinite penalty, and
+    the GradScaler skips the step and lowers the scale, as for any other overflow.
     """
-    (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
+    scale = current_loss_scale() if scale is None else scale
+    (grad,) = torch.autograd.grad(real_logits.float().mean() * scale, real, create_graph=True)
+    grad = grad * (len(real_logits) / scale)
     return grad.pow(2).sum(-1).mean()
 
 

@@ -44,9 +44,12 @@ from gentk.data import build_data, check_held_out
 from gentk.errors import GentkError, TrainingError, TrainingInterrupted, did_you_mean
 from gentk.evaluate import run_evaluation
 from gentk.model import build_model
+from gentk.nn import loss_scale
 from gentk.plugins import plugins_or_default
 from gentk.recipe import PhaseSpec, Recipe
 from gentk.seeding import seed_everything
+
+FP16_PATIENCE = 10  # fp16 overflows in a row of one training step (each skipped) that stop a run
 
 
 @attrs.frozen
@@ -235,6 +238,7 @@ class Run:
     step: int = 0
     best: dict | None = None  # what best.pt holds: {"name", "value", "step"}
     last_saved: int | None = None  # the step of the newest checkpoint, for the NaN message
+    overflows: dict[str, int] = attrs.Factory(dict)  # per training step: fp16 overflows in a row
     sums: dict[str, float] = attrs.Factory(dict)  # running sums of the log interval in progress
     counted: int = 0  # steps in those sums
     final: dict[str, float] = attrs.Factory(dict)  # the last logged and evaluated scalars
@@ -384,27 +388,48 @@ class Run:
 
     def update(self, ts, batch) -> tuple[float, dict[str, Any]]:
         """Training step `ts` on `batch`: forward, backward (gradients averaged over ranks), clip,
-        optimizer and schedule step. Returns the loss (mean over ranks) and the step's logged values."""
+        optimizer and schedule step. Returns the loss (mean over ranks) and the step's logged values.
+
+        Under fp16 the GradScaler skips an update whose gradients overflowed and lowers its
+        scale; the schedule then does not step either.
+        """
         optimizer, scaler, spec = self.optimizers[ts.name], self.scalers.get(ts.name), self.specs[ts.name]
         optimizer.zero_grad(set_to_none=True)
         with self.sync.step(ts):
-            with self.autocast():
+            with self.autocast(), loss_scale(scaler.get_scale() if scaler else 1.0):  # the scale: for losses that take gradients (R1)
                 loss, scalars = ts.loss(batch)
             (scaler.scale(loss) if scaler else loss).backward()
         loss_value = self.sync.reduce(ts, loss).item()
-        if not math.isfinite(loss_value):
-            raise TrainingError(nan_message(ts, self.step + 1, loss_value, self.run_dir, self.last_saved))
+        self.check_finite(ts, loss_value)
         if scaler:
             scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         if spec.clip_grad is not None:
             torch.nn.utils.clip_grad_norm_(self.params[ts.name], spec.clip_grad)
+        applied = True
         if scaler:
-            scaler.step(optimizer)
-            scaler.update()
+            scale = scaler.get_scale()
+            scaler.step(optimizer)  # skipped when a gradient is inf or NaN (on every rank alike: they are averaged)
+            scaler.update()  # and then the scale is lowered
+            applied = scaler.get_scale() >= scale
+            scalars = {**scalars, "skipped": 0.0 if applied else 1.0}  # logged: the share of updates skipped
         else:
             optimizer.step()
-        self.schedules[ts.name].step()
+        if applied:  # a skipped update does not advance the learning-rate schedule either
+            self.schedules[ts.name].step()
         return loss_value, scalars
+
+    def check_finite(self, ts, loss_value: float) -> None:
+        """Stop the run on a non-finite loss (without saving). Under fp16 an overflow in the
+        forward pass is skipped first, as the GradScaler skips any overflow (its gradients are
+        not finite); the run stops when `FP16_PATIENCE` steps in a row overflow."""
+        if math.isfinite(loss_value):
+            self.overflows[ts.name] = 0
+            return
+        if ts.name in self.scalers:
+            self.overflows[ts.name] = self.overflows.get(ts.name, 0) + 1
+            if self.overflows[ts.name] < FP16_PATIENCE:
+                return
+        raise TrainingError(nan_message(ts, self.step + 1, loss_value, self.run_dir, self.last_saved, self.overflows.get(ts.name, 0)))
 
     # -- logging and evaluation
 
@@ -794,15 +819,18 @@ def interrupt_message(signame: str | None, step: int, total: int, run_dir: Path,
     )
 
 
-def nan_message(ts, step: int, value: float, run_dir: Path, last_saved: int | None) -> str:
+def nan_message(ts, step: int, value: float, run_dir: Path, last_saved: int | None, overflows: int = 0) -> str:
     fix = f"gentk run {run_dir}/recipe.toml --set train.phases.{ts.phase}.clip_grad=1.0"
     if last_saved is None:  # nothing to resume from: the fix starts a new run
         kept, fix = "No checkpoint was written yet, so there is nothing to resume", f"{fix} --out {run_dir.parent}, a new run"
     else:
         kept, fix = f"The last good checkpoint (step {last_saved}) is in {run_dir}/checkpoints", f"{fix} --resume {run_dir} --force"
+    fp16 = ""
+    if overflows:
+        fp16 = f" Under train.amp = 'fp16' the loss overflowed {overflows} steps in a row (each update skipped); 'bf16' has the range of fp32."
     return (
         f"the {ts.phase} phase (training step '{ts.name}') gave a non-finite loss ({value}) at step {step}; the run stopped without saving. "
-        f"{kept}. Lower train.phases.{ts.phase}.optimizer.lr or set train.phases.{ts.phase}.clip_grad (e.g. {fix})."
+        f"{kept}. Lower train.phases.{ts.phase}.optimizer.lr or set train.phases.{ts.phase}.clip_grad (e.g. {fix}).{fp16}"
     )
 
 
