@@ -224,7 +224,7 @@ def run_evaluation(model, ema, data, recipe: Recipe, plugins, device, info, run_
     """
     model.eval()
     try:
-        with checkpoint.preserved_rng(), torch.no_grad(), ema.applied(model) if ema else contextlib.nullcontext():
+        with checkpoint.preserved_rng(device), torch.no_grad(), ema.applied(model) if ema else contextlib.nullcontext():
             split = evaluation_split(data)
             metrics = held_out_losses(model, data, split, recipe, device, info)
             results = None
@@ -289,7 +289,7 @@ def evaluate_run(
         )
     started = time.perf_counter()
     batch_size = run.recipe.data.common.batch_size
-    with checkpoint.preserved_rng(), torch.no_grad():
+    with checkpoint.preserved_rng(run.device), torch.no_grad():
         seed_everything(run.recipe.seed)  # metrics that draw random numbers give the same result each time
         # losses on the same examples as the metrics
         limited = attrs.evolve(run.recipe, eval=attrs.evolve(run.recipe.eval, max_examples=max_examples))

@@ -318,14 +318,14 @@ class Run:
             self.batches.load_state_dict(position["train"])
             if self.labeled_batches is not None and position["labeled"] is not None:
                 self.labeled_batches.load_state_dict(position["labeled"])
-            checkpoint.set_rng_state(state.rng[rank])
+            checkpoint.set_rng_state(state.rng[rank], self.device)
             self.sums, self.counted = state.log_interval(rank)  # a resumed run logs the means an unbroken one would
         self.step, self.best, self.last_saved = state.step, state.best, state.step
 
     def save(self, *, is_best: bool = False) -> None:
         """Checkpoint the current step (as best.pt too when `is_best`); every rank takes part, rank 0 writes."""
         info = self.info
-        rng = dist.gather_objects(checkpoint.rng_state(), info)
+        rng = dist.gather_objects(checkpoint.rng_state(self.device), info)
         interval = dist.gather_objects({"sums": dict(self.sums), "counted": self.counted}, info)
         labeled = checkpoint.plain(self.labeled_batches.state_dict()) if self.labeled_batches else None
         positions = dist.gather_objects({"train": checkpoint.plain(self.batches.state_dict()), "labeled": labeled}, info)
