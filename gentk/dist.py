@@ -29,7 +29,7 @@ import contextlib
 import datetime
 import inspect
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -37,6 +37,9 @@ import torch
 import torch.distributed as tdist
 
 from gentk.errors import TrainingError
+
+TIMEOUT = datetime.timedelta(minutes=30)  # how long a collective waits for the other ranks
+RANK0_TIMEOUT = datetime.timedelta(hours=24)  # how long the other ranks wait for what rank 0 computes alone (`on_rank0`)
 
 
 @attrs.frozen
@@ -126,7 +129,7 @@ def init(info: DistInfo, device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    kwargs: dict[str, Any] = {"backend": backend, "timeout": datetime.timedelta(minutes=30)}
+    kwargs: dict[str, Any] = {"backend": backend, "timeout": TIMEOUT}
     if backend == "nccl":
         kwargs["device_id"] = device  # binds the communicator to this rank's GPU up front
     tdist.init_process_group(**kwargs)
@@ -172,6 +175,42 @@ def broadcast_object(value: Any, info: DistInfo) -> Any:
     box = [value]
     tdist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def on_rank0(compute: Callable[[], Any], info: DistInfo) -> Any:
+    """``compute()`` on rank 0 alone, its result on every rank, however long it takes.
+
+    The evaluation metrics and the sample grid are computed so; an importance-weighted
+    bound with k = 5000 can take longer than `TIMEOUT`, after which an ordinary collective
+    gives up (NCCL's watchdog then ends the process). So the other ranks wait in a gloo
+    group of their own, whose timeout is `RANK0_TIMEOUT`. An error on rank 0 is raised on
+    every rank.
+    """
+    if not info.distributed:
+        return compute()
+    group = _patient_group()  # made by every rank, before rank 0 starts
+    box: list[Any] = [None]
+    if info.is_main:
+        try:
+            box[0] = ("ok", compute())
+        except BaseException as exc:
+            tdist.broadcast_object_list([("error", f"{type(exc).__name__}: {exc}")], src=0, group=group)
+            raise
+    tdist.broadcast_object_list(box, src=0, group=group)
+    status, value = box[0]
+    if status == "error":
+        raise TrainingError(f"rank 0 failed while the others waited for it ({value}); its own output says more.")
+    return value
+
+
+_PATIENT: list[Any] = []  # [the default process group, the gloo group of `on_rank0` made for it]
+
+
+def _patient_group() -> Any:
+    world = tdist.group.WORLD
+    if not _PATIENT or _PATIENT[0] is not world:
+        _PATIENT[:] = [world, tdist.new_group(backend="gloo", timeout=RANK0_TIMEOUT)]
+    return _PATIENT[1]
 
 
 def gather_objects(value: Any, info: DistInfo) -> list[Any]:

@@ -170,7 +170,8 @@ def open_run(recipe: Recipe, out: Path, info, resume, force: bool, claim: contex
     """Which run: a fresh run directory, or the one whose checkpoint we continue, and that checkpoint.
 
     Rank 0 decides, claims the directory (one process per run directory) and refuses a
-    changed recipe unless `force`; every rank then loads the checkpoint.
+    changed recipe unless `force`; every rank then loads the checkpoint, from the path rank 0
+    chose: on several machines, the run directory must be on a filesystem they share.
     """
     decision = None
     if info.is_main:
@@ -191,6 +192,8 @@ def open_run(recipe: Recipe, out: Path, info, resume, force: bool, claim: contex
     ckpt_path, run_dir, error = dist.broadcast_object(decision, info)
     if error is not None:
         raise TrainingError(error)  # on every rank, so none waits for the others
+    if ckpt_path is not None:
+        check_visible(ckpt_path, info)
     state = checkpoint.TrainState.load(ckpt_path) if ckpt_path is not None else None
     if state is not None:
         if info.is_main:
@@ -202,6 +205,17 @@ def open_run(recipe: Recipe, out: Path, info, resume, force: bool, claim: contex
                 "to continue with the weights and optimizer states and a fresh data order."
             )
     return Path(run_dir), state
+
+
+def check_visible(ckpt_path: str, info) -> None:
+    """Every rank sees the checkpoint rank 0 resumes from (a filesystem that all machines share), or every rank stops."""
+    blind = [rank for rank, seen in enumerate(dist.gather_objects(Path(ckpt_path).is_file(), info)) if not seen]
+    if blind:
+        raise TrainingError(
+            f"rank(s) {', '.join(map(str, blind))} cannot see the checkpoint that rank 0 resumes from ({ckpt_path}): resuming on "
+            "several machines needs the run directory on a filesystem they all share. Put --out on a shared filesystem (or copy the "
+            "run directory to the same path on every machine), then resume."
+        )
 
 
 @attrs.define(eq=False)
