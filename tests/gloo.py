@@ -99,7 +99,7 @@ class GlooPool:
             if worker.is_alive():
                 inbox.put(None)
         for worker in self.workers:
-            worker.join(timeout=10)
+            worker.join(timeout=0.5)  # an interpreter with torch takes seconds to exit; nothing is left to keep
             if worker.is_alive():
                 worker.kill()
                 worker.join()

@@ -259,3 +259,20 @@ def test_two_ranks_never_share_a_gpu(monkeypatch):
     assert dist.choose_device("cuda:1", dist.DistInfo()) == torch.device("cuda", 1)  # one process may pick its GPU
     one_per_machine = dist.DistInfo(rank=3, world_size=4, local_rank=0, local_world_size=1)  # 4 machines, 1 process each
     assert dist.choose_device("cuda:1", one_per_machine) == torch.device("cuda", 1)
+
+
+def test_sync_batch_norm_keeps_the_optimizer_s_and_the_ema_s_tensors():
+    # The optimizers and the EMA are built before the parts are converted to SyncBatchNorm (a GPU-only
+    # module; converting runs anywhere): they must still hold the model's own tensors afterwards.
+    from gentk.train import EMA
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 1))
+    optimizer = torch.optim.Adam(model.parameters())
+    ema = EMA(model, 0.9)
+    dist.PartSync(model, dist.DistInfo(rank=0, world_size=2), torch.device("cuda", 0))
+    assert isinstance(model[1], torch.nn.SyncBatchNorm)
+    params = list(model.parameters())
+    assert [id(p) for g in optimizer.param_groups for p in g["params"]] == [id(p) for p in params]
+    live = model.state_dict()
+    assert ema.live.keys() == {k for k, v in live.items() if v.dtype.is_floating_point}
+    assert all(ema.live[k].data_ptr() == live[k].data_ptr() for k in ema.live)  # the EMA follows the running statistics too
