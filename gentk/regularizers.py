@@ -132,13 +132,13 @@ class KLRegularizer(nn.Module):
     def weight_at(self, step: int) -> float:
         return self.weight * (min(1.0, step / self.warmup) if self.warmup > 0 else 1.0)
 
-    def penalty(self, head: dict[str, Tensor], step: int) -> tuple[Tensor, dict[str, float]]:
+    def penalty(self, head: dict[str, Tensor], step: int) -> tuple[Tensor, dict[str, float | Tensor]]:
         """The weighted, free-bits KL to add to the reconstruction loss at training step `step`."""
         terms = self.kl_terms(head)
         kl = terms.sum(-1).mean()
         penalty = free_bits_kl(terms, self.free_bits) if self.free_bits > 0 else kl
         weight = self.weight_at(step)
-        return weight * penalty, {"kl": kl.item(), "kl_weight": weight}
+        return weight * penalty, {"kl": kl.detach(), "kl_weight": weight}
 
 
 # --------------------------------------------------------------------------- adversarial
@@ -213,7 +213,7 @@ class AdversarialRegularizer(nn.Module):
     def parts(self) -> dict[str, nn.Module]:
         return {"discriminator": self.discriminator}
 
-    def discriminator_loss(self, real: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def discriminator_loss(self, real: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, float | Tensor]]:
         """Loss of the discriminator on prior samples `real` and detached codes `fake`.
 
         One forward pass over both halves, so that a DDP-wrapped discriminator sees one call
@@ -227,17 +227,17 @@ class AdversarialRegularizer(nn.Module):
         logits = self.discriminator(self.features(torch.cat([real, fake.detach()]), batches=2))
         real_logits, fake_logits = logits[: len(real)], logits[len(real) :]
         loss = gan_discriminator_loss(real_logits, fake_logits)
-        logs = {"d_loss": loss.item(), "d_real": torch.sigmoid(real_logits).mean().item(), "d_fake": torch.sigmoid(fake_logits).mean().item()}
+        logs = {"d_loss": loss.detach(), "d_real": torch.sigmoid(real_logits.detach()).mean(), "d_fake": torch.sigmoid(fake_logits.detach()).mean()}
         if penalize:
             penalty = r1_penalty(real_logits, real)
             loss = loss + self.gradient_penalty * penalty
-            logs["r1"] = penalty.item()
+            logs["r1"] = penalty.detach()
         return loss, logs
 
-    def generator_loss(self, fake: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def generator_loss(self, fake: Tensor) -> tuple[Tensor, dict[str, float | Tensor]]:
         """The encoder's non-saturating loss on codes `fake` (gradients flow into the encoder)."""
         loss = gan_generator_loss(self.discriminator(self.features(fake)))
-        return loss, {"g_loss": loss.item()}
+        return loss, {"g_loss": loss.detach()}
 
 
 class NoRegularizer(nn.Module):

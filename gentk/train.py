@@ -253,7 +253,7 @@ class Run:
     best: dict | None = None  # what best.pt holds: {"name", "value", "step"}
     last_saved: int | None = None  # the step of the newest checkpoint, for the NaN message
     overflows: dict[str, int] = attrs.Factory(dict)  # per training step: fp16 overflows in a row
-    sums: dict[str, float] = attrs.Factory(dict)  # running sums of the log interval in progress
+    sums: dict[str, Any] = attrs.Factory(dict)  # running sums of the log interval in progress (floats, tensors on the device)
     counted: int = 0  # steps in those sums
     final: dict[str, float] = attrs.Factory(dict)  # the last logged and evaluated scalars
 
@@ -340,7 +340,7 @@ class Run:
         """Checkpoint the current step (as best.pt too when `is_best`); every rank takes part, rank 0 writes."""
         info = self.info
         rng = dist.gather_objects(checkpoint.rng_state(self.device), info)
-        interval = dist.gather_objects({"sums": dict(self.sums), "counted": self.counted}, info)
+        interval = dist.gather_objects({"sums": read_once(self.sums), "counted": self.counted}, info)
         labeled = checkpoint.plain(self.labeled_batches.state_dict()) if self.labeled_batches else None
         positions = dist.gather_objects({"train": checkpoint.plain(self.batches.state_dict()), "labeled": labeled}, info)
         if info.is_main:
@@ -383,24 +383,33 @@ class Run:
     # -- one step
 
     def train_step(self) -> None:
-        """One step: every training step's update in order, on one batch (the supervised ones on a labeled batch)."""
+        """One step: every training step's update in order, on one batch (the supervised ones on a labeled batch).
+
+        The losses and logged values are summed where they were computed (on a GPU, there)
+        and read once per log interval (`log_scalars`); the one read per step is the check
+        that every training step's loss is finite.
+        """
         batch = next(self.batches).to(self.device)
         labeled = next(self.labeled_batches).to(self.device) if self.labeled_batches is not None else None
+        losses = {}
         for ts in self.training_steps:
-            loss, scalars = self.update(ts, labeled if ts.phase == "supervised" else batch)
-            self.sums[f"train/{ts.name}/loss"] = self.sums.get(f"train/{ts.name}/loss", 0.0) + loss
+            losses[ts.name], scalars = self.update(ts, labeled if ts.phase == "supervised" else batch)
+            self.add(f"train/{ts.name}/loss", losses[ts.name])
             for key, value in scalars.items():
-                if key == "loss":
-                    continue  # the all-rank mean above is the step's loss
-                name = f"train/{ts.name}/{key}"
-                self.sums[name] = self.sums.get(name, 0.0) + float(value)
+                if key != "loss":  # the all-rank mean above is the step's loss
+                    self.add(f"train/{ts.name}/{key}", value)
+        self.check_finite(losses)
         self.counted += 1
         if self.ema:
             self.ema.update(self.model, updates=self.step)
         self.step += 1
         self.progress.update(self.step)
 
-    def update(self, ts, batch) -> tuple[float, dict[str, Any]]:
+    def add(self, name: str, value: float | torch.Tensor) -> None:
+        """Add a logged value to the running sum of the log interval (a tensor stays on its device)."""
+        self.sums[name] = self.sums.get(name, 0.0) + (value.detach().float() if torch.is_tensor(value) else float(value))
+
+    def update(self, ts, batch) -> tuple[torch.Tensor, dict[str, Any]]:
         """Training step `ts` on `batch`: forward, backward (gradients averaged over ranks), clip,
         optimizer and schedule step. Returns the loss (mean over ranks) and the step's logged values.
 
@@ -413,8 +422,7 @@ class Run:
             with self.autocast(), loss_scale(scaler.get_scale() if scaler else 1.0):  # the scale: for losses that take gradients (R1)
                 loss, scalars = ts.loss(batch)
             (scaler.scale(loss) if scaler else loss).backward()
-        loss_value = self.sync.reduce(ts, loss).item()
-        self.check_finite(ts, loss_value)
+        loss = self.sync.reduce(ts, loss)  # checked by `check_finite` once every training step has run
         if scaler:
             scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         if spec.clip_grad is not None:
@@ -430,26 +438,31 @@ class Run:
             optimizer.step()
         if applied:  # a skipped update does not advance the learning-rate schedule either
             self.schedules[ts.name].step()
-        return loss_value, scalars
+        return loss, scalars
 
-    def check_finite(self, ts, loss_value: float) -> None:
-        """Stop the run on a non-finite loss (without saving). Under fp16 an overflow in the
-        forward pass is skipped first, as the GradScaler skips any overflow (its gradients are
-        not finite); the run stops when `FP16_PATIENCE` steps in a row overflow."""
-        if math.isfinite(loss_value):
-            self.overflows[ts.name] = 0
-            return
-        if ts.name in self.scalers:
-            self.overflows[ts.name] = self.overflows.get(ts.name, 0) + 1
-            if self.overflows[ts.name] < FP16_PATIENCE:
-                return
-        raise TrainingError(nan_message(ts, self.step + 1, loss_value, self.run_dir, self.last_saved, self.overflows.get(ts.name, 0)))
+    def check_finite(self, losses: dict[str, torch.Tensor]) -> None:
+        """Stop the run on a non-finite loss of any training step (without saving): one read of them all.
+
+        A later training step of the same step may have run on the non-finite weights; nothing
+        is saved, so nothing of it stays. Under fp16 an overflow in the forward pass is skipped
+        first, as the GradScaler skips any overflow (its gradients are not finite); the run stops
+        when `FP16_PATIENCE` steps in a row overflow.
+        """
+        for ts, value in zip(self.training_steps, read_once(losses).values()):
+            if math.isfinite(value):
+                self.overflows[ts.name] = 0
+                continue
+            if ts.name in self.scalers:
+                self.overflows[ts.name] = self.overflows.get(ts.name, 0) + 1
+                if self.overflows[ts.name] < FP16_PATIENCE:
+                    continue
+            raise TrainingError(nan_message(ts, self.step + 1, value, self.run_dir, self.last_saved, self.overflows.get(ts.name, 0)))
 
     # -- logging and evaluation
 
     def log_scalars(self) -> None:
         """Log the mean of each scalar since the last log (averaged over ranks), the speed, the learning rates and the time."""
-        scalars = dist.mean_scalars({k: v / self.counted for k, v in self.sums.items()}, self.info, self.device)
+        scalars = dist.mean_scalars({k: v / self.counted for k, v in read_once(self.sums).items()}, self.info, self.device)
         scalars["speed/steps_per_s"] = self.speed.steps_per_s(self.step)
         scalars["speed/images_per_s"] = scalars["speed/steps_per_s"] * self.recipe.data.common.batch_size
         for name, schedule in self.schedules.items():
@@ -497,6 +510,13 @@ class Run:
             record.update(step=self.step, best=self.best, minutes=round(self.clock.seconds() / 60, 3), metrics=evaluated)
             rundir.write_json(path, record)
         return TrainResult(run_dir=self.run_dir if self.info.is_main else None, metrics=self.final, step=self.step)
+
+
+def read_once(values: dict[str, Any]) -> dict[str, float]:
+    """`values` (floats and 0-dim tensors) as floats, with one read of all the tensors (one GPU-to-host copy)."""
+    tensors = [key for key, value in values.items() if torch.is_tensor(value)]
+    read = dict(zip(tensors, torch.stack([values[key] for key in tensors]).tolist())) if tensors else {}
+    return {key: read[key] if key in read else float(value) for key, value in values.items()}
 
 
 class Speed:

@@ -308,6 +308,41 @@ def test_fp16_stops_when_the_loss_keeps_overflowing(tmp_path, plugins, recipe_fi
         train(recipe, plugins=plugins, out=tmp_path, model=model, data=data, device="cpu")
 
 
+def test_a_step_reads_from_the_device_once_and_a_log_interval_once(tmp_path, plugins, recipe_file, monkeypatch):
+    """On a GPU, reading a tensor's value (.item(), float(), .tolist(), if tensor) waits for every kernel queued:
+    gentk's code reads once per step (all training steps' losses, for the NaN check) and once per log interval."""
+    import sys
+
+    engine = importlib.import_module("gentk.train")
+    counts, inside = {"train_step": [], "log_scalars": []}, []
+
+    def counted(read):
+        def read_and_count(self, *args, **kwargs):
+            if inside and sys._getframe(1).f_globals.get("__name__", "").startswith("gentk"):  # torch's own (Adam's CPU step counts) aside
+                counts[inside[-1]][-1] += 1
+            return read(self, *args, **kwargs)
+
+        return read_and_count
+
+    def watched(name, method):
+        def run_watched(self):
+            counts[name].append(0)
+            inside.append(name)
+            try:
+                return method(self)
+            finally:
+                inside.pop()
+
+        return run_watched
+
+    for read in ("item", "tolist", "__float__", "__int__", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, read, counted(getattr(torch.Tensor, read)))
+    for name in counts:
+        monkeypatch.setattr(engine.Run, name, watched(name, getattr(engine.Run, name)))
+    train(load(recipe_file, plugins, "train.steps=4", "train.log_every=2", "eval.every=100"), plugins=plugins, out=tmp_path)
+    assert counts == {"train_step": [1, 1, 1, 1], "log_scalars": [1, 1]}  # four training steps a step, each with its logged values
+
+
 def test_bad_options_are_errors_that_say_what_to_do(tmp_path, plugins, recipe_file):
     with pytest.raises(TrainingError, match=r"part_lr: unknown part 'encodr'.*Did you mean 'encoder'"):
         train(load(recipe_file, plugins, "train.phases.reconstruction.optimizer.part_lr={encodr = 1e-4}"), plugins=plugins, out=tmp_path)
