@@ -389,8 +389,8 @@ class Run:
         and read once per log interval (`log_scalars`); the one read per step is the check
         that every training step's loss is finite.
         """
-        batch = next(self.batches).to(self.device)
-        labeled = next(self.labeled_batches).to(self.device) if self.labeled_batches is not None else None
+        batch = next(self.batches).to_device(self.device)
+        labeled = next(self.labeled_batches).to_device(self.device) if self.labeled_batches is not None else None
         losses = {}
         for ts in self.training_steps:
             losses[ts.name], scalars = self.update(ts, labeled if ts.phase == "supervised" else batch)
