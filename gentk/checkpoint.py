@@ -52,7 +52,7 @@ class TrainState:
         schedules    {training step name: scheduler state_dict}
         scalers      {training step name: GradScaler state_dict} (fp16 AMP only; else {})
         data         [per rank: {"train": iterator state, "labeled": iterator state or None}]
-        rng          [per rank: python, numpy, torch CPU and CUDA generator states (`rng_state`)]
+        rng          [per rank: python, numpy, torch CPU and its own GPU's generator states (`rng_state`)]
         recipe       the resolved recipe as a dict (what `Recipe.to_dict` gives)
         image_shape  [C, H, W] of the data the model was built for
         best         {"name": metric, "value": float, "step": int} of best.pt, or None
@@ -374,8 +374,14 @@ def load_resumable(path: Path, map_location: str | torch.device = "cpu") -> tupl
 # --------------------------------------------------------------------------- random number generators
 
 
-def rng_state() -> dict[str, Any]:
-    """Every global RNG state of this process, as plain data (safe for weights_only)."""
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """The global RNG states a run draws from, as plain data (safe for weights_only).
+
+    Python's, NumPy's, torch's CPU generator and, when `device` is a GPU, that GPU's
+    generator: a rank draws on its own GPU only, and the states of every visible GPU would
+    not fit where a run resumes with fewer visible (``"cuda"``: a list of one state, or
+    none).
+    """
     version, internal, gauss = random.getstate()
     numpy = np.random.get_state(legacy=False)
     state = {
@@ -388,13 +394,18 @@ def rng_state() -> dict[str, Any]:
             "gauss": float(numpy["gauss"]),
         },
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
+        "cuda": [torch.cuda.get_rng_state(device)] if _on_gpu(device) else [],
     }
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what `rng_state` captured."""
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restore what `rng_state` captured; its GPU state goes to `device`.
+
+    Checkpoints written before gentk saved the rank's own GPU only hold one state per GPU
+    that was visible: `device`'s index picks the rank's own (none is restored when that
+    GPU was not among them).
+    """
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     numpy = state["numpy"]
@@ -407,23 +418,33 @@ def set_rng_state(state: dict[str, Any]) -> None:
         }
     )
     torch.set_rng_state(state["torch"].cpu())
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    saved = state["cuda"]
+    if _on_gpu(device) and saved:
+        index = 0 if len(saved) == 1 else device.index
+        if index < len(saved):
+            torch.cuda.set_rng_state(saved[index].cpu(), device)
+
+
+def _on_gpu(device: torch.device | None) -> bool:
+    return device is not None and device.type == "cuda" and torch.cuda.is_available()
 
 
 class preserved_rng:
-    """Run a block (an evaluation, a sample grid) without moving any global RNG.
+    """Run a block (an evaluation, a sample grid) without moving any global RNG (`device`'s among them).
 
     Training then draws the same random numbers whether or not, and however often, the
     run evaluates: a run with eval.every = 100 trains exactly like one with 1000.
     """
 
+    def __init__(self, device: torch.device | None = None) -> None:
+        self.device = device
+
     def __enter__(self):
-        self.state = rng_state()
+        self.state = rng_state(self.device)
         return self
 
     def __exit__(self, *exc):
-        set_rng_state(self.state)
+        set_rng_state(self.state, self.device)
         return False
 
 

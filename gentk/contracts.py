@@ -127,8 +127,12 @@ class Regularizer(Protocol):
 class Penalty(Regularizer, Protocol):
     """A regularizer of phase "reconstruction": its penalty joins the reconstruction loss."""
 
-    def penalty(self, head: dict[str, Tensor], step: int) -> tuple[Tensor, dict[str, float]]:
-        """(scalar to add to the loss, floats to log) for the encoder's dict of this latent at training step `step`."""
+    def penalty(self, head: dict[str, Tensor], step: int) -> tuple[Tensor, dict[str, float | Tensor]]:
+        """(scalar to add to the loss, values to log) for the encoder's dict of this latent at training step `step`.
+
+        The values are floats or detached 0-dim tensors; the engine sums tensors where they
+        are and reads them once per log interval, so a value that is a tensor costs no
+        GPU-to-host copy per step (``.item()`` does)."""
 
 
 @runtime_checkable
@@ -146,10 +150,10 @@ class Adversary(Regularizer, Protocol):
     def parts(self) -> dict[str, nn.Module]:
         """Its trainable modules under names of its choice ({"discriminator": module}), each held in an attribute of its own."""
 
-    def discriminator_loss(self, real: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def discriminator_loss(self, real: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, float | Tensor]]:
         """(loss, logs) of its parts on prior samples `real` (B, D) and detached codes `fake` (B, D)."""
 
-    def generator_loss(self, fake: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def generator_loss(self, fake: Tensor) -> tuple[Tensor, dict[str, float | Tensor]]:
         """(loss, logs) of the encoder on codes `fake` (B, D), through which gradients flow."""
 
 

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import inspect
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -37,14 +38,19 @@ import torch.distributed as tdist
 
 from gentk.errors import TrainingError
 
+TIMEOUT = datetime.timedelta(minutes=30)  # how long a collective waits for the other ranks
+RANK0_TIMEOUT = datetime.timedelta(hours=24)  # how long the other ranks wait for what rank 0 computes alone (`on_rank0`)
+
 
 @attrs.frozen
 class DistInfo:
-    """Where this process stands: its rank among `world_size` and its local GPU index."""
+    """Where this process stands: its rank among `world_size`, and among the `local_world_size`
+    processes of its machine its `local_rank`, the index of its GPU."""
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = attrs.field(default=attrs.Factory(lambda self: self.world_size, takes_self=True))  # one machine unless told
 
     @property
     def distributed(self) -> bool:
@@ -57,20 +63,26 @@ class DistInfo:
 
 
 def from_environment() -> DistInfo:
-    """The rank and world size that ``torchrun`` put in the environment (1 process without it)."""
+    """The ranks and world sizes that ``torchrun`` put in the environment (1 process without it)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    return DistInfo(rank=int(os.environ.get("RANK", "0")), world_size=world_size, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    return DistInfo(
+        rank=int(os.environ.get("RANK", "0")),
+        world_size=world_size,
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size))),
+    )
 
 
 def choose_device(choice: str, info: DistInfo = DistInfo()) -> torch.device:
     """Resolve ``auto`` (cuda, then mps, then cpu) or check an explicit choice.
 
     Under torchrun each rank takes the GPU of its local rank. A device that is not
-    available is an error, not a silent fall-back to the CPU.
+    available is an error, not a silent fall-back to the CPU; so is a choice that puts two
+    ranks on one GPU (NCCL would stop with "Duplicate GPU detected").
     """
     if choice == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", info.local_rank % torch.cuda.device_count())
+            return rank_gpu(info)
         if torch.backends.mps.is_available() and not info.distributed:
             return torch.device("mps")
         return torch.device("cpu")
@@ -82,14 +94,32 @@ def choose_device(choice: str, info: DistInfo = DistInfo()) -> torch.device:
         if not torch.cuda.is_available():
             raise TrainingError(f"device '{choice}' was asked for but CUDA is not available here. Use --device cpu (or auto).")
         if device.index is None:
-            device = torch.device("cuda", info.local_rank % torch.cuda.device_count())
+            device = rank_gpu(info)
         elif device.index >= torch.cuda.device_count():
             raise TrainingError(f"device '{choice}' does not exist: this machine has {torch.cuda.device_count()} CUDA device(s).")
+        elif info.local_world_size > 1:
+            raise TrainingError(
+                f"--device {choice} would put all {info.local_world_size} processes of this machine on one GPU, which NCCL refuses "
+                "('Duplicate GPU detected'). Use --device cuda (or auto): under torchrun each process takes the GPU of its local rank."
+            )
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise TrainingError(f"device '{choice}' was asked for but MPS is not available here. Use --device cpu (or auto).")
     elif device.type not in ("cpu", "cuda", "mps"):
         raise TrainingError(f"unsupported device '{choice}'. Use auto, cpu, cuda, cuda:N or mps.")
     return device
+
+
+def rank_gpu(info: DistInfo) -> torch.device:
+    """The GPU of this process: the one its local rank indexes; an error when the machine has too few."""
+    count = torch.cuda.device_count()
+    if info.local_rank >= count:
+        raise TrainingError(
+            f"this machine runs {info.local_world_size} processes but this one (rank {info.rank}, local rank {info.local_rank}) sees "
+            f"{count} GPU(s): two processes would share a GPU, which NCCL refuses ('Duplicate GPU detected'). Start at most {count} per "
+            f"machine (torchrun --nproc-per-node {count}), or make more GPUs visible (CUDA_VISIBLE_DEVICES). A launcher that gives each "
+            "process a GPU of its own through CUDA_VISIBLE_DEVICES should set LOCAL_RANK=0 and LOCAL_WORLD_SIZE=1 in each."
+        )
+    return torch.device("cuda", info.local_rank)
 
 
 def init(info: DistInfo, device: torch.device) -> None:
@@ -99,7 +129,7 @@ def init(info: DistInfo, device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    kwargs: dict[str, Any] = {"backend": backend, "timeout": datetime.timedelta(minutes=30)}
+    kwargs: dict[str, Any] = {"backend": backend, "timeout": TIMEOUT}
     if backend == "nccl":
         kwargs["device_id"] = device  # binds the communicator to this rank's GPU up front
     tdist.init_process_group(**kwargs)
@@ -145,6 +175,42 @@ def broadcast_object(value: Any, info: DistInfo) -> Any:
     box = [value]
     tdist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def on_rank0(compute: Callable[[], Any], info: DistInfo) -> Any:
+    """``compute()`` on rank 0 alone, its result on every rank, however long it takes.
+
+    The evaluation metrics and the sample grid are computed so; an importance-weighted
+    bound with k = 5000 can take longer than `TIMEOUT`, after which an ordinary collective
+    gives up (NCCL's watchdog then ends the process). So the other ranks wait in a gloo
+    group of their own, whose timeout is `RANK0_TIMEOUT`. An error on rank 0 is raised on
+    every rank.
+    """
+    if not info.distributed:
+        return compute()
+    group = _patient_group()  # made by every rank, before rank 0 starts
+    box: list[Any] = [None]
+    if info.is_main:
+        try:
+            box[0] = ("ok", compute())
+        except BaseException as exc:
+            tdist.broadcast_object_list([("error", f"{type(exc).__name__}: {exc}")], src=0, group=group)
+            raise
+    tdist.broadcast_object_list(box, src=0, group=group)
+    status, value = box[0]
+    if status == "error":
+        raise TrainingError(f"rank 0 failed while the others waited for it ({value}); its own output says more.")
+    return value
+
+
+_PATIENT: list[Any] = []  # [the default process group, the gloo group of `on_rank0` made for it]
+
+
+def _patient_group() -> Any:
+    world = tdist.group.WORLD
+    if not _PATIENT or _PATIENT[0] is not world:
+        _PATIENT[:] = [world, tdist.new_group(backend="gloo", timeout=RANK0_TIMEOUT)]
+    return _PATIENT[1]
 
 
 def gather_objects(value: Any, info: DistInfo) -> list[Any]:
@@ -260,9 +326,7 @@ class PartSync:
         from torch.nn.parallel import DistributedDataParallel
 
         self.wrappers[name] = DistributedDataParallel(
-            module,
-            device_ids=[self.device] if self.device.type == "cuda" else None,
-            forward_sync_buffers=False,  # buffers here are constants (PixelCNN masks): synced once at wrap time, no collective per forward
+            module, device_ids=[self.device] if self.device.type == "cuda" else None, **no_buffer_sync(DistributedDataParallel)
         )
         return self.wrappers[name]
 
@@ -298,6 +362,20 @@ class PartSync:
             yield
         finally:
             model.wrap_parts(self._wrap)
+
+
+def no_buffer_sync(ddp_class: type) -> dict[str, bool]:
+    """DDP's keyword for "no buffer broadcast before each forward", in this torch's spelling.
+
+    The buffers of a part are constants (PixelCNN masks), so a collective per forward would
+    only cost time. torch 2.13 named the switch ``forward_sync_buffers``; before that it was
+    ``broadcast_buffers``, which also skips DDP's broadcast of the buffers at wrap time.
+    Nothing is lost by that: `broadcast_parameters` gave every rank rank 0's buffers when
+    the model was built.
+    """
+    if "forward_sync_buffers" in inspect.signature(ddp_class.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
 
 
 def _trainable(module: torch.nn.Module) -> int:

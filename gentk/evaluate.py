@@ -195,7 +195,7 @@ def evaluate(
 
 
 def held_out_losses(model, data, split: str, recipe: Recipe, device, info) -> dict[str, float]:
-    """``Model.eval_losses`` averaged over the split's examples (all ranks together)."""
+    """``Model.eval_losses`` averaged over the split's examples (all ranks together, a rank without examples too)."""
     sums: dict[str, float] = {}
     count = 0
     for batch in data.eval_batches(
@@ -206,8 +206,8 @@ def held_out_losses(model, data, split: str, recipe: Recipe, device, info) -> di
         for key, value in model.eval_losses(batch).items():
             sums[key] = sums.get(key, 0.0) + float(value) * n
         count += n
-    keys = sorted(sums)
-    totals = dist.sum_tensor(torch.tensor([sums[k] for k in keys] + [float(count)], dtype=torch.float64, device=device), info).tolist()
+    keys = sorted(set().union(*dist.gather_objects(sorted(sums), info)))  # a rank with no examples (fewer than ranks) has no keys
+    totals = dist.sum_tensor(torch.tensor([sums.get(k, 0.0) for k in keys] + [float(count)], dtype=torch.float64, device=device), info).tolist()
     return {f"eval/{split}/{k}": v / max(totals[-1], 1.0) for k, v in zip(keys, totals[:-1])}
 
 
@@ -219,41 +219,44 @@ def run_evaluation(model, ema, data, recipe: Recipe, plugins, device, info, run_
 
     The engine's evaluation every ``eval.every`` steps, on the validation split when there
     is one, else the test split (`gentk.data.evaluation_split`): with the EMA weights when
-    `ema` is given, the metrics and samples on rank 0 only (then broadcast), each image
+    `ema` is given, the metrics and samples on rank 0 only (then broadcast: `dist.on_rank0`), each image
     written passed to the ``gentk_log_image`` hook, the model back in training mode afterwards.
     """
     model.eval()
     try:
-        with checkpoint.preserved_rng(), torch.no_grad(), ema.applied(model) if ema else contextlib.nullcontext():
+        with checkpoint.preserved_rng(device), torch.no_grad(), ema.applied(model) if ema else contextlib.nullcontext():
             split = evaluation_split(data)
             metrics = held_out_losses(model, data, split, recipe, device, info)
-            results = None
-            if info.is_main:
-
-                def log_image(tag: str, path: Path) -> None:
-                    plugins.pm.hook.gentk_log_image(run_dir=run_dir, step=step, tag=tag, path=path)
-
-                found = evaluate(
-                    model,
-                    data,
-                    recipe.eval.metrics,
-                    plugins=plugins,
-                    device=device,
-                    split=split,
-                    batch_size=recipe.data.common.batch_size,
-                    max_examples=recipe.eval.max_examples,
-                    seed=recipe.seed,
-                    run_dir=run_dir,
-                    step=step,
-                    log_image=log_image,
-                )
-                results = {f"eval/{split}/{k}": v for k, v in found.items()}
-                if recipe.eval.samples > 0:
-                    log_image("samples", write_samples(model, recipe, device, run_dir / "samples" / f"step-{step:08d}.png"))
-            metrics.update(dist.broadcast_object(results, info))
+            # rank 0 alone (the others wait for it, however long it takes)
+            metrics.update(dist.on_rank0(lambda: metrics_and_samples(model, data, split, recipe, plugins, device, run_dir, step), info))
     finally:
         model.train()
     return metrics
+
+
+def metrics_and_samples(model, data, split: str, recipe: Recipe, plugins, device, run_dir: Path, step: int) -> dict[str, float]:
+    """The recipe's metrics on `split` and its sample grid (rank 0's share of `run_evaluation`)."""
+
+    def log_image(tag: str, path: Path) -> None:
+        plugins.pm.hook.gentk_log_image(run_dir=run_dir, step=step, tag=tag, path=path)
+
+    found = evaluate(
+        model,
+        data,
+        recipe.eval.metrics,
+        plugins=plugins,
+        device=device,
+        split=split,
+        batch_size=recipe.data.common.batch_size,
+        max_examples=recipe.eval.max_examples,
+        seed=recipe.seed,
+        run_dir=run_dir,
+        step=step,
+        log_image=log_image,
+    )
+    if recipe.eval.samples > 0:
+        log_image("samples", write_samples(model, recipe, device, run_dir / "samples" / f"step-{step:08d}.png"))
+    return {f"eval/{split}/{k}": v for k, v in found.items()}
 
 
 # --------------------------------------------------------------------------- a run directory
@@ -289,7 +292,7 @@ def evaluate_run(
         )
     started = time.perf_counter()
     batch_size = run.recipe.data.common.batch_size
-    with checkpoint.preserved_rng(), torch.no_grad():
+    with checkpoint.preserved_rng(run.device), torch.no_grad():
         seed_everything(run.recipe.seed)  # metrics that draw random numbers give the same result each time
         # losses on the same examples as the metrics
         limited = attrs.evolve(run.recipe, eval=attrs.evolve(run.recipe.eval, max_examples=max_examples))

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from gentk.contracts import Adversary, KLTerm, support_problem
 from gentk.data import Batch, build_data, check_held_out
-from gentk.distributions import normal_log_prob
+from gentk.distributions import normal_log_prob, standard_normal
 from gentk.errors import GentkError
 from gentk.plugins import plugins_or_default
 from gentk.recipe import PHASES, LatentSpec, Recipe
@@ -53,7 +53,8 @@ class TrainingStep:
     name: e.g. "reconstruction", "discriminator.y", "generator.y", "supervised.y".
     phase: the recipe's ``train.phases`` entry that configures its optimizer.
     parts: part name -> parameters it updates ({"encoder": [...], "decoder": [...]}).
-    loss: batch -> (scalar loss to minimise, floats to log). The supervised phase gets the
+    loss: batch -> (scalar loss to minimise, values to log: floats or detached 0-dim tensors,
+        which the engine reads once per log interval). The supervised phase gets the
         labeled batch, the others the unlabeled one; a batch has ``.x`` (B, C, H, W) and
         ``.y`` (B,) int64.
     """
@@ -61,7 +62,7 @@ class TrainingStep:
     name: str
     phase: str
     parts: dict[str, list[nn.Parameter]]
-    loss: Callable[[Any], tuple[Tensor, dict[str, float]]]
+    loss: Callable[[Any], tuple[Tensor, dict[str, float | Tensor]]]
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for params in self.parts.values() for p in params]
@@ -192,38 +193,38 @@ class Model(nn.Module):
     def _condition(self, heads: Mapping[str, Mapping[str, Tensor]]) -> Tensor | None:
         return torch.cat([heads[name]["code"] for name in self.latents], dim=-1) if self.latents else None
 
-    def reconstruction_loss(self, batch) -> tuple[Tensor, dict[str, float]]:
+    def reconstruction_loss(self, batch) -> tuple[Tensor, dict[str, float | Tensor]]:
         """-log p(x|c) (nats per image) plus the KL penalties; counts a training step when training."""
         heads = self.encoder(batch.x) if self.encoder is not None else {}
         nll = -self.decoder(batch.x, self._condition(heads)).mean()
-        loss, logs = nll, {"nll": nll.item()}
-        step = int(self.step)
-        for name, reg in self.regularizers.items():
-            if reg.phase == "reconstruction":
-                penalty, reg_logs = reg.penalty(heads[name], step)
-                loss = loss + penalty
-                logs.update({f"{key}.{name}": value for key, value in reg_logs.items()})
+        loss, logs = nll, {"nll": nll.detach()}
+        penalties = [name for name, reg in self.regularizers.items() if reg.phase == "reconstruction"]
+        step = int(self.step) if penalties else 0  # read from the device only where a penalty needs it (KL warm-up)
+        for name in penalties:
+            penalty, reg_logs = self.regularizers[name].penalty(heads[name], step)
+            loss = loss + penalty
+            logs.update({f"{key}.{name}": value for key, value in reg_logs.items()})
         if self.training and torch.is_grad_enabled():
             self.step += 1
-        logs["loss"] = loss.item()
+        logs["loss"] = loss.detach()
         return loss, logs
 
-    def discriminator_loss(self, name: str, batch) -> tuple[Tensor, dict[str, float]]:
+    def discriminator_loss(self, name: str, batch) -> tuple[Tensor, dict[str, float | Tensor]]:
         """Discriminator of latent `name`: prior samples ("real") vs detached codes ("fake")."""
         with torch.no_grad():
             fake = self.encoder(batch.x)[name]["code"]
         real = self.priors[name].sample(len(fake)).to(fake.dtype)
         return self.regularizers[name].discriminator_loss(real, fake)
 
-    def generator_loss(self, name: str, batch) -> tuple[Tensor, dict[str, float]]:
+    def generator_loss(self, name: str, batch) -> tuple[Tensor, dict[str, float | Tensor]]:
         """The encoder's loss for fooling the discriminator of latent `name`."""
         return self.regularizers[name].generator_loss(self.encoder(batch.x)[name]["code"])
 
-    def supervised_loss(self, name: str, batch) -> tuple[Tensor, dict[str, float]]:
+    def supervised_loss(self, name: str, batch) -> tuple[Tensor, dict[str, float | Tensor]]:
         """Cross-entropy of latent `name`'s logits against the labels, plus the accuracy."""
         logits = self.encoder(batch.x)[name]["logits"]
         loss = F.cross_entropy(logits, batch.y)
-        return loss, {"xent": loss.item(), "accuracy": (logits.argmax(-1) == batch.y).float().mean().item()}
+        return loss, {"xent": loss.detach(), "accuracy": (logits.argmax(-1) == batch.y).float().mean()}
 
     @torch.no_grad()
     def eval_losses(self, batch) -> dict[str, float]:
@@ -231,7 +232,7 @@ class Model(nn.Module):
         out = {}
         for step in self.training_steps():
             _, logs = step.loss(batch)
-            out.update({f"{step.name}/{key}": value for key, value in logs.items()})
+            out.update({f"{step.name}/{key}": float(value) for key, value in logs.items()})
         return out
 
     # ----------------------------------------------------------------------- using the model
@@ -329,7 +330,7 @@ class Model(nn.Module):
         codes = []
         for name in self.latents:
             mean, logvar = heads[name]["mean"], heads[name]["logvar"]
-            eps = torch.randn((k, *mean.shape), generator=generator, device=mean.device, dtype=mean.dtype)
+            eps = standard_normal((k, *mean.shape), generator=generator, device=mean.device).to(mean.dtype)  # on the generator's device
             z = mean + torch.exp(0.5 * logvar) * eps  # (k, B, size)
             log_p = rearrange(self.priors[name].log_prob(rearrange(z, "k b d -> (k b) d")), "(k b) -> k b", k=k)
             log_w += log_p - normal_log_prob(z, mean, logvar).sum(-1)
@@ -347,7 +348,7 @@ class Model(nn.Module):
         return torch.logsumexp(self.log_importance_weights(x, samples, generator=generator), dim=0) - math.log(samples)
 
 
-def _bind(method: Callable[..., Any], name: str) -> Callable[[Any], tuple[Tensor, dict[str, float]]]:
+def _bind(method: Callable[..., Any], name: str) -> Callable[[Any], tuple[Tensor, dict[str, float | Tensor]]]:
     def loss(batch):
         return method(name, batch)
 

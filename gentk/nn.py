@@ -1,4 +1,5 @@
-"""Shared layers: MLP stacks, activations and output-size arithmetic for strided convolutions.
+"""Shared layers: MLP stacks, activations and output-size arithmetic for strided convolutions;
+and the loss scale of fp16 training, for losses that take gradients themselves.
 
 The AAE paper (Makhzani et al. 2016, §2) builds its encoder, decoder and discriminators from
 the same block, fully connected layers of 1000 ReLU units; `mlp` is that block with the
@@ -7,8 +8,10 @@ widths and activation as arguments.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from torch import nn
 
@@ -55,3 +58,28 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
 def upsampled_start_size(size: int, doublings: int) -> int:
     """The smallest start size that reaches at least `size` after `doublings` x2 upsamplings."""
     return max(1, math.ceil(size / 2**doublings))
+
+
+_LOSS_SCALE: contextvars.ContextVar[float] = contextvars.ContextVar("gentk_loss_scale", default=1.0)
+
+
+@contextlib.contextmanager
+def loss_scale(scale: float) -> Iterator[None]:
+    """Within the block, `current_loss_scale` is `scale`.
+
+    Under fp16 AMP the engine computes each loss inside ``loss_scale(GradScaler scale)``. A
+    loss that takes a gradient itself (``torch.autograd.grad``, as the R1 penalty does) must
+    scale what it differentiates by it and divide the gradient by it, as the scaler does for
+    the backward pass (PyTorch's AMP examples, "Gradient penalty"): else small gradients
+    flush to zero in fp16.
+    """
+    token = _LOSS_SCALE.set(float(scale))
+    try:
+        yield
+    finally:
+        _LOSS_SCALE.reset(token)
+
+
+def current_loss_scale() -> float:
+    """The fp16 loss scale of the loss being computed (1.0 outside fp16 training)."""
+    return _LOSS_SCALE.get()

@@ -149,7 +149,8 @@ class SubpixelDraws:
     Both samplers take every uniform they need in one call, ``torch.rand((H, W, C, d, n))``
     (d = 2 for the logistic mixture, which picks a component and then a value, else 1), so
     that for one generator state they use the same numbers on any device, whatever order
-    they compute in. ``draw(params, i, j, ch)`` turns sub-pixel (i, j, ch)'s parameters
+    they compute in (the numbers come from the generator's device, so a CPU generator also
+    serves a decoder on a GPU). ``draw(params, i, j, ch)`` turns sub-pixel (i, j, ch)'s parameters
     (n, K) into its values (n,) in the data range ({0, 1} or k/255). Temperature divides the
     logits (and multiplies the logistic scales).
 
@@ -166,7 +167,9 @@ class SubpixelDraws:
         n_channels, height, width = image_shape
         self.likelihood, self.temperature = likelihood, temperature
         d = 2 if likelihood == "logistic_mixture" else 1
-        self.u = torch.rand((height, width, n_channels, d, n), generator=generator, device=device, dtype=dtype)
+        # drawn on the generator's device, then moved (as the priors do): a CPU generator gives the same samples on every device
+        source = generator.device if generator is not None else device
+        self.u = torch.rand((height, width, n_channels, d, n), generator=generator, device=source, dtype=dtype).to(device)
         if likelihood == "bernoulli":
             threshold = temperature * torch.logit(self.u[:, :, :, 0])  # (H, W, C, n)
             self.threshold = threshold.reshape(-1, n).unbind(0)  # one (n,) view per sub-pixel, raster order
@@ -503,7 +506,8 @@ class PixelCNNDecoder(nn.Module):
                 cond_v = cond_v[:, :, :-1]  # the map's rows the vertical stack has
             v, h, s = layer(v, h, cond_v, cond_h)
             skip = s if i == 0 else skip + s if i == 1 else skip.add_(s)  # in place once skip is a fresh sum
-        out = self.head2(F.relu(self.head1(F.relu(skip))))
+        with torch.autocast(skip.device.type, enabled=False):  # the heads in the weights' precision (see `forward`)
+            out = self.head2(F.relu(self.head1(F.relu(skip.to(self.head1.weight.dtype)))))
         return rearrange(out, "b (c k) h w -> b c k h w", c=self.image_shape[0])
 
     def forward(self, x: Tensor, c: Tensor | None = None) -> Tensor:
@@ -512,6 +516,11 @@ class PixelCNNDecoder(nn.Module):
         With the ``bf16`` option, in training mode on CPU the network runs under bfloat16
         autocast (1.8x the fp32 throughput, measured on an AVX512-BF16 CPU) and the likelihood of its
         outputs is computed in fp32; in eval mode it is always exact fp32.
+
+        Under any autocast (this option, or the engine's ``train.amp`` on a GPU) the two output
+        1x1 convolutions, the heads, run in fp32: in bfloat16 (8 significant bits) a
+        logistic mean near +-1 is quantised to about the width of a pixel level's bin
+        (2/255), which costs bits/dim.
         """
         if self.config.bf16 and self.training and x.device.type == "cpu":
             if not cpu_has_native_bf16():

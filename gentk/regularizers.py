@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from gentk.contracts import Categorical, DiagonalNormal, support_problem
 from gentk.distributions import categorical_kl, normal_kl, normal_log_prob
-from gentk.nn import mlp
+from gentk.nn import current_loss_scale, mlp
 from gentk.options import configured, option
 from gentk.plugins import hookimpl
 
@@ -48,13 +48,20 @@ def gan_generator_loss(fake_logits: Tensor) -> Tensor:
     return F.softplus(-fake_logits).mean()
 
 
-def r1_penalty(real_logits: Tensor, real: Tensor) -> Tensor:
+def r1_penalty(real_logits: Tensor, real: Tensor, scale: float | None = None) -> Tensor:
     """E ||grad_z D(z)||^2 at real samples z (Mescheder et al. 2018, eq. 9, without the gamma / 2).
 
-    `real` must require grad and `real_logits` depend on it; the graph is kept so that the
-    penalty can be minimised.
+    `real` must require grad and `real_logits` (B,) depend on it; the graph is kept so that
+    the penalty can be minimised. The gradient is taken of ``scale * mean(real_logits)`` and
+    multiplied by B / scale: under fp16 AMP, `scale` (default: the engine's loss scale,
+    `gentk.nn.current_loss_scale`, 1 otherwise) keeps small gradients from flushing to zero
+    in fp16 (PyTorch's AMP gradient-penalty recipe); the mean keeps the gradient reaching
+    each logit, scale / B, within fp16's range. An overflow gives an infinite penalty, and
+    the GradScaler skips the step and lowers the scale, as for any other overflow.
     """
-    (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
+    scale = current_loss_scale() if scale is None else scale
+    (grad,) = torch.autograd.grad(real_logits.float().mean() * scale, real, create_graph=True)
+    grad = grad * (len(real_logits) / scale)
     return grad.pow(2).sum(-1).mean()
 
 
@@ -125,13 +132,13 @@ class KLRegularizer(nn.Module):
     def weight_at(self, step: int) -> float:
         return self.weight * (min(1.0, step / self.warmup) if self.warmup > 0 else 1.0)
 
-    def penalty(self, head: dict[str, Tensor], step: int) -> tuple[Tensor, dict[str, float]]:
+    def penalty(self, head: dict[str, Tensor], step: int) -> tuple[Tensor, dict[str, float | Tensor]]:
         """The weighted, free-bits KL to add to the reconstruction loss at training step `step`."""
         terms = self.kl_terms(head)
         kl = terms.sum(-1).mean()
         penalty = free_bits_kl(terms, self.free_bits) if self.free_bits > 0 else kl
         weight = self.weight_at(step)
-        return weight * penalty, {"kl": kl.item(), "kl_weight": weight}
+        return weight * penalty, {"kl": kl.detach(), "kl_weight": weight}
 
 
 # --------------------------------------------------------------------------- adversarial
@@ -206,7 +213,7 @@ class AdversarialRegularizer(nn.Module):
     def parts(self) -> dict[str, nn.Module]:
         return {"discriminator": self.discriminator}
 
-    def discriminator_loss(self, real: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def discriminator_loss(self, real: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, float | Tensor]]:
         """Loss of the discriminator on prior samples `real` and detached codes `fake`.
 
         One forward pass over both halves, so that a DDP-wrapped discriminator sees one call
@@ -220,17 +227,17 @@ class AdversarialRegularizer(nn.Module):
         logits = self.discriminator(self.features(torch.cat([real, fake.detach()]), batches=2))
         real_logits, fake_logits = logits[: len(real)], logits[len(real) :]
         loss = gan_discriminator_loss(real_logits, fake_logits)
-        logs = {"d_loss": loss.item(), "d_real": torch.sigmoid(real_logits).mean().item(), "d_fake": torch.sigmoid(fake_logits).mean().item()}
+        logs = {"d_loss": loss.detach(), "d_real": torch.sigmoid(real_logits.detach()).mean(), "d_fake": torch.sigmoid(fake_logits.detach()).mean()}
         if penalize:
             penalty = r1_penalty(real_logits, real)
             loss = loss + self.gradient_penalty * penalty
-            logs["r1"] = penalty.item()
+            logs["r1"] = penalty.detach()
         return loss, logs
 
-    def generator_loss(self, fake: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def generator_loss(self, fake: Tensor) -> tuple[Tensor, dict[str, float | Tensor]]:
         """The encoder's non-saturating loss on codes `fake` (gradients flow into the encoder)."""
         loss = gan_generator_loss(self.discriminator(self.features(fake)))
-        return loss, {"g_loss": loss.item()}
+        return loss, {"g_loss": loss.detach()}
 
 
 class NoRegularizer(nn.Module):

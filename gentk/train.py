@@ -44,9 +44,12 @@ from gentk.data import build_data, check_held_out
 from gentk.errors import GentkError, TrainingError, TrainingInterrupted, did_you_mean
 from gentk.evaluate import run_evaluation
 from gentk.model import build_model
+from gentk.nn import loss_scale
 from gentk.plugins import plugins_or_default
 from gentk.recipe import PhaseSpec, Recipe
 from gentk.seeding import seed_everything
+
+FP16_PATIENCE = 10  # fp16 overflows in a row of one training step (each skipped) that stop a run
 
 
 @attrs.frozen
@@ -167,7 +170,8 @@ def open_run(recipe: Recipe, out: Path, info, resume, force: bool, claim: contex
     """Which run: a fresh run directory, or the one whose checkpoint we continue, and that checkpoint.
 
     Rank 0 decides, claims the directory (one process per run directory) and refuses a
-    changed recipe unless `force`; every rank then loads the checkpoint.
+    changed recipe unless `force`; every rank then loads the checkpoint, from the path rank 0
+    chose: on several machines, the run directory must be on a filesystem they share.
     """
     decision = None
     if info.is_main:
@@ -188,6 +192,8 @@ def open_run(recipe: Recipe, out: Path, info, resume, force: bool, claim: contex
     ckpt_path, run_dir, error = dist.broadcast_object(decision, info)
     if error is not None:
         raise TrainingError(error)  # on every rank, so none waits for the others
+    if ckpt_path is not None:
+        check_visible(ckpt_path, info)
     state = checkpoint.TrainState.load(ckpt_path) if ckpt_path is not None else None
     if state is not None:
         if info.is_main:
@@ -199,6 +205,17 @@ def open_run(recipe: Recipe, out: Path, info, resume, force: bool, claim: contex
                 "to continue with the weights and optimizer states and a fresh data order."
             )
     return Path(run_dir), state
+
+
+def check_visible(ckpt_path: str, info) -> None:
+    """Every rank sees the checkpoint rank 0 resumes from (a filesystem that all machines share), or every rank stops."""
+    blind = [rank for rank, seen in enumerate(dist.gather_objects(Path(ckpt_path).is_file(), info)) if not seen]
+    if blind:
+        raise TrainingError(
+            f"rank(s) {', '.join(map(str, blind))} cannot see the checkpoint that rank 0 resumes from ({ckpt_path}): resuming on "
+            "several machines needs the run directory on a filesystem they all share. Put --out on a shared filesystem (or copy the "
+            "run directory to the same path on every machine), then resume."
+        )
 
 
 @attrs.define(eq=False)
@@ -235,7 +252,8 @@ class Run:
     step: int = 0
     best: dict | None = None  # what best.pt holds: {"name", "value", "step"}
     last_saved: int | None = None  # the step of the newest checkpoint, for the NaN message
-    sums: dict[str, float] = attrs.Factory(dict)  # running sums of the log interval in progress
+    overflows: dict[str, int] = attrs.Factory(dict)  # per training step: fp16 overflows in a row
+    sums: dict[str, Any] = attrs.Factory(dict)  # running sums of the log interval in progress (floats, tensors on the device)
     counted: int = 0  # steps in those sums
     final: dict[str, float] = attrs.Factory(dict)  # the last logged and evaluated scalars
 
@@ -314,15 +332,15 @@ class Run:
             self.batches.load_state_dict(position["train"])
             if self.labeled_batches is not None and position["labeled"] is not None:
                 self.labeled_batches.load_state_dict(position["labeled"])
-            checkpoint.set_rng_state(state.rng[rank])
+            checkpoint.set_rng_state(state.rng[rank], self.device)
             self.sums, self.counted = state.log_interval(rank)  # a resumed run logs the means an unbroken one would
         self.step, self.best, self.last_saved = state.step, state.best, state.step
 
     def save(self, *, is_best: bool = False) -> None:
         """Checkpoint the current step (as best.pt too when `is_best`); every rank takes part, rank 0 writes."""
         info = self.info
-        rng = dist.gather_objects(checkpoint.rng_state(), info)
-        interval = dist.gather_objects({"sums": dict(self.sums), "counted": self.counted}, info)
+        rng = dist.gather_objects(checkpoint.rng_state(self.device), info)
+        interval = dist.gather_objects({"sums": read_once(self.sums), "counted": self.counted}, info)
         labeled = checkpoint.plain(self.labeled_batches.state_dict()) if self.labeled_batches else None
         positions = dist.gather_objects({"train": checkpoint.plain(self.batches.state_dict()), "labeled": labeled}, info)
         if info.is_main:
@@ -365,52 +383,86 @@ class Run:
     # -- one step
 
     def train_step(self) -> None:
-        """One step: every training step's update in order, on one batch (the supervised ones on a labeled batch)."""
-        batch = next(self.batches).to(self.device)
-        labeled = next(self.labeled_batches).to(self.device) if self.labeled_batches is not None else None
+        """One step: every training step's update in order, on one batch (the supervised ones on a labeled batch).
+
+        The losses and logged values are summed where they were computed (on a GPU, there)
+        and read once per log interval (`log_scalars`); the one read per step is the check
+        that every training step's loss is finite.
+        """
+        batch = next(self.batches).to_device(self.device)
+        labeled = next(self.labeled_batches).to_device(self.device) if self.labeled_batches is not None else None
+        losses = {}
         for ts in self.training_steps:
-            loss, scalars = self.update(ts, labeled if ts.phase == "supervised" else batch)
-            self.sums[f"train/{ts.name}/loss"] = self.sums.get(f"train/{ts.name}/loss", 0.0) + loss
+            losses[ts.name], scalars = self.update(ts, labeled if ts.phase == "supervised" else batch)
+            self.add(f"train/{ts.name}/loss", losses[ts.name])
             for key, value in scalars.items():
-                if key == "loss":
-                    continue  # the all-rank mean above is the step's loss
-                name = f"train/{ts.name}/{key}"
-                self.sums[name] = self.sums.get(name, 0.0) + float(value)
+                if key != "loss":  # the all-rank mean above is the step's loss
+                    self.add(f"train/{ts.name}/{key}", value)
+        self.check_finite(losses)
         self.counted += 1
         if self.ema:
             self.ema.update(self.model, updates=self.step)
         self.step += 1
         self.progress.update(self.step)
 
-    def update(self, ts, batch) -> tuple[float, dict[str, Any]]:
+    def add(self, name: str, value: float | torch.Tensor) -> None:
+        """Add a logged value to the running sum of the log interval (a tensor stays on its device)."""
+        self.sums[name] = self.sums.get(name, 0.0) + (value.detach().float() if torch.is_tensor(value) else float(value))
+
+    def update(self, ts, batch) -> tuple[torch.Tensor, dict[str, Any]]:
         """Training step `ts` on `batch`: forward, backward (gradients averaged over ranks), clip,
-        optimizer and schedule step. Returns the loss (mean over ranks) and the step's logged values."""
+        optimizer and schedule step. Returns the loss (mean over ranks) and the step's logged values.
+
+        Under fp16 the GradScaler skips an update whose gradients overflowed and lowers its
+        scale; the schedule then does not step either.
+        """
         optimizer, scaler, spec = self.optimizers[ts.name], self.scalers.get(ts.name), self.specs[ts.name]
         optimizer.zero_grad(set_to_none=True)
         with self.sync.step(ts):
-            with self.autocast():
+            with self.autocast(), loss_scale(scaler.get_scale() if scaler else 1.0):  # the scale: for losses that take gradients (R1)
                 loss, scalars = ts.loss(batch)
             (scaler.scale(loss) if scaler else loss).backward()
-        loss_value = self.sync.reduce(ts, loss).item()
-        if not math.isfinite(loss_value):
-            raise TrainingError(nan_message(ts, self.step + 1, loss_value, self.run_dir, self.last_saved))
+        loss = self.sync.reduce(ts, loss)  # checked by `check_finite` once every training step has run
         if scaler:
             scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         if spec.clip_grad is not None:
             torch.nn.utils.clip_grad_norm_(self.params[ts.name], spec.clip_grad)
+        applied = True
         if scaler:
-            scaler.step(optimizer)
-            scaler.update()
+            scale = scaler.get_scale()
+            scaler.step(optimizer)  # skipped when a gradient is inf or NaN (on every rank alike: they are averaged)
+            scaler.update()  # and then the scale is lowered
+            applied = scaler.get_scale() >= scale
+            scalars = {**scalars, "skipped": 0.0 if applied else 1.0}  # logged: the share of updates skipped
         else:
             optimizer.step()
-        self.schedules[ts.name].step()
-        return loss_value, scalars
+        if applied:  # a skipped update does not advance the learning-rate schedule either
+            self.schedules[ts.name].step()
+        return loss, scalars
+
+    def check_finite(self, losses: dict[str, torch.Tensor]) -> None:
+        """Stop the run on a non-finite loss of any training step (without saving): one read of them all.
+
+        A later training step of the same step may have run on the non-finite weights; nothing
+        is saved, so nothing of it stays. Under fp16 an overflow in the forward pass is skipped
+        first, as the GradScaler skips any overflow (its gradients are not finite); the run stops
+        when `FP16_PATIENCE` steps in a row overflow.
+        """
+        for ts, value in zip(self.training_steps, read_once(losses).values()):
+            if math.isfinite(value):
+                self.overflows[ts.name] = 0
+                continue
+            if ts.name in self.scalers:
+                self.overflows[ts.name] = self.overflows.get(ts.name, 0) + 1
+                if self.overflows[ts.name] < FP16_PATIENCE:
+                    continue
+            raise TrainingError(nan_message(ts, self.step + 1, value, self.run_dir, self.last_saved, self.overflows.get(ts.name, 0)))
 
     # -- logging and evaluation
 
     def log_scalars(self) -> None:
         """Log the mean of each scalar since the last log (averaged over ranks), the speed, the learning rates and the time."""
-        scalars = dist.mean_scalars({k: v / self.counted for k, v in self.sums.items()}, self.info, self.device)
+        scalars = dist.mean_scalars({k: v / self.counted for k, v in read_once(self.sums).items()}, self.info, self.device)
         scalars["speed/steps_per_s"] = self.speed.steps_per_s(self.step)
         scalars["speed/images_per_s"] = scalars["speed/steps_per_s"] * self.recipe.data.common.batch_size
         for name, schedule in self.schedules.items():
@@ -458,6 +510,13 @@ class Run:
             record.update(step=self.step, best=self.best, minutes=round(self.clock.seconds() / 60, 3), metrics=evaluated)
             rundir.write_json(path, record)
         return TrainResult(run_dir=self.run_dir if self.info.is_main else None, metrics=self.final, step=self.step)
+
+
+def read_once(values: dict[str, Any]) -> dict[str, float]:
+    """`values` (floats and 0-dim tensors) as floats, with one read of all the tensors (one GPU-to-host copy)."""
+    tensors = [key for key, value in values.items() if torch.is_tensor(value)]
+    read = dict(zip(tensors, torch.stack([values[key] for key in tensors]).tolist())) if tensors else {}
+    return {key: read[key] if key in read else float(value) for key, value in values.items()}
 
 
 class Speed:
@@ -794,15 +853,18 @@ def interrupt_message(signame: str | None, step: int, total: int, run_dir: Path,
     )
 
 
-def nan_message(ts, step: int, value: float, run_dir: Path, last_saved: int | None) -> str:
+def nan_message(ts, step: int, value: float, run_dir: Path, last_saved: int | None, overflows: int = 0) -> str:
     fix = f"gentk run {run_dir}/recipe.toml --set train.phases.{ts.phase}.clip_grad=1.0"
     if last_saved is None:  # nothing to resume from: the fix starts a new run
         kept, fix = "No checkpoint was written yet, so there is nothing to resume", f"{fix} --out {run_dir.parent}, a new run"
     else:
         kept, fix = f"The last good checkpoint (step {last_saved}) is in {run_dir}/checkpoints", f"{fix} --resume {run_dir} --force"
+    fp16 = ""
+    if overflows:
+        fp16 = f" Under train.amp = 'fp16' the loss overflowed {overflows} steps in a row (each update skipped); 'bf16' has the range of fp32."
     return (
         f"the {ts.phase} phase (training step '{ts.name}') gave a non-finite loss ({value}) at step {step}; the run stopped without saving. "
-        f"{kept}. Lower train.phases.{ts.phase}.optimizer.lr or set train.phases.{ts.phase}.clip_grad (e.g. {fix})."
+        f"{kept}. Lower train.phases.{ts.phase}.optimizer.lr or set train.phases.{ts.phase}.clip_grad (e.g. {fix}).{fp16}"
     )
 
 

@@ -84,6 +84,34 @@ def test_preserved_rng_leaves_the_generators_where_they_were():
     assert torch.equal(torch.rand(2), expected)
 
 
+def test_each_rank_saves_and_restores_its_own_gpu_generator(monkeypatch):
+    # A mocked torch.cuda with 2 visible GPUs; a checkpoint of a machine with 4 held every GPU's state
+    # (set_rng_state_all then raised an IndexError here), and this rank runs on GPU 1.
+    states = {0: torch.tensor([0], dtype=torch.uint8), 1: torch.tensor([1], dtype=torch.uint8)}
+    restored = []
+
+    def set_all(new_states):
+        if len(new_states) > len(states):
+            raise IndexError("list index out of range")
+        states.update(enumerate(new_states))
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": states[torch.device(device).index])
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: list(states.values()))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda new_state, device="cuda": restored.append((new_state.tolist(), torch.device(device))))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", set_all)
+    gpu = torch.device("cuda", 1)
+
+    saved = checkpoint.rng_state(gpu)
+    assert [s.tolist() for s in saved["cuda"]] == [[1]]  # this rank's GPU only
+    checkpoint.set_rng_state(saved, gpu)
+    older = {**saved, "cuda": [torch.tensor([10 + i], dtype=torch.uint8) for i in range(4)]}  # one per GPU of a 4-GPU machine
+    checkpoint.set_rng_state(older, gpu)
+    assert restored == [([1], gpu), ([11], gpu)]
+    assert checkpoint.rng_state(torch.device("cpu"))["cuda"] == []  # a CPU run has no GPU state
+
+
 WRITER = textwrap.dedent(
     """
     import sys, torch

@@ -106,6 +106,19 @@ def test_ddp_shards_partition_the_global_batch(plugins):
         data.train_batches(40, seed=2, rank=0, world_size=3)
 
 
+def test_a_batch_reaches_a_gpu_through_pinned_memory_without_waiting(monkeypatch):
+    # A copy from pageable memory waits for every kernel the GPU has queued; from pinned memory it need not.
+    # torch.cuda is mocked: pin_memory and the copy are recorded, not done.
+    done = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: done.append("pin") or self)
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, device, non_blocking=False: done.append((str(device), non_blocking)) or self)
+    Batch(torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.long)).to_device("cuda:0")
+    assert done == ["pin", "pin", ("cuda:0", True), ("cuda:0", True)]
+    done.clear()
+    Batch(torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.long)).to_device(torch.device("cpu"))
+    assert done == [("cpu", False), ("cpu", False)]  # nothing to pin on the CPU
+
+
 def test_eval_batches_are_ordered_finite_and_sharded(plugins):
     data = synthetic(plugins)
     full = list(data.eval_batches("test", 30))

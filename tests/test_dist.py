@@ -194,7 +194,9 @@ def test_device_choice(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("LOCAL_RANK", "1")
-    assert dist.from_environment() == dist.DistInfo(rank=3, world_size=4, local_rank=1)
+    assert dist.from_environment() == dist.DistInfo(rank=3, world_size=4, local_rank=1, local_world_size=4)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two machines
+    assert dist.from_environment().local_world_size == 2
 
 
 def test_batch_norm_under_several_cpu_processes_is_a_clear_error():
@@ -204,3 +206,73 @@ def test_batch_norm_under_several_cpu_processes_is_a_clear_error():
     with pytest.raises(TrainingError, match="SyncBatchNorm"):
         dist.PartSync(model, dist.DistInfo(rank=0, world_size=2), torch.device("cpu"))
     assert isinstance(dist.PartSync(model, dist.DistInfo(), torch.device("cpu")), dist.PartSync)  # one process: fine
+
+
+class TwoParts(torch.nn.Module):
+    """The least a model needs for `PartSync` to wrap its parts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder, self.decoder = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+
+    def wrap_parts(self, wrap) -> None:
+        self.encoder, self.decoder = wrap("encoder", self.encoder), wrap("decoder", self.decoder)
+
+
+@pytest.mark.parametrize("torch_version", ["2.3", "2.13"])
+def test_parts_are_wrapped_with_the_ddp_keywords_this_torch_has(monkeypatch, torch_version):
+    # torch 2.13 renamed DDP's broadcast_buffers to forward_sync_buffers; pyproject allows torch >= 2.3
+    made = []
+
+    class DDP23(torch.nn.Module):  # the keywords of DistributedDataParallel in torch 2.3 to 2.12 (some of them)
+        def __init__(self, module, device_ids=None, output_device=None, dim=0, broadcast_buffers=True, process_group=None):
+            super().__init__()
+            self.module = module
+            made.append({"broadcast_buffers": broadcast_buffers})
+
+    class DDP213(torch.nn.Module):
+        def __init__(self, module, device_ids=None, broadcast_buffers=None, forward_sync_buffers=None):
+            super().__init__()
+            self.module = module
+            made.append({"broadcast_buffers": broadcast_buffers, "forward_sync_buffers": forward_sync_buffers})
+
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", DDP23 if torch_version == "2.3" else DDP213)
+    model = TwoParts()
+    sync = dist.PartSync(model, dist.DistInfo(rank=0, world_size=2), torch.device("cpu"))
+    assert set(sync.wrappers) == {"encoder", "decoder"} and sync.wrappers["encoder"] is model.encoder
+    expected = {"broadcast_buffers": False} if torch_version == "2.3" else {"broadcast_buffers": None, "forward_sync_buffers": False}
+    assert made == [expected, expected]
+
+
+def test_two_ranks_never_share_a_gpu(monkeypatch):
+    # NCCL stops such a run with "Duplicate GPU detected"; gentk says why and what to do before it starts
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    third = dist.DistInfo(rank=2, world_size=3, local_rank=2)  # torchrun --nproc-per-node 3 on a machine with 2 GPUs
+    for choice in ("auto", "cuda"):
+        with pytest.raises(TrainingError, match=r"sees 2 GPU\(s\): two processes would share a GPU.*--nproc-per-node 2"):
+            dist.choose_device(choice, third)
+    second = dist.DistInfo(rank=1, world_size=2, local_rank=1)
+    with pytest.raises(TrainingError, match=r"--device cuda:0 would put all 2 processes of this machine on one GPU.*--device cuda"):
+        dist.choose_device("cuda:0", second)
+    assert dist.choose_device("auto", second) == dist.choose_device("cuda", second) == torch.device("cuda", 1)
+    assert dist.choose_device("cuda:1", dist.DistInfo()) == torch.device("cuda", 1)  # one process may pick its GPU
+    one_per_machine = dist.DistInfo(rank=3, world_size=4, local_rank=0, local_world_size=1)  # 4 machines, 1 process each
+    assert dist.choose_device("cuda:1", one_per_machine) == torch.device("cuda", 1)
+
+
+def test_sync_batch_norm_keeps_the_optimizer_s_and_the_ema_s_tensors():
+    # The optimizers and the EMA are built before the parts are converted to SyncBatchNorm (a GPU-only
+    # module; converting runs anywhere): they must still hold the model's own tensors afterwards.
+    from gentk.train import EMA
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 1))
+    optimizer = torch.optim.Adam(model.parameters())
+    ema = EMA(model, 0.9)
+    dist.PartSync(model, dist.DistInfo(rank=0, world_size=2), torch.device("cuda", 0))
+    assert isinstance(model[1], torch.nn.SyncBatchNorm)
+    params = list(model.parameters())
+    assert [id(p) for g in optimizer.param_groups for p in g["params"]] == [id(p) for p in params]
+    live = model.state_dict()
+    assert ema.live.keys() == {k for k, v in live.items() if v.dtype.is_floating_point}
+    assert all(ema.live[k].data_ptr() == live[k].data_ptr() for k in ema.live)  # the EMA follows the running statistics too

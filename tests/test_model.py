@@ -84,7 +84,7 @@ def test_reconstruction_loss_of_a_vae_is_the_negative_elbo(plugins):
     elbo = model.elbo(b.x)
     assert elbo.shape == (6,)
     torch.testing.assert_close(loss, -elbo.mean())
-    assert logs["loss"] == pytest.approx(logs["nll"] + logs["kl.z"], rel=1e-5)
+    assert float(logs["loss"]) == pytest.approx(float(logs["nll"]) + float(logs["kl.z"]), rel=1e-5)  # logged values may be tensors
 
 
 def test_log_prob_and_elbo_exist_only_where_defined(plugins):
@@ -310,6 +310,22 @@ def test_iwae_approaches_the_exact_log_likelihood_of_a_tiny_model(plugins):
     torch.testing.assert_close(bound, exact, atol=0.03, rtol=0)
     with pytest.raises(GentkError, match="a gaussian head on every latent"):
         make(plugins, {"y": CAT_ADV}).iwae(x)
+
+
+def test_importance_samples_are_drawn_on_the_generators_device(plugins, monkeypatch):
+    # CUDA refuses a CPU generator for a CUDA tensor; this stand-in for torch.randn refuses any such pair,
+    # so a model on the meta device plays one on a GPU.
+    randn = torch.randn
+
+    def strict_randn(*shape, generator=None, device=None, **options):
+        if generator is not None and torch.device(device or "cpu") != generator.device:
+            raise RuntimeError(f"Expected a '{torch.device(device).type}' device type for generator but found '{generator.device.type}'")
+        return randn(*shape, generator=generator, device=device, **options)
+
+    monkeypatch.setattr(torch, "randn", strict_randn)
+    model = make(plugins, {"z": GAUSS_KL}).to("meta")
+    log_w = model.log_importance_weights(batch().x.to("meta"), 3, generator=torch.Generator().manual_seed(0))
+    assert log_w.shape == (3, 6) and log_w.device.type == "meta"
 
 
 def test_a_part_that_cannot_be_built_is_a_user_error_naming_its_table(plugins):

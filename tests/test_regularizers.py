@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gentk.distributions import categorical_kl, normal_kl, normal_log_prob
+from gentk.nn import loss_scale
 from gentk.priors import CategoricalPrior, GaussianMixturePrior, StandardNormalPrior
 from gentk.regularizers import AdversarialRegularizer, KLRegularizer, free_bits_kl, gan_discriminator_loss, gan_generator_loss, r1_penalty
 
@@ -109,12 +110,32 @@ def test_r1_penalty_of_a_linear_discriminator_is_its_squared_weight_norm():
     torch.testing.assert_close(r1_penalty(real @ w, real), torch.tensor(25.0))
 
 
+def test_r1_under_fp16_takes_its_gradient_at_the_loss_scale():
+    # A discriminator whose input gradients (~1e-8) flush to zero in fp16: unscaled, R1 is 0 under
+    # fp16 autocast; at fp16 training's loss scale it is fp32's value (PyTorch's AMP gradient-penalty recipe).
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    with torch.no_grad():
+        net[0].weight.mul_(1e-2)
+        net[2].weight.mul_(1e-4)
+    real = torch.randn(16, 2).requires_grad_()
+
+    def penalty(amp: bool, scale: float) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.float16, enabled=amp), loss_scale(scale):
+            return r1_penalty(net(real).squeeze(-1), real)
+
+    exact = penalty(False, 1.0)
+    assert exact > 0 and penalty(True, 1.0) == 0
+    torch.testing.assert_close(penalty(True, 2.0**16), exact, rtol=0.01, atol=0)
+    torch.testing.assert_close(penalty(False, 2.0**16), exact, rtol=1e-5, atol=0)  # in fp32 the scale changes nothing
+
+
 def test_gradient_penalty_is_added_in_training_and_skipped_without_grad():
     torch.manual_seed(0)
     reg = AdversarialRegularizer(size=2, prior=StandardNormalPrior(size=2), head="deterministic", discriminator=[8], gradient_penalty=1.0)
     real, fake = torch.randn(6, 2), torch.randn(6, 2)
     loss, logs = reg.discriminator_loss(real, fake)
-    torch.testing.assert_close(loss, torch.tensor(logs["d_loss"] + logs["r1"]))
+    torch.testing.assert_close(loss.detach(), logs["d_loss"] + logs["r1"])
     loss.backward()
     with torch.no_grad():
         _, logs = reg.discriminator_loss(real, fake)

@@ -5,6 +5,7 @@ Every run here is a tiny MLP model on 8x8 synthetic images, a few steps on the C
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import json
 import math
@@ -249,6 +250,97 @@ def test_nan_loss_stops_with_phase_and_step_and_keeps_last_checkpoint(tmp_path, 
     assert "last good checkpoint (step 2)" in message and "clip_grad" in message
     run = next(tmp_path.glob("tiny_semisup-*"))
     assert weights(run)["step"] == 2 and not (run / "checkpoints" / "step-00000003.pt").exists()
+
+
+@pytest.fixture
+def cpu_fp16(monkeypatch):
+    """train.amp = 'fp16' on the CPU: autocast to float16 and one GradScaler per training step, as on CUDA."""
+
+    def mixed_precision(amp, device, training_steps):
+        assert amp == "fp16"
+        return (lambda: torch.autocast("cpu", dtype=torch.float16)), {s.name: torch.amp.GradScaler("cpu") for s in training_steps}
+
+    monkeypatch.setattr(importlib.import_module("gentk.train"), "mixed_precision", mixed_precision)  # the module, not gentk.train()
+
+
+def overflowing(recipe, plugins, at, scales=None):
+    """The recipe's data and model, whose generator.y loss is infinite at the calls in `at` (1-based);
+    `scales` gets the loss scale each call saw (`gentk.nn.current_loss_scale`)."""
+    from gentk.data import build_data
+    from gentk.model import build_model
+    from gentk.nn import current_loss_scale
+
+    data = build_data(recipe.data, plugins, seed=recipe.seed)
+    model = build_model(recipe, image_shape=data.image_shape, plugins=plugins)
+    steps = model.training_steps()
+    calls = itertools.count(1)
+
+    def poisoned(batch, loss=steps[2].loss):
+        value, logs = loss(batch)
+        if scales is not None:
+            scales.append(current_loss_scale())
+        return (value * math.inf if next(calls) in at else value), logs
+
+    model.training_steps = lambda: [steps[0], steps[1], attrs.evolve(steps[2], loss=poisoned), steps[3]]
+    return model, data
+
+
+def test_fp16_skips_an_overflowing_step_with_its_schedule(tmp_path, plugins, recipe_file, cpu_fp16):
+    recipe = load(recipe_file, plugins, "train.steps=5", "train.amp=fp16", "eval.every=100")
+    scales = []
+    model, data = overflowing(recipe, plugins, at={3}, scales=scales)
+    run = train(recipe, plugins=plugins, out=tmp_path, model=model, data=data, device="cpu").run_dir
+    state, rows = weights(run), [e for e in losses(run) if "train/generator.y/loss" in e]
+    assert state["step"] == 5 and float(rows[2]["train/generator.y/loss"]) == math.inf and rows[2]["train/generator.y/skipped"] == 1
+    for name in ("reconstruction", "discriminator.y", "generator.y", "supervised.y"):
+        skipped = sum(e[f"train/{name}/skipped"] for e in rows)  # the overflow at step 3, and any of fp16's own (its first steps)
+        assert state["schedules"][name]["last_epoch"] == 5 - skipped, name  # the schedule steps with the updates made
+        assert state["scalers"][name]["scale"] == 2.0 ** (16 - skipped), name  # each skip halved the scale
+    assert scales[0] == 2.0**16 and scales[3] == scales[2] / 2  # the loss sees the scaler's scale (for R1's gradient)
+
+
+def test_fp16_stops_when_the_loss_keeps_overflowing(tmp_path, plugins, recipe_file, cpu_fp16):
+    from gentk.train import FP16_PATIENCE
+
+    recipe = load(recipe_file, plugins, "train.steps=20", "train.amp=fp16", "eval.every=100")
+    model, data = overflowing(recipe, plugins, at=range(2, 100))
+    with pytest.raises(TrainingError, match=rf"at step {FP16_PATIENCE + 1};.*'fp16' the loss overflowed {FP16_PATIENCE} steps in a row"):
+        train(recipe, plugins=plugins, out=tmp_path, model=model, data=data, device="cpu")
+
+
+def test_a_step_reads_from_the_device_once_and_a_log_interval_once(tmp_path, plugins, recipe_file, monkeypatch):
+    """On a GPU, reading a tensor's value (.item(), float(), .tolist(), if tensor) waits for every kernel queued:
+    gentk's code reads once per step (all training steps' losses, for the NaN check) and once per log interval."""
+    import sys
+
+    engine = importlib.import_module("gentk.train")
+    counts, inside = {"train_step": [], "log_scalars": []}, []
+
+    def counted(read):
+        def read_and_count(self, *args, **kwargs):
+            if inside and sys._getframe(1).f_globals.get("__name__", "").startswith("gentk"):  # torch's own (Adam's CPU step counts) aside
+                counts[inside[-1]][-1] += 1
+            return read(self, *args, **kwargs)
+
+        return read_and_count
+
+    def watched(name, method):
+        def run_watched(self):
+            counts[name].append(0)
+            inside.append(name)
+            try:
+                return method(self)
+            finally:
+                inside.pop()
+
+        return run_watched
+
+    for read in ("item", "tolist", "__float__", "__int__", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, read, counted(getattr(torch.Tensor, read)))
+    for name in counts:
+        monkeypatch.setattr(engine.Run, name, watched(name, getattr(engine.Run, name)))
+    train(load(recipe_file, plugins, "train.steps=4", "train.log_every=2", "eval.every=100"), plugins=plugins, out=tmp_path)
+    assert counts == {"train_step": [1, 1, 1, 1], "log_scalars": [1, 1]}  # four training steps a step, each with its logged values
 
 
 def test_bad_options_are_errors_that_say_what_to_do(tmp_path, plugins, recipe_file):

@@ -40,6 +40,13 @@ class Batch:
     def to(self, device, non_blocking: bool = False) -> Batch:
         return Batch(self.x.to(device, non_blocking=non_blocking), self.y.to(device, non_blocking=non_blocking))
 
+    def to_device(self, device) -> Batch:
+        """The batch on `device`; to a GPU through pinned memory, without waiting: a copy from
+        ordinary (pageable) memory waits until the GPU has run every kernel queued before it."""
+        if torch.device(device).type == "cuda":
+            return Batch(self.x.pin_memory(), self.y.pin_memory()).to(device, non_blocking=True)
+        return self.to(device)
+
     def __len__(self) -> int:
         return self.x.shape[0]
 
