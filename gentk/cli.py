@@ -20,8 +20,9 @@ from gentk.recipe import load_recipe
 from gentk.registry import KINDS
 
 
-def _add_recipe_args(p: argparse.ArgumentParser, many: bool = False) -> None:
+def _add_recipe_args(p: argparse.ArgumentParser, many: bool = False, profile_help: str = "apply the recipe's [profiles.NAME] table") -> None:
     p.add_argument("recipe", nargs="+" if many else None, help="recipe TOML file" + ("s" if many else ""))
+    p.add_argument("--profile", default=None, metavar="NAME", help=f"{profile_help} (before --set)")
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a recipe value; VALUE is TOML (repeatable)"
     )
@@ -61,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("check", help="validate recipes and build their models; trains nothing")
-    _add_recipe_args(p, many=True)
+    p = sub.add_parser("check", help="validate recipes and build their models, each profile too; trains nothing")
+    _add_recipe_args(p, many=True, profile_help="check only this profile of each recipe (default: each recipe as written and every profile it has)")
     p.add_argument(
         "--offline", action="store_true", help="never download data a check needs (a dataset whose image shape is known without its files needs none)"
     )
@@ -123,7 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("compare", help="train recipes over seeds on the same data and budget; write a side-by-side report")
-    _add_recipe_args(p, many=True)
+    _add_recipe_args(p, many=True, profile_help="apply each recipe's [profiles.NAME] table, e.g. small")
+    p.add_argument(
+        "--set-for",
+        dest="overrides_for",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("RECIPE", "KEY.PATH=VALUE"),
+        help="override a value of one recipe, named as in the report (its `name`), after --set (repeatable)",
+    )
     p.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2 (default: 0)")
     p.add_argument("--name", default=None, help="study name (default: the recipe names joined by '-')")
     p.add_argument("--out", default="compare", help="directory holding studies (default: compare)")
@@ -148,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
     overrides = list(args.overrides) + ([f"train.minutes={args.minutes!r}"] if args.minutes is not None else [])
-    recipe = load_recipe(args.recipe, overrides, plugins=plugins)
+    recipe = load_recipe(args.recipe, overrides, profile=args.profile, plugins=plugins)
     from gentk.train import train
 
     result = train(recipe, plugins=plugins, out=args.out, device=args.device, resume=args.resume, force=args.force, offline=args.offline)
@@ -158,29 +168,42 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
 
 
 def cmd_check(args: argparse.Namespace, plugins: Plugins) -> int:
-    """Check every recipe given, then report every failure (exit 2 if any); one recipe's error is raised as it is."""
+    """Check every recipe given, as written and with each of its profiles (or only --profile's), then report every
+    failure (exit 2 if any); when there is one check only, its error is raised as it is."""
     from gentk.model import check_model
+    from gentk.recipe import recipe_profiles
 
-    failed = []
+    checks: list[tuple[str, str | None]] = []
     for path in args.recipe:
+        if args.profile is not None:
+            checks.append((path, args.profile))
+            continue
         try:
-            recipe = load_recipe(path, args.overrides, plugins=plugins)
+            profiles = recipe_profiles(path)
+        except GentkError:
+            profiles = []  # the recipe's own check below reports why it cannot be read
+        checks += [(path, None)] + [(path, name) for name in profiles]
+    failed = []
+    for path, profile in checks:
+        what = path if profile is None else f"{path} --profile {profile}"
+        try:
+            recipe = load_recipe(path, args.overrides, profile=profile, plugins=plugins)
             summary = check_model(recipe, plugins=plugins, offline=args.offline)
         except GentkError as exc:
-            if len(args.recipe) == 1:
-                raise  # one recipe: its error is the one paragraph
-            failed.append(path)
-            print(f"{path}: FAILED\n{textwrap.indent(str(exc), '  ')}", file=sys.stderr)
+            if len(checks) == 1:
+                raise  # one check: its error is the one paragraph
+            failed.append(what)
+            print(f"{what}: FAILED\n{textwrap.indent(str(exc), '  ')}", file=sys.stderr)
             continue
-        print(f"{path}: ok ({summary})")
+        print(f"{what}: ok ({summary})")
     if failed:
-        raise GentkError(f"{len(failed)} of {len(args.recipe)} recipes failed the check: {', '.join(failed)} (each error is above).")
+        raise GentkError(f"{len(failed)} of {len(checks)} checks failed: {', '.join(failed)} (each error is above).")
     return 0
 
 
 def cmd_show(args: argparse.Namespace, plugins: Plugins) -> int:
-    recipe = load_recipe(args.recipe, args.overrides, plugins=plugins)
-    sys.stdout.write(f"# resolved from {args.recipe}\n" + recipe.to_toml())
+    recipe = load_recipe(args.recipe, args.overrides, profile=args.profile, plugins=plugins)
+    sys.stdout.write(f"# resolved from {args.recipe}{f' --profile {args.profile}' if args.profile else ''}\n" + recipe.to_toml())
     return 0
 
 
@@ -314,6 +337,8 @@ def cmd_compare(args: argparse.Namespace, plugins: Plugins) -> int:
         args.recipe,
         seeds=parse_seeds(args.seeds),
         overrides=args.overrides,
+        profile=args.profile,
+        overrides_for=args.overrides_for,
         name=args.name,
         out=args.out,
         device=args.device,

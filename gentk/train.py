@@ -355,7 +355,8 @@ class Run:
         run_dir = self.run_dir
         self.log = rundir.MetricsLog(run_dir)
         rundir.make_layout(run_dir)
-        rundir.write_text(run_dir / "recipe.toml", f"# resolved from {self.recipe.source}\n" + self.recipe.to_toml())  # a resume may read it
+        profile = f" --profile {self.recipe.profile}" if self.recipe.profile else ""
+        rundir.write_text(run_dir / "recipe.toml", f"# resolved from {self.recipe.source}{profile}\n" + self.recipe.to_toml())  # a resume may read it
         rundir.write_environment(run_dir, rundir.environment(self.device, self.info.world_size), self.step)
         if hasattr(self.data, "write_manifest"):
             self.data.write_manifest(run_dir)
