@@ -163,8 +163,41 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
 
     result = train(recipe, plugins=plugins, out=args.out, device=args.device, resume=args.resume, force=args.force, offline=args.offline)
     if result.run_dir is not None:  # None on ranks other than 0 under torchrun
-        print(f"run directory: {result.run_dir}")
+        _say_results(result, recipe, args, plugins)
     return 0
+
+
+def _say_results(result, recipe, args: argparse.Namespace, plugins: Plugins) -> None:
+    """The end of `gentk run`: the test metrics of the final weights (evaluated now, unless the run's own evaluations
+    were on the test split), the last sample grid and the run directory."""
+    from gentk.evaluate import evaluate_run
+    from gentk.report import format_table
+
+    run_dir = result.run_dir
+    final = {k: v for k, v in result.metrics.items() if k.startswith("eval/")}
+    split = "test" if any(k.startswith("eval/test/") for k in final) else None
+    if split is None:
+        try:
+            record = evaluate_run(
+                run_dir, split="test", max_examples=recipe.eval.max_examples, device=args.device, plugins=plugins, offline=args.offline
+            )
+            final, split = record["metrics"], "test"
+        except ResultsNotSaved as exc:
+            final, split = exc.record["metrics"], "test"
+            print(f"gentk: warning: {exc}")
+        except GentkError as exc:  # no test split: the last evaluation's own split
+            split = next(iter(final), "eval/validation/").split("/")[1]
+            print(f"gentk: no test metrics ({exc}); the final evaluation's, on the {split} split:")
+    examples = "all" if recipe.eval.max_examples is None else f"the first {recipe.eval.max_examples}"
+    print(f"\n{split} metrics of {recipe.name} at step {result.step} ({examples} {split} examples):")
+    prefix = f"eval/{split}/"
+    print(format_table(["metric", "value"], [[k.removeprefix(prefix), f"{v:.6g}"] for k, v in final.items() if k.startswith(prefix)]))
+    grids = sorted((run_dir / "samples").glob("step-*.png"))
+    if grids:
+        latent = next((name for name, spec in recipe.model.latents.items() if spec.head == "categorical"), None)
+        layout = f"one row per category of latent '{latent}'" if latent else "a square of samples"
+        print(f"samples: {grids[-1]} ({layout})")
+    print(f"run directory: {run_dir}")
 
 
 def cmd_check(args: argparse.Namespace, plugins: Plugins) -> int:

@@ -24,11 +24,11 @@ stops cleanly on SIGINT / SIGTERM (saving first) and on a NaN loss (not saving).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import math
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,9 +37,9 @@ from typing import Any
 
 import attrs
 import torch
-from tqdm import tqdm
 
-from gentk import checkpoint, dist, rundir
+from gentk import checkpoint, console, dist, rundir
+from gentk.console import Progress, format_scalars
 from gentk.data import build_data, check_held_out
 from gentk.errors import GentkError, TrainingError, TrainingInterrupted, did_you_mean
 from gentk.evaluate import run_evaluation
@@ -121,10 +121,11 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
 
     # -- the loop
     stop = StopRequest()
-    run.progress = Progress(cfg.steps, run.step, enabled=info.is_main)
+    run.clock = RunClock(state.elapsed if state is not None else 0.0, cfg.minutes)
+    say(run.banner())
+    run.progress = Progress(cfg.steps, run.step, enabled=info.is_main, on_measured=run.say_eta if info.is_main else None)
     run.speed = Speed(run.step)
     run.model.train()
-    run.clock = RunClock(state.elapsed if state is not None else 0.0, cfg.minutes)
     out_of_time = state is not None and run.clock.spent()  # a fresh run takes at least one step
     if out_of_time and run.step < cfg.steps:
         say(
@@ -142,7 +143,7 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
                 last = run.step == cfg.steps or out_of_time
                 if run.step % cfg.log_every == 0 or last:
                     run.log_scalars()
-                with run.speed.paused():  # speed/* counts training time only
+                with run.speed.paused(), run.progress.paused():  # speed/* and the ETA count training time only
                     # checkpoint before evaluating: an evaluation may take minutes and changes nothing
                     interrupted = dist.any_rank(stop.requested is not None, info, device)
                     if run.step % cfg.checkpoint_every == 0 or last or interrupted:
@@ -233,6 +234,7 @@ class Run:
     speed: Speed | None = None
     clock: RunClock | None = None
     step: int = 0
+    device_line: str = ""  # device, threads and dtype, as the banner says them
     best: dict | None = None  # what best.pt holds: {"name", "value", "step"}
     last_saved: int | None = None  # the step of the newest checkpoint, for the NaN message
     sums: dict[str, float] = attrs.Factory(dict)  # running sums of the log interval in progress
@@ -363,6 +365,25 @@ class Run:
         for note in self.log.truncate(self.step):  # drop what a previous process logged after its last checkpoint; repair
             print(f"gentk: warning: {note}")
 
+    # -- what the run says as it starts
+
+    def banner(self) -> str:
+        """Where the run writes, its device, threads and dtype, each part's parameters and the steps (`console.banner`)."""
+        dtype = next(self.model.parameters()).dtype
+        self.device_line = console.device_text(self.device, self.recipe.train.amp, self.info.world_size, dtype)
+        with self.sync.unwrapped(self.model):
+            counts = console.parameter_counts(self.model)
+        return console.banner(self.recipe, self.run_dir, self.device_line, counts, [ts.name for ts in self.training_steps], self.step)
+
+    def say_eta(self, seconds_per_step: float, measured: tuple[int, int]) -> None:
+        """The measured time per step and the ETA; for a run longer than an hour, how to run a smaller budget."""
+        budget = self.clock.budget
+        budget_left = None if budget is None else budget - self.clock.seconds()
+        self.progress.write(console.eta_message(seconds_per_step, measured, self.recipe.train.steps, budget_left, now=datetime.datetime.now()))
+        left, _ = console.remaining_seconds(seconds_per_step, measured[1], self.recipe.train.steps, budget_left)
+        if left > console.Progress.long_run_s:
+            self.progress.write(console.long_run_paragraph(left, self.recipe, self.device_line, "gentk"))
+
     # -- one step
 
     def train_step(self) -> None:
@@ -381,7 +402,7 @@ class Run:
         if self.ema:
             self.ema.update(self.model, updates=self.step)
         self.step += 1
-        self.progress.update(self.step)
+        self.progress.update(self.step, self.sums, self.counted)  # the live losses: running means of the interval
 
     def update(self, ts, batch) -> tuple[float, dict[str, Any]]:
         """Training step `ts` on `batch`: forward, backward (gradients averaged over ranks), clip,
@@ -805,45 +826,3 @@ def nan_message(ts, step: int, value: float, run_dir: Path, last_saved: int | No
         f"the {ts.phase} phase (training step '{ts.name}') gave a non-finite loss ({value}) at step {step}; the run stopped without saving. "
         f"{kept}. Lower train.phases.{ts.phase}.optimizer.lr or set train.phases.{ts.phase}.clip_grad (e.g. {fix})."
     )
-
-
-def format_scalars(scalars: dict[str, float]) -> str:
-    return " ".join(f"{k.split('/', 1)[-1]}={v:.4g}" for k, v in scalars.items() if not k.startswith("lr/"))
-
-
-class Progress:
-    """A tqdm bar with the live losses on a terminal; one plain line per log interval otherwise."""
-
-    def __init__(self, total: int, start: int, *, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bar = tqdm(total=total, initial=start, dynamic_ncols=True, unit="step") if enabled and sys.stderr.isatty() else None
-        self.total = total
-
-    def update(self, step: int) -> None:
-        if self.bar is not None:
-            self.bar.update(step - self.bar.n)
-
-    def show(self, step: int, scalars: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        losses = {k.split("/", 1)[1]: v for k, v in scalars.items() if k.startswith("train/") and k.endswith("/loss")}
-        if self.bar is not None:
-            self.bar.set_postfix({k.removesuffix("/loss"): f"{v:.4g}" for k, v in losses.items()}, refresh=True)
-        else:
-            print(
-                f"step {step}/{self.total} {scalars['speed/steps_per_s']:.2f} steps/s "
-                + format_scalars({k: v for k, v in scalars.items() if k.startswith("train/")}),
-                flush=True,
-            )
-
-    def write(self, text: str) -> None:
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.write(text)
-        else:
-            print(text, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
