@@ -13,6 +13,7 @@ import textwrap
 from collections.abc import Sequence
 
 from gentk import __version__, dist
+from gentk.console import command
 from gentk.errors import DuplicateNameError, GentkError, ResultsNotSaved, TrainingInterrupted
 from gentk.options import option_docs
 from gentk.plugins import Plugins, load_plugins
@@ -261,7 +262,7 @@ def cmd_list(args: argparse.Namespace, plugins: Plugins) -> int:
         for entry in registry:
             print(f"  {entry.name:<{width}}  [{entry.plugin:<{plugin_width}}]  {entry.doc}")
     if not args.kind:
-        print("\n`gentk list KIND NAME` shows a component's options.")
+        print(f"\n`{command()} list KIND NAME` shows a component's options.")
     return 0
 
 
@@ -401,16 +402,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         plugins = load_plugins(plugins=load, disable=disable, clashes="keep")
         if args.func is not cmd_plugins:
             for failure in plugins.failures:
-                print(f"gentk: warning: {failure.describe()}; it is disabled (`gentk plugins -v` shows why).", file=sys.stderr)
+                print(f"gentk: warning: {failure.describe()}; it is disabled (`{command()} plugins -v` shows why).", file=sys.stderr)
             if plugins.clashes and args.func is not cmd_list:  # which component a name means would be a guess
                 raise DuplicateNameError(plugins.clashes[0])
             for clash in plugins.clashes:
                 print(f"gentk: warning: {clash}", file=sys.stderr)
         return args.func(args, plugins)
+    except TrainingInterrupted as exc:
+        # a stop asked for (Ctrl-C, SIGTERM), not an error; every rank stops at the same step with the same message: rank 0 says it
+        if dist.from_environment().is_main:
+            print(f"gentk: stopped: {exc}", file=sys.stderr)
+        return exc.exit_code
     except GentkError as exc:
-        # An interrupted run stops every rank at the same step with the same message: rank 0 says it.
-        if not (isinstance(exc, TrainingInterrupted) and not dist.from_environment().is_main):
-            print(f"gentk: error: {exc}", file=sys.stderr)
+        print(f"gentk: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("gentk: interrupted", file=sys.stderr)

@@ -1,5 +1,6 @@
 """What a run says on the terminal: its start banner, the measured time per step and ETA,
-the training bar with live losses, and a bar over each pass of an evaluation.
+the training bar with live losses, a bar over each pass of an evaluation, and the gentk
+commands it prints, spelled so that they work when pasted into the user's shell.
 
 A run says what it will do before it does it (`banner`): where it writes, on which device
 with how many threads and which dtype, how large each part of the model is, and how many
@@ -13,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import math
+import os
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -22,6 +25,42 @@ from typing import Any
 
 import torch
 from tqdm import tqdm
+
+# --------------------------------------------------------------------------- commands as printed
+
+
+def command() -> str:
+    """The words that start gentk from the user's shell, as this process was started.
+
+    ``gentk`` when that is on PATH and is this program; else the path of the script that
+    ran (``.venv/bin/gentk`` after ``make run``, whose venv is not active in the shell);
+    ``python -m gentk`` (with the interpreter's path when ``python`` on PATH is another one)
+    under ``python -m``. From Python code (a notebook, a test) it is ``gentk``.
+    """
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    path = Path(argv0)
+    if path.name == "__main__.py" and path.parent.name == "gentk":  # python -m gentk, torchrun -m gentk
+        python = shutil.which("python")
+        same = python is not None and os.path.abspath(python) == os.path.abspath(sys.executable)  # a venv's python is a link: no resolve
+        return f"{'python' if same else shell_path(sys.executable)} -m gentk"
+    if path.name != "gentk":
+        return "gentk"
+    on_path = shutil.which("gentk")
+    if on_path is not None and path.exists() and os.path.samefile(on_path, path):
+        return "gentk"
+    return shell_path(path)
+
+
+def shell_path(path: str | Path) -> str:
+    """A file as a shell command word: relative to the working directory when it is below it (``.venv/bin/gentk``), else absolute."""
+    path = Path(os.path.abspath(path))
+    try:
+        text = str(path.relative_to(Path.cwd()))
+        text = text if os.sep in text else f".{os.sep}{text}"
+    except ValueError:
+        text = str(path)
+    return shlex.quote(text)
+
 
 # --------------------------------------------------------------------------- the start banner
 

@@ -127,10 +127,16 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
     run.speed = Speed(run.step)
     run.model.train()
     out_of_time = state is not None and run.clock.spent()  # a fresh run takes at least one step
+    resume = f"{console.command()} run {run_dir}/recipe.toml --resume {run_dir}"
     if out_of_time and run.step < cfg.steps:
         say(
             f"gentk: the run's time budget (train.minutes = {cfg.minutes:g}) is spent at step {run.step}; nothing to train. Raise train.minutes "
-            "(--minutes N) to continue it."
+            f"to continue it: {resume} --minutes N."
+        )
+    elif state is not None and run.step >= cfg.steps:
+        say(
+            f"gentk: this run already finished (step {run.step} of {cfg.steps}); nothing to train, its final weights are evaluated again. "
+            f"To train it longer: {resume} --set train.steps=N --force."
         )
     try:
         if state is not None and run.evaluation_missing(out_of_time):
@@ -382,7 +388,7 @@ class Run:
         self.progress.write(console.eta_message(seconds_per_step, measured, self.recipe.train.steps, budget_left, now=datetime.datetime.now()))
         left, _ = console.remaining_seconds(seconds_per_step, measured[1], self.recipe.train.steps, budget_left)
         if left > console.Progress.long_run_s:
-            self.progress.write(console.long_run_paragraph(left, self.recipe, self.device_line, "gentk"))
+            self.progress.write(console.long_run_paragraph(left, self.recipe, self.device_line, console.command()))
 
     # -- one step
 
@@ -811,13 +817,13 @@ class StopRequest:
 def interrupt_message(signame: str | None, step: int, total: int, run_dir: Path, recipe: Recipe) -> str:
     # run_dir/recipe.toml is the resolved recipe, --set overrides included: it always matches
     return (
-        f"{signame or 'a signal'} at step {step} of {total}: checkpoint saved in {run_dir}/checkpoints. Resume with: gentk run "
+        f"{signame or 'a signal'} at step {step} of {total}: checkpoint saved in {run_dir}/checkpoints. Resume with: {console.command()} run "
         f"{run_dir}/recipe.toml --resume {run_dir}"
     )
 
 
 def nan_message(ts, step: int, value: float, run_dir: Path, last_saved: int | None) -> str:
-    fix = f"gentk run {run_dir}/recipe.toml --set train.phases.{ts.phase}.clip_grad=1.0"
+    fix = f"{console.command()} run {run_dir}/recipe.toml --set train.phases.{ts.phase}.clip_grad=1.0"
     if last_saved is None:  # nothing to resume from: the fix starts a new run
         kept, fix = "No checkpoint was written yet, so there is nothing to resume", f"{fix} --out {run_dir.parent}, a new run"
     else:

@@ -1,9 +1,11 @@
-"""What a run says: the ETA and the long-run paragraph (known answers), the evaluation bars."""
+"""What a run says: the ETA and the long-run paragraph (known answers), the commands it prints, the evaluation bars."""
 
 from __future__ import annotations
 
 import datetime
 import io
+import os
+import sys
 
 import attrs
 import pytest
@@ -49,6 +51,27 @@ def test_the_long_run_paragraph_says_how_long_and_how_to_run_smaller(recipe):
     # a recipe without profiles (a run's resolved recipe.toml): the time budget and the steps only
     bare = console.long_run_paragraph(2 * 3600, attrs.evolve(recipe, profiles=()), "cuda:0", "gentk")
     assert "about 2.0 hours" in bare and "--profile" not in bare and "--minutes 30" in bare
+
+
+def test_the_printed_command_is_the_one_that_started_gentk(tmp_path, monkeypatch):
+    script = tmp_path / ".venv" / "bin" / "gentk"
+    script.parent.mkdir(parents=True)
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [str(script), "run"])
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert console.command() == ".venv/bin/gentk"  # after `make run`: the venv is not active
+    monkeypatch.setenv("PATH", str(script.parent))
+    assert console.command() == "gentk"  # the venv active: gentk is on PATH
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert console.command() == str(script)  # not below the working directory: the absolute path
+    monkeypatch.setattr(sys, "argv", [os.path.join(os.path.dirname(gentk.__file__), "__main__.py"), "run"])
+    assert console.command() == f"{sys.executable} -m gentk"
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/pytest"])
+    assert console.command() == "gentk"  # from Python code
 
 
 def test_every_held_out_pass_moves_a_bar():
