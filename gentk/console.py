@@ -11,7 +11,6 @@ saying how long, and how to run a smaller budget (`long_run_paragraph`).
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import math
 import os
@@ -167,8 +166,8 @@ class Progress:
 
     On a terminal the bar's postfix shows the mean of each training step's loss since the last
     logged interval, from the first step on; without one (a log file, a batch job), one line
-    per ``train.log_every`` steps and, before then, one every `quiet_s` seconds. Time spent
-    `paused` (checkpoints, evaluations) is left out of the time per step.
+    per ``train.log_every`` steps and, before then, one every `quiet_s` seconds. The time
+    per step counts the training steps alone (not checkpoints, logs or evaluations).
     """
 
     quiet_s = 30.0  # the longest silence without a terminal
@@ -182,19 +181,18 @@ class Progress:
         self.total = total
         self.start = start
         self.on_measured = on_measured  # called once with (seconds per step, (first, last) step timed)
-        self.last_tick: float | None = None
         self.timed_steps, self.timed_seconds, self.first_timed = 0, 0.0, None
         self.last_line = time.perf_counter()
         self.last_postfix = 0.0
 
-    def update(self, step: int, sums: Mapping[str, float] | None = None, counted: int = 0) -> None:
-        """After each step: move the bar, show the running means of the losses in `sums` (over `counted` steps), time the step."""
+    def update(self, step: int, sums: Mapping[str, float] | None = None, counted: int = 0, seconds: float | None = None) -> None:
+        """After each step: move the bar, show the running means of the losses in `sums` (over `counted` steps), and
+        count the step's `seconds` (its training alone) towards the ETA."""
         now = time.perf_counter()
-        if self.last_tick is not None and step - self.start > self.warmup:
+        if seconds is not None and step - self.start > self.warmup:
             self.first_timed = self.first_timed or step - 1
             self.timed_steps += 1
-            self.timed_seconds += now - self.last_tick
-        self.last_tick = now
+            self.timed_seconds += seconds
         if not self.enabled:
             return
         if self.bar is not None:
@@ -210,16 +208,6 @@ class Progress:
         if self.on_measured is not None and self.timed_steps >= self.min_steps and self.timed_seconds >= self.min_seconds:
             on_measured, self.on_measured = self.on_measured, None
             on_measured(self.timed_seconds / self.timed_steps, (self.first_timed, step))
-
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        """Time in the block is not a training step's."""
-        paused = time.perf_counter()
-        try:
-            yield
-        finally:
-            if self.last_tick is not None:
-                self.last_tick += time.perf_counter() - paused
 
     def show(self, step: int, scalars: dict[str, float]) -> None:
         """A logged interval's means (`train.log_every`)."""

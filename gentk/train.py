@@ -149,7 +149,7 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
                 last = run.step == cfg.steps or out_of_time
                 if run.step % cfg.log_every == 0 or last:
                     run.log_scalars()
-                with run.speed.paused(), run.progress.paused():  # speed/* and the ETA count training time only
+                with run.speed.paused():  # speed/* counts training time only
                     # checkpoint before evaluating: an evaluation may take minutes and changes nothing
                     interrupted = dist.any_rank(stop.requested is not None, info, device)
                     if run.step % cfg.checkpoint_every == 0 or last or interrupted:
@@ -394,6 +394,7 @@ class Run:
 
     def train_step(self) -> None:
         """One step: every training step's update in order, on one batch (the supervised ones on a labeled batch)."""
+        started = time.perf_counter()
         batch = next(self.batches).to(self.device)
         labeled = next(self.labeled_batches).to(self.device) if self.labeled_batches is not None else None
         for ts in self.training_steps:
@@ -408,7 +409,7 @@ class Run:
         if self.ema:
             self.ema.update(self.model, updates=self.step)
         self.step += 1
-        self.progress.update(self.step, self.sums, self.counted)  # the live losses: running means of the interval
+        self.progress.update(self.step, self.sums, self.counted, time.perf_counter() - started)  # live losses: the interval's running means
 
     def update(self, ts, batch) -> tuple[float, dict[str, Any]]:
         """Training step `ts` on `batch`: forward, backward (gradients averaged over ranks), clip,
