@@ -97,7 +97,7 @@ def child(argv: list[str]) -> int:
             mark(f"end evaluation {step}")
 
     around(rundir.MetricsLog, "write", lambda log, step, scalars: mark(f"begin log {step}"), log_end)
-    around(engine.Progress, "update", lambda progress, step: None, lambda progress, step: mark(f"step {step}"))
+    around(engine.Progress, "update", lambda progress, step, *a: None, lambda progress, step, *a: mark(f"step {step}"))
     return main(["run", *argv])
 
 

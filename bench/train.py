@@ -1,8 +1,7 @@
 """Training speed and memory of every recipe through the engine (gentk.train), on this machine.
 
-For each recipe, two sizes: its default (the recipe as written) and its small size (the
-``--set`` overrides of the recipe's "# Small budget:" header comment, without the step
-count). Each measurement runs in a fresh process, which trains `--warmup` steps, then
+For each recipe, two sizes: its default (the recipe as written) and its small size (its
+``[profiles.small]`` table; the step count is this script's). Each measurement runs in a fresh process, which trains `--warmup` steps, then
 `--steps` timed steps through `gentk.train.train` (evaluation and checkpoints pushed past
 the end, samples off), and reports:
 
@@ -25,7 +24,6 @@ import json
 import os
 import platform
 import re
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -35,25 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- bench/train.py: begin -->", "<!-- bench/train.py: end -->"
 
 
-def small_overrides(recipe: Path) -> list[str]:
-    """The ``--set`` values of the recipe's "# Small budget:" comment (and its continuation lines)."""
-    lines, found = [], False
-    for line in recipe.read_text().splitlines():
-        if not line.startswith("#"):
-            if found:
-                break
-            continue
-        if "Small budget:" in line:
-            found = True
-        if found:
-            if "Small budget:" not in line and "--set" not in line:
-                break
-            lines.append(line.split("Small budget:", 1)[-1].lstrip("#"))
-    words = shlex.split(" ".join(lines))
-    return [words[i + 1] for i, w in enumerate(words[:-1]) if w == "--set" and not words[i + 1].startswith("train.steps=")]
-
-
-def measure(recipe: str, overrides: list[str], steps: int, warmup: int, device: str) -> dict:
+def measure(recipe: str, profile: str | None, overrides: list[str], steps: int, warmup: int, device: str) -> dict:
     """Run in a child process (see `child`) so that peak memory is this run's own."""
     load = os.getloadavg()[0]
     command = [
@@ -67,6 +47,7 @@ def measure(recipe: str, overrides: list[str], steps: int, warmup: int, device: 
         str(warmup),
         "--device",
         device,
+        *([f"--profile={profile}"] if profile else []),
         *[f"--set={o}" for o in overrides],
     ]
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
@@ -97,7 +78,7 @@ def child(args) -> None:
         "eval.max_examples=100",
         "eval.metrics=[]",
     ]
-    recipe = gentk.load_recipe(args.child, overrides, plugins=plugins)
+    recipe = gentk.load_recipe(args.child, overrides, profile=args.profile, plugins=plugins)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as out:
@@ -135,8 +116,8 @@ def table(rows: list[tuple[str, str, dict]], args) -> str:
         f"`{' '.join(['python bench/train.py', *sys.argv[1:]])}` on {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {args.threads or torch.get_num_threads()} thread(s), device {args.device}; "
         f"{args.warmup} warm-up steps, then {args.steps} timed steps through the engine. "
-        "Default = the recipe as written (MNIST, batch 100); small = the `--set` values of the recipe's "
-        '"Small budget" header comment. Peak memory is the peak resident set of the whole process (data included) on CPU, '
+        "Default = the recipe as written (MNIST, batch 100); small = its `--profile small` (the recipe's "
+        "`[profiles.small]` table). Peak memory is the peak resident set of the whole process (data included) on CPU, "
         "the peak CUDA allocation on a GPU. The machine is shared: the 1-minute load average at the start of each run is shown.",
         "",
         "| recipe | size | batch | steps/s | images/s | peak memory (MiB) | load |",
@@ -173,6 +154,7 @@ def main() -> None:
     parser.add_argument("--write", type=Path, default=None, help="replace this script's section of this markdown file")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
+    parser.add_argument("--profile", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
@@ -181,10 +163,8 @@ def main() -> None:
     rows = []
     for recipe in recipes:
         for size in args.sizes.split(","):
-            overrides = small_overrides(recipe) if size == "small" else []
-            if args.threads:
-                overrides.append(f"train.threads={args.threads}")
-            result = measure(str(recipe), overrides, args.steps, args.warmup, args.device)
+            overrides = [f"train.threads={args.threads}"] if args.threads else []
+            result = measure(str(recipe), "small" if size == "small" else None, overrides, args.steps, args.warmup, args.device)
             rows.append((recipe.stem, size, result))
             print(f"{recipe.stem:28s} {size:8s} {json.dumps(result)}", flush=True)
     section = table(rows, args)

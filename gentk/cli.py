@@ -13,6 +13,7 @@ import textwrap
 from collections.abc import Sequence
 
 from gentk import __version__, dist
+from gentk.console import command
 from gentk.errors import DuplicateNameError, GentkError, ResultsNotSaved, TrainingInterrupted
 from gentk.options import option_docs
 from gentk.plugins import Plugins, load_plugins
@@ -20,8 +21,9 @@ from gentk.recipe import load_recipe
 from gentk.registry import KINDS
 
 
-def _add_recipe_args(p: argparse.ArgumentParser, many: bool = False) -> None:
+def _add_recipe_args(p: argparse.ArgumentParser, many: bool = False, profile_help: str = "apply the recipe's [profiles.NAME] table") -> None:
     p.add_argument("recipe", nargs="+" if many else None, help="recipe TOML file" + ("s" if many else ""))
+    p.add_argument("--profile", default=None, metavar="NAME", help=f"{profile_help} (before --set)")
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a recipe value; VALUE is TOML (repeatable)"
     )
@@ -61,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("check", help="validate recipes and build their models; trains nothing")
-    _add_recipe_args(p, many=True)
+    p = sub.add_parser("check", help="validate recipes and build their models, each profile too; trains nothing")
+    _add_recipe_args(p, many=True, profile_help="check only this profile of each recipe (default: each recipe as written and every profile it has)")
     p.add_argument(
         "--offline", action="store_true", help="never download data a check needs (a dataset whose image shape is known without its files needs none)"
     )
@@ -123,7 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("compare", help="train recipes over seeds on the same data and budget; write a side-by-side report")
-    _add_recipe_args(p, many=True)
+    _add_recipe_args(p, many=True, profile_help="apply each recipe's [profiles.NAME] table, e.g. small")
+    p.add_argument(
+        "--set-for",
+        dest="overrides_for",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("RECIPE", "KEY.PATH=VALUE"),
+        help="override a value of one recipe, named as in the report (its `name`), after --set (repeatable)",
+    )
     p.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2 (default: 0)")
     p.add_argument("--name", default=None, help="study name (default: the recipe names joined by '-')")
     p.add_argument("--out", default="compare", help="directory holding studies (default: compare)")
@@ -148,39 +159,85 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
     overrides = list(args.overrides) + ([f"train.minutes={args.minutes!r}"] if args.minutes is not None else [])
-    recipe = load_recipe(args.recipe, overrides, plugins=plugins)
+    recipe = load_recipe(args.recipe, overrides, profile=args.profile, plugins=plugins)
     from gentk.train import train
 
     result = train(recipe, plugins=plugins, out=args.out, device=args.device, resume=args.resume, force=args.force, offline=args.offline)
     if result.run_dir is not None:  # None on ranks other than 0 under torchrun
-        print(f"run directory: {result.run_dir}")
+        _say_results(result, recipe, args, plugins)
     return 0
 
 
-def cmd_check(args: argparse.Namespace, plugins: Plugins) -> int:
-    """Check every recipe given, then report every failure (exit 2 if any); one recipe's error is raised as it is."""
-    from gentk.model import check_model
+def _say_results(result, recipe, args: argparse.Namespace, plugins: Plugins) -> None:
+    """The end of `gentk run`: the test metrics of the final weights (evaluated now, unless the run's own evaluations
+    were on the test split), the last sample grid and the run directory."""
+    from gentk.evaluate import evaluate_run
+    from gentk.report import format_table
 
-    failed = []
-    for path in args.recipe:
+    run_dir = result.run_dir
+    final = {k: v for k, v in result.metrics.items() if k.startswith("eval/")}
+    split = "test" if any(k.startswith("eval/test/") for k in final) else None
+    if split is None:
         try:
-            recipe = load_recipe(path, args.overrides, plugins=plugins)
+            record = evaluate_run(
+                run_dir, split="test", max_examples=recipe.eval.max_examples, device=args.device, plugins=plugins, offline=args.offline
+            )
+            final, split = record["metrics"], "test"
+        except ResultsNotSaved as exc:
+            final, split = exc.record["metrics"], "test"
+            print(f"gentk: warning: {exc}")
+        except GentkError as exc:  # no test split: the last evaluation's own split
+            split = next(iter(final), "eval/validation/").split("/")[1]
+            print(f"gentk: no test metrics ({exc}); the final evaluation's, on the {split} split:")
+    examples = "all" if recipe.eval.max_examples is None else f"the first {recipe.eval.max_examples}"
+    print(f"\n{split} metrics of {recipe.name} at step {result.step} ({examples} {split} examples):")
+    prefix = f"eval/{split}/"
+    print(format_table(["metric", "value"], [[k.removeprefix(prefix), f"{v:.6g}"] for k, v in final.items() if k.startswith(prefix)]))
+    grids = sorted((run_dir / "samples").glob("step-*.png"))
+    if grids:
+        latent = next((name for name, spec in recipe.model.latents.items() if spec.head == "categorical"), None)
+        layout = f"one row per category of latent '{latent}'" if latent else "a square of samples"
+        print(f"samples: {grids[-1]} ({layout})")
+    print(f"run directory: {run_dir}")
+
+
+def cmd_check(args: argparse.Namespace, plugins: Plugins) -> int:
+    """Check every recipe given, as written and with each of its profiles (or only --profile's), then report every
+    failure (exit 2 if any); when there is one check only, its error is raised as it is."""
+    from gentk.model import check_model
+    from gentk.recipe import recipe_profiles
+
+    checks: list[tuple[str, str | None]] = []
+    for path in args.recipe:
+        if args.profile is not None:
+            checks.append((path, args.profile))
+            continue
+        try:
+            profiles = recipe_profiles(path)
+        except GentkError:
+            profiles = []  # the recipe's own check below reports why it cannot be read
+        checks += [(path, None)] + [(path, name) for name in profiles]
+    failed = []
+    for path, profile in checks:
+        what = path if profile is None else f"{path} --profile {profile}"
+        try:
+            recipe = load_recipe(path, args.overrides, profile=profile, plugins=plugins)
             summary = check_model(recipe, plugins=plugins, offline=args.offline)
         except GentkError as exc:
-            if len(args.recipe) == 1:
-                raise  # one recipe: its error is the one paragraph
-            failed.append(path)
-            print(f"{path}: FAILED\n{textwrap.indent(str(exc), '  ')}", file=sys.stderr)
+            if len(checks) == 1:
+                raise  # one check: its error is the one paragraph
+            failed.append(what)
+            print(f"{what}: FAILED\n{textwrap.indent(str(exc), '  ')}", file=sys.stderr)
             continue
-        print(f"{path}: ok ({summary})")
+        print(f"{what}: ok ({summary})")
     if failed:
-        raise GentkError(f"{len(failed)} of {len(args.recipe)} recipes failed the check: {', '.join(failed)} (each error is above).")
+        raise GentkError(f"{len(failed)} of {len(checks)} checks failed: {', '.join(failed)} (each error is above).")
     return 0
 
 
 def cmd_show(args: argparse.Namespace, plugins: Plugins) -> int:
-    recipe = load_recipe(args.recipe, args.overrides, plugins=plugins)
-    sys.stdout.write(f"# resolved from {args.recipe}\n" + recipe.to_toml())
+    recipe = load_recipe(args.recipe, args.overrides, profile=args.profile, plugins=plugins)
+    sys.stdout.write(f"# resolved from {args.recipe}{f' --profile {args.profile}' if args.profile else ''}\n" + recipe.to_toml())
     return 0
 
 
@@ -205,7 +262,7 @@ def cmd_list(args: argparse.Namespace, plugins: Plugins) -> int:
         for entry in registry:
             print(f"  {entry.name:<{width}}  [{entry.plugin:<{plugin_width}}]  {entry.doc}")
     if not args.kind:
-        print("\n`gentk list KIND NAME` shows a component's options.")
+        print(f"\n`{command()} list KIND NAME` shows a component's options.")
     return 0
 
 
@@ -314,6 +371,8 @@ def cmd_compare(args: argparse.Namespace, plugins: Plugins) -> int:
         args.recipe,
         seeds=parse_seeds(args.seeds),
         overrides=args.overrides,
+        profile=args.profile,
+        overrides_for=args.overrides_for,
         name=args.name,
         out=args.out,
         device=args.device,
@@ -343,16 +402,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         plugins = load_plugins(plugins=load, disable=disable, clashes="keep")
         if args.func is not cmd_plugins:
             for failure in plugins.failures:
-                print(f"gentk: warning: {failure.describe()}; it is disabled (`gentk plugins -v` shows why).", file=sys.stderr)
+                print(f"gentk: warning: {failure.describe()}; it is disabled (`{command()} plugins -v` shows why).", file=sys.stderr)
             if plugins.clashes and args.func is not cmd_list:  # which component a name means would be a guess
                 raise DuplicateNameError(plugins.clashes[0])
             for clash in plugins.clashes:
                 print(f"gentk: warning: {clash}", file=sys.stderr)
         return args.func(args, plugins)
+    except TrainingInterrupted as exc:
+        # a stop asked for (Ctrl-C, SIGTERM), not an error; every rank stops at the same step with the same message: rank 0 says it
+        if dist.from_environment().is_main:
+            print(f"gentk: stopped: {exc}", file=sys.stderr)
+        return exc.exit_code
     except GentkError as exc:
-        # An interrupted run stops every rank at the same step with the same message: rank 0 says it.
-        if not (isinstance(exc, TrainingInterrupted) and not dist.from_environment().is_main):
-            print(f"gentk: error: {exc}", file=sys.stderr)
+        print(f"gentk: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("gentk: interrupted", file=sys.stderr)

@@ -2,8 +2,9 @@
 
 This is what gentk exists for (docs/architecture.md, "The paper"): PixelGAN
 autoencoders against their baselines, trained alike and measured alike. `compare` trains each recipe once per seed
-(the same ``--set`` overrides applied to all), evaluates the final weights on the test
-split, and writes ``<out>/<name>/report.md`` and ``report.html`` (`gentk.report`).
+(the same ``--profile`` and ``--set`` overrides applied to all, then each recipe's own
+``--set-for`` overrides), evaluates the final weights on the test split, and writes
+``<out>/<name>/report.md`` and ``report.html`` (`gentk.report`).
 
 Layout of a study directory::
 
@@ -40,7 +41,7 @@ import torch
 from tqdm import tqdm
 
 from gentk import rundir
-from gentk.errors import GentkError
+from gentk.errors import GentkError, did_you_mean
 from gentk.evaluate import evaluate_run
 from gentk.plugins import plugins_or_default
 from gentk.recipe import Recipe, load_recipe
@@ -101,6 +102,8 @@ def compare(
     *,
     seeds: Sequence[int] = (0,),
     overrides: Sequence[str] = (),
+    profile: str | None = None,
+    overrides_for: Sequence[tuple[str, str]] = (),
     name: str | None = None,
     out: str | Path = "compare",
     device: str | None = None,
@@ -111,19 +114,22 @@ def compare(
 ) -> Path:
     """Run the study and write its report; returns the study directory.
 
-    Each recipe file is loaded with `overrides` plus ``seed=S`` for each seed. metrics: the
-    metrics evaluated on the test split after training (default: each recipe's own
-    ``eval.metrics``), with `options` as for `gentk eval --option`.
+    Each recipe file is loaded with its ``[profiles.<profile>]`` table, `overrides`, the
+    overrides `overrides_for` gives its name (``(recipe name, KEY.PATH=VALUE)`` pairs) and
+    ``seed=S`` for each seed. metrics: the metrics evaluated on the test split after training
+    (default: each recipe's own ``eval.metrics``), with `options` as for `gentk eval --option`.
     """
     plugins = plugins_or_default(plugins)
     if not paths:
         raise GentkError("gentk compare needs at least one recipe.")
-    studies = [[load_recipe(p, [*overrides, f"seed={s}"], plugins=plugins) for s in seeds] for p in paths]
-    names = [runs[0].name for runs in studies]
+    names = [load_recipe(p, overrides, profile=profile, plugins=plugins).name for p in paths]
     if len(set(names)) != len(names):
         raise GentkError(
-            f"two recipes share a name ({', '.join(names)}); give each its own `name` (e.g. --set is applied to all, so edit or copy a file)."
+            f"two recipes share a name ({', '.join(names)}); give each its own `name` (--set and --set-for cannot tell them apart, so edit or "
+            "copy a file)."
         )
+    own = own_overrides(overrides_for, names)
+    studies = [[load_recipe(p, [*overrides, *own[n], f"seed={s}"], profile=profile, plugins=plugins) for s in seeds] for p, n in zip(paths, names)]
     name = name or "-".join(names)
     study_dir = Path(out) / name
     study_dir.mkdir(parents=True, exist_ok=True)
@@ -157,9 +163,22 @@ def compare(
         plugins.pm.unregister(progress)
         bar.close()
 
-    meta = _meta(name, paths, studies, overrides, seeds, results)
+    meta = _meta(name, paths, studies, overrides, seeds, results, profile=profile, overrides_for=overrides_for)
     _write(study_dir, meta, results, names)
     return study_dir
+
+
+def own_overrides(pairs: Sequence[tuple[str, str]], names: Sequence[str]) -> dict[str, list[str]]:
+    """``--set-for RECIPE KEY.PATH=VALUE`` pairs -> each recipe name's list of overrides; an unknown name is an error."""
+    own: dict[str, list[str]] = {n: [] for n in names}
+    for recipe, override in pairs:
+        if recipe not in own:
+            raise GentkError(
+                f"--set-for {recipe} {override}: no recipe of this comparison is named '{recipe}'. Its recipes: {', '.join(names)}."
+                f"{did_you_mean(recipe, names)}"
+            )
+        own[recipe].append(override)
+    return own
 
 
 def _run_one(
@@ -220,7 +239,7 @@ def _result(recipe: Recipe, record: dict[str, Any], *, reused: bool) -> RunResul
     return RunResult(recipe.name, recipe.seed, Path(record["run_dir"]), record["steps"], record["wall_s"], record["steps_per_s"], headline, reused)
 
 
-def _meta(name: str, paths, studies, overrides, seeds, results: list[RunResult]) -> dict[str, Any]:
+def _meta(name: str, paths, studies, overrides, seeds, results: list[RunResult], *, profile=None, overrides_for=()) -> dict[str, Any]:
     setup, data_seen, steps_seen = [], {}, {}
     for path, runs in zip(paths, studies):
         r = runs[0]
@@ -249,7 +268,9 @@ def _meta(name: str, paths, studies, overrides, seeds, results: list[RunResult])
         "gentk compare "
         + " ".join(shlex.quote(str(p)) for p in paths)
         + f" --seeds {','.join(map(str, seeds))}"
+        + (f" --profile {shlex.quote(profile)}" if profile else "")
         + "".join(f" --set {shlex.quote(o)}" for o in overrides)
+        + "".join(f" --set-for {shlex.quote(r)} {shlex.quote(o)}" for r, o in overrides_for)
     )
     return {
         "name": name,
@@ -258,7 +279,9 @@ def _meta(name: str, paths, studies, overrides, seeds, results: list[RunResult])
         "machine": f"{platform.platform()}, {torch.get_num_threads()} torch threads"
         + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"),
         "seeds": list(seeds),
+        "profile": profile,
         "overrides": list(overrides),
+        "overrides_for": [list(pair) for pair in overrides_for],
         "setup": setup,
         "differences": differences,
         "checkpoint": "latest",

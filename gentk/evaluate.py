@@ -33,6 +33,7 @@ import attrs
 import torch
 
 from gentk import checkpoint, dist, rundir
+from gentk.console import watched
 from gentk.data import build_data, evaluation_split
 from gentk.errors import GentkError, ResultsNotSaved, did_you_mean
 from gentk.model import build_model
@@ -160,11 +161,13 @@ def evaluate(
     step: int = 0,
     options: Mapping[str, Mapping[str, Any]] | None = None,
     log_image: Callable[[str, Path], None] | None = None,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Call each named metric on `split` under ``torch.no_grad()``; returns {key: float} (keys unprefixed).
 
     log_image: given to each metric, which calls ``log_image(tag, path)`` for each image it
     writes under `run_dir` (the engine passes the ``gentk_log_image`` hook; default: nothing).
+    progress: a bar over each pass a metric makes through the data, on a terminal (`console.watched`).
     """
     log_image = log_image or (lambda tag, path: None)
     options = options or {}
@@ -177,10 +180,10 @@ def evaluate(
     results: dict[str, float] = {}
     model.eval()
     with torch.no_grad():
-        for metric in metrics:
+        for name, metric in zip(names, metrics):
             values = metric(
                 model=model,
-                data=data,
+                data=watched(data, name, progress),
                 device=device,
                 split=split,
                 batch_size=batch_size,
@@ -194,11 +197,11 @@ def evaluate(
     return results
 
 
-def held_out_losses(model, data, split: str, recipe: Recipe, device, info) -> dict[str, float]:
-    """``Model.eval_losses`` averaged over the split's examples (all ranks together, a rank without examples too)."""
+def held_out_losses(model, data, split: str, recipe: Recipe, device, info, *, progress: bool = False) -> dict[str, float]:
+    """``Model.eval_losses`` averaged over the split's examples (all ranks together, a rank without examples too); `progress`: a bar on a terminal."""
     sums: dict[str, float] = {}
     count = 0
-    for batch in data.eval_batches(
+    for batch in watched(data, "losses", progress).eval_batches(
         split, recipe.data.common.batch_size, max_examples=recipe.eval.max_examples, rank=info.rank, world_size=info.world_size
     ):
         batch = batch.to(device)
@@ -226,7 +229,7 @@ def run_evaluation(model, ema, data, recipe: Recipe, plugins, device, info, run_
     try:
         with checkpoint.preserved_rng(device), torch.no_grad(), ema.applied(model) if ema else contextlib.nullcontext():
             split = evaluation_split(data)
-            metrics = held_out_losses(model, data, split, recipe, device, info)
+            metrics = held_out_losses(model, data, split, recipe, device, info, progress=info.is_main)
             # rank 0 alone (the others wait for it, however long it takes)
             metrics.update(dist.on_rank0(lambda: metrics_and_samples(model, data, split, recipe, plugins, device, run_dir, step), info))
     finally:
@@ -253,6 +256,7 @@ def metrics_and_samples(model, data, split: str, recipe: Recipe, plugins, device
         run_dir=run_dir,
         step=step,
         log_image=log_image,
+        progress=True,
     )
     if recipe.eval.samples > 0:
         log_image("samples", write_samples(model, recipe, device, run_dir / "samples" / f"step-{step:08d}.png"))
@@ -296,7 +300,7 @@ def evaluate_run(
         seed_everything(run.recipe.seed)  # metrics that draw random numbers give the same result each time
         # losses on the same examples as the metrics
         limited = attrs.evolve(run.recipe, eval=attrs.evolve(run.recipe.eval, max_examples=max_examples))
-        values = held_out_losses(run.model, run.data, split, limited, run.device, dist.DistInfo())
+        values = held_out_losses(run.model, run.data, split, limited, run.device, dist.DistInfo(), progress=True)
         found = evaluate(
             run.model,
             run.data,
@@ -310,6 +314,7 @@ def evaluate_run(
             run_dir=run.run_dir,
             step=run.step,
             options=options,
+            progress=True,
         )
     values.update({f"eval/{split}/{k}": v for k, v in found.items()})
     record = {

@@ -9,8 +9,10 @@ that component's options, declared by the component as an attrs class whose fiel
 Reading a recipe:
 1. parse the TOML file; ``extends = "base.toml"`` (or a list) deep-merges the named files
    first (tables merge, arrays and values replace; paths relative to the recipe);
-2. apply ``--set key.path=VALUE`` overrides (VALUE parsed as TOML; a bare word is a string);
-3. structure the merged tree into `Recipe`, checking every key, type and range.
+2. apply the profile chosen with ``--profile NAME``: the ``[profiles.NAME]`` table, whose
+   keys are key paths as ``--set`` takes them, merged over the recipe as step 1 merges;
+3. apply ``--set key.path=VALUE`` overrides (VALUE parsed as TOML; a bare word is a string);
+4. structure the merged tree into `Recipe`, checking every key, type and range.
 
 Every error raised here is a `RecipeError` naming the file the offending key came from,
 its key path, what was expected, what was found and the closest valid key.
@@ -176,6 +178,8 @@ class Recipe:
     train: TrainSpec = option(factory=TrainSpec, doc="the training budget and optimizers")
     eval: EvalSpec = option(factory=EvalSpec, doc="what is measured during and after training")
     source: str | None = internal()
+    profile: str | None = internal()  # the [profiles.NAME] applied, if any
+    profiles: tuple[str, ...] = internal(())  # the profiles the recipe file offers
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved recipe as plain TOML-ready data (defaults filled, None omitted)."""
@@ -240,6 +244,8 @@ def resolve_extends(path: str | Path, origins: dict[tuple, str] | None = None, _
         parents = [parents]
     if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
         raise RecipeError(f"{path}: extends: expected a file name or an array of file names, found {parents!r}.")
+    if "profiles" in tree:
+        tree["profiles"] = _profile_tables(tree["profiles"], path)
     merged: dict[str, Any] = {}
     for parent in parents:
         parent_path = (path.parent / parent) if not Path(parent).is_absolute() else Path(parent)
@@ -308,23 +314,92 @@ def apply_overrides(tree: dict[str, Any], overrides: Iterable[str], origins: dic
     return tree
 
 
-def load_recipe(path: str | Path, overrides: Iterable[str] = (), *, plugins=None) -> Recipe:
-    """Read, merge and validate a recipe file. `plugins` defaults to `gentk.load_plugins()`."""
+def load_recipe(path: str | Path, overrides: Iterable[str] = (), *, profile: str | None = None, plugins=None) -> Recipe:
+    """Read, merge and validate a recipe file, with its ``[profiles.NAME]`` `profile` and then the ``--set`` `overrides` applied.
+
+    `plugins` defaults to `gentk.load_plugins()`.
+    """
     origins: dict[tuple, str] = {}
     tree = resolve_extends(path, origins)
+    if profile is not None:
+        tree = apply_profile(tree, profile, origins, str(path))
     tree = apply_overrides(tree, overrides, origins)
     tree.setdefault("name", Path(path).stem)
-    return recipe_from_dict(tree, plugins=plugins, source=str(path), origins=origins)
+    return recipe_from_dict(tree, plugins=plugins, source=str(path), origins=origins, profile=profile)
 
 
-def recipe_from_dict(tree: Mapping[str, Any], *, plugins=None, source: str | None = None, origins: dict[tuple, str] | None = None) -> Recipe:
-    """Validate a recipe given as a dict (as parsed from TOML)."""
+def recipe_from_dict(
+    tree: Mapping[str, Any], *, plugins=None, source: str | None = None, origins: dict[tuple, str] | None = None, profile: str | None = None
+) -> Recipe:
+    """Validate a recipe given as a dict (as parsed from TOML); its ``profiles`` table, if any, is checked and kept by name only."""
     plugins = plugins_or_default(plugins)
     ctx = _Context(plugins.registries, origins or {}, source or "<recipe>")
+    tree = dict(tree)
+    profiles = _profile_tables(tree.pop("profiles", {}), ctx.where(("profiles",)))
     recipe = ctx.structure(Recipe, tree, ())
-    recipe = attrs.evolve(recipe, source=source, train=_with_phase_defaults(recipe.train, ctx))
+    recipe = attrs.evolve(recipe, source=source, train=_with_phase_defaults(recipe.train, ctx), profile=profile, profiles=tuple(sorted(profiles)))
     check_recipe(recipe, ctx)
     return recipe
+
+
+# --------------------------------------------------------------------------- profiles
+
+
+def _profile_tables(profiles: Any, where: str | Path) -> dict[str, dict[str, Any]]:
+    """Check a ``[profiles]`` table (a table of tables) and spell each profile's dotted keys as nested tables.
+
+    ``"model.decoder.layers" = 2`` (a quoted key path, as ``--set`` takes it) and
+    ``model.decoder.layers = 2`` (TOML's dotted keys) both become
+    ``{"model": {"decoder": {"layers": 2}}}``, so that a profile of a recipe and the same
+    profile of a recipe it extends merge key by key whichever spelling each file uses.
+    """
+    if not isinstance(profiles, Mapping):
+        raise RecipeError(f"{where}: profiles: expected a table of [profiles.NAME] tables, found {describe_value(profiles)}.")
+    out = {}
+    for name, table in profiles.items():
+        if not isinstance(table, Mapping):
+            raise RecipeError(
+                f"{where}: profiles.{name}: expected a table of overrides such as [profiles.{name}] with train.steps = 200, "
+                f"found {describe_value(table)}."
+            )
+        nested: dict[str, Any] = {}
+        for key, value in table.items():
+            path = tuple(part.strip() for part in key.split("."))
+            if not all(_BARE_KEY.match(part) for part in path):
+                raise RecipeError(f"{where}: profiles.{name}: '{key}' is not a dotted key path such as model.decoder.layers.")
+            if path[0] in ("extends", "profiles"):
+                raise RecipeError(f"{where}: profiles.{name}.{key}: a profile overrides recipe values; it cannot hold '{path[0]}'.")
+            for part in reversed(path[1:]):
+                value = {part: value}
+            nested = _merge(nested, {path[0]: value})
+        out[name] = nested
+    return out
+
+
+def recipe_profiles(path: str | Path) -> list[str]:
+    """The names of the ``[profiles.NAME]`` tables a recipe file offers, its `extends` included."""
+    return sorted(resolve_extends(path).get("profiles", {}))
+
+
+def apply_profile(tree: Mapping[str, Any], name: str, origins: dict[tuple, str], source: str) -> dict[str, Any]:
+    """Merge profile `name` of a merged recipe tree over it (tables merge, values and arrays replace); the
+    profile's keys keep the file they came from, marked with the profile, for error messages."""
+    profiles = tree.get("profiles", {})
+    if name not in profiles:
+        if not profiles:
+            raise RecipeError(
+                f"{source}: --profile {name}: this recipe has no profiles. Remove --profile, or add a [profiles.{name}] table of overrides "
+                "(keys as --set takes them, e.g. train.steps = 200) to the recipe."
+            )
+        raise RecipeError(
+            f"{source}: --profile {name}: no profile '{name}'. Its profiles: {', '.join(sorted(profiles))}.{did_you_mean(name, profiles)}"
+        )
+    table = profiles[name]
+    marked: dict[tuple, str] = {}
+    _record_origins(table, "", (), marked)
+    for path in marked:
+        origins[path] = f"{origins.get(('profiles', name) + path, source)} [profiles.{name}]"
+    return _merge(dict(tree), table)
 
 
 def _with_phase_defaults(train: TrainSpec, ctx: _Context) -> TrainSpec:

@@ -315,8 +315,10 @@ def study_blocks(
         Heading(f"Comparison: {meta['name']}", 1),
         Paragraph(f"Command: `{meta['command']}`"),
         Paragraph(
-            f"Written {meta['time']} on {meta['machine']}. Seeds: {', '.join(map(str, seeds))}. Overrides applied to every recipe: "
-            f"{', '.join(f'`{o}`' for o in meta['overrides']) or 'none'}."
+            f"Written {meta['time']} on {meta['machine']}. Seeds: {', '.join(map(str, seeds))}. "
+            + (f"Profile of every recipe: `{meta['profile']}`. " if meta.get("profile") else "")
+            + f"Overrides applied to every recipe: {', '.join(f'`{o}`' for o in meta['overrides']) or 'none'}."
+            + "".join(f" For {r} only: `{o}`." for r, o in meta.get("overrides_for", []))
         ),
         Heading("Setup"),
         Table(

@@ -24,11 +24,11 @@ stops cleanly on SIGINT / SIGTERM (saving first) and on a NaN loss (not saving).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import math
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,9 +37,9 @@ from typing import Any
 
 import attrs
 import torch
-from tqdm import tqdm
 
-from gentk import checkpoint, dist, rundir
+from gentk import checkpoint, console, dist, rundir
+from gentk.console import Progress, format_scalars
 from gentk.data import build_data, check_held_out
 from gentk.errors import GentkError, TrainingError, TrainingInterrupted, did_you_mean
 from gentk.evaluate import run_evaluation
@@ -124,15 +124,22 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
 
     # -- the loop
     stop = StopRequest()
-    run.progress = Progress(cfg.steps, run.step, enabled=info.is_main)
+    run.clock = RunClock(state.elapsed if state is not None else 0.0, cfg.minutes)
+    say(run.banner())
+    run.progress = Progress(cfg.steps, run.step, enabled=info.is_main, on_measured=run.say_eta if info.is_main else None)
     run.speed = Speed(run.step)
     run.model.train()
-    run.clock = RunClock(state.elapsed if state is not None else 0.0, cfg.minutes)
     out_of_time = state is not None and run.clock.spent()  # a fresh run takes at least one step
+    resume = f"{console.command()} run {run_dir}/recipe.toml --resume {run_dir}"
     if out_of_time and run.step < cfg.steps:
         say(
             f"gentk: the run's time budget (train.minutes = {cfg.minutes:g}) is spent at step {run.step}; nothing to train. Raise train.minutes "
-            "(--minutes N) to continue it."
+            f"to continue it: {resume} --minutes N."
+        )
+    elif state is not None and run.step >= cfg.steps:
+        say(
+            f"gentk: this run already finished (step {run.step} of {cfg.steps}); nothing to train, its final weights are evaluated again. "
+            f"To train it longer: {resume} --set train.steps=N --force."
         )
     try:
         if state is not None and run.evaluation_missing(out_of_time):
@@ -250,6 +257,7 @@ class Run:
     speed: Speed | None = None
     clock: RunClock | None = None
     step: int = 0
+    device_line: str = ""  # device, threads and dtype, as the banner says them
     best: dict | None = None  # what best.pt holds: {"name", "value", "step"}
     last_saved: int | None = None  # the step of the newest checkpoint, for the NaN message
     overflows: dict[str, int] = attrs.Factory(dict)  # per training step: fp16 overflows in a row
@@ -373,12 +381,32 @@ class Run:
         run_dir = self.run_dir
         self.log = rundir.MetricsLog(run_dir)
         rundir.make_layout(run_dir)
-        rundir.write_text(run_dir / "recipe.toml", f"# resolved from {self.recipe.source}\n" + self.recipe.to_toml())  # a resume may read it
+        profile = f" --profile {self.recipe.profile}" if self.recipe.profile else ""
+        rundir.write_text(run_dir / "recipe.toml", f"# resolved from {self.recipe.source}{profile}\n" + self.recipe.to_toml())  # a resume may read it
         rundir.write_environment(run_dir, rundir.environment(self.device, self.info.world_size), self.step)
         if hasattr(self.data, "write_manifest"):
             self.data.write_manifest(run_dir)
         for note in self.log.truncate(self.step):  # drop what a previous process logged after its last checkpoint; repair
             print(f"gentk: warning: {note}")
+
+    # -- what the run says as it starts
+
+    def banner(self) -> str:
+        """Where the run writes, its device, threads and dtype, each part's parameters and the steps (`console.banner`)."""
+        dtype = next(self.model.parameters()).dtype
+        self.device_line = console.device_text(self.device, self.recipe.train.amp, self.info.world_size, dtype)
+        with self.sync.unwrapped(self.model):
+            counts = console.parameter_counts(self.model)
+        return console.banner(self.recipe, self.run_dir, self.device_line, counts, [ts.name for ts in self.training_steps], self.step)
+
+    def say_eta(self, seconds_per_step: float, measured: tuple[int, int]) -> None:
+        """The measured time per step and the ETA; for a run longer than an hour, how to run a smaller budget."""
+        budget = self.clock.budget
+        budget_left = None if budget is None else budget - self.clock.seconds()
+        self.progress.write(console.eta_message(seconds_per_step, measured, self.recipe.train.steps, budget_left, now=datetime.datetime.now()))
+        left, _ = console.remaining_seconds(seconds_per_step, measured[1], self.recipe.train.steps, budget_left)
+        if left > console.Progress.long_run_s:
+            self.progress.write(console.long_run_paragraph(left, self.recipe, self.device_line, console.command()))
 
     # -- one step
 
@@ -392,6 +420,7 @@ class Run:
         batch = next(self.batches).to_device(self.device)
         labeled = next(self.labeled_batches).to_device(self.device) if self.labeled_batches is not None else None
         losses = {}
+        started = time.perf_counter()
         for ts in self.training_steps:
             losses[ts.name], scalars = self.update(ts, labeled if ts.phase == "supervised" else batch)
             self.add(f"train/{ts.name}/loss", losses[ts.name])
@@ -403,7 +432,7 @@ class Run:
         if self.ema:
             self.ema.update(self.model, updates=self.step)
         self.step += 1
-        self.progress.update(self.step)
+        self.progress.update(self.step, self.sums, self.counted, time.perf_counter() - started)  # live losses: the interval's running means
 
     def add(self, name: str, value: float | torch.Tensor) -> None:
         """Add a logged value to the running sum of the log interval (a tensor stays on its device)."""
@@ -848,13 +877,13 @@ class StopRequest:
 def interrupt_message(signame: str | None, step: int, total: int, run_dir: Path, recipe: Recipe) -> str:
     # run_dir/recipe.toml is the resolved recipe, --set overrides included: it always matches
     return (
-        f"{signame or 'a signal'} at step {step} of {total}: checkpoint saved in {run_dir}/checkpoints. Resume with: gentk run "
+        f"{signame or 'a signal'} at step {step} of {total}: checkpoint saved in {run_dir}/checkpoints. Resume with: {console.command()} run "
         f"{run_dir}/recipe.toml --resume {run_dir}"
     )
 
 
 def nan_message(ts, step: int, value: float, run_dir: Path, last_saved: int | None, overflows: int = 0) -> str:
-    fix = f"gentk run {run_dir}/recipe.toml --set train.phases.{ts.phase}.clip_grad=1.0"
+    fix = f"{console.command()} run {run_dir}/recipe.toml --set train.phases.{ts.phase}.clip_grad=1.0"
     if last_saved is None:  # nothing to resume from: the fix starts a new run
         kept, fix = "No checkpoint was written yet, so there is nothing to resume", f"{fix} --out {run_dir.parent}, a new run"
     else:
@@ -866,45 +895,3 @@ def nan_message(ts, step: int, value: float, run_dir: Path, last_saved: int | No
         f"the {ts.phase} phase (training step '{ts.name}') gave a non-finite loss ({value}) at step {step}; the run stopped without saving. "
         f"{kept}. Lower train.phases.{ts.phase}.optimizer.lr or set train.phases.{ts.phase}.clip_grad (e.g. {fix}).{fp16}"
     )
-
-
-def format_scalars(scalars: dict[str, float]) -> str:
-    return " ".join(f"{k.split('/', 1)[-1]}={v:.4g}" for k, v in scalars.items() if not k.startswith("lr/"))
-
-
-class Progress:
-    """A tqdm bar with the live losses on a terminal; one plain line per log interval otherwise."""
-
-    def __init__(self, total: int, start: int, *, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bar = tqdm(total=total, initial=start, dynamic_ncols=True, unit="step") if enabled and sys.stderr.isatty() else None
-        self.total = total
-
-    def update(self, step: int) -> None:
-        if self.bar is not None:
-            self.bar.update(step - self.bar.n)
-
-    def show(self, step: int, scalars: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        losses = {k.split("/", 1)[1]: v for k, v in scalars.items() if k.startswith("train/") and k.endswith("/loss")}
-        if self.bar is not None:
-            self.bar.set_postfix({k.removesuffix("/loss"): f"{v:.4g}" for k, v in losses.items()}, refresh=True)
-        else:
-            print(
-                f"step {step}/{self.total} {scalars['speed/steps_per_s']:.2f} steps/s "
-                + format_scalars({k: v for k, v in scalars.items() if k.startswith("train/")}),
-                flush=True,
-            )
-
-    def write(self, text: str) -> None:
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.write(text)
-        else:
-            print(text, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()

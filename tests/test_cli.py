@@ -115,3 +115,38 @@ def test_console_entry_point_exits_2_without_traceback(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.run([sys.executable, "-m", "gentk", "show", str(bad)], capture_output=True, text=True, env=env)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "bad.toml" in proc.stderr
+
+
+SYNTHETIC_VAE = """
+name = "vae"
+[data]
+name = "synthetic"
+[model.encoder]
+name = "mlp"
+hidden = [8]
+[model.latents.z]
+size = 2
+head = "gaussian"
+regularizer = { name = "kl" }
+[model.decoder]
+name = "bernoulli"
+body = "mlp"
+hidden = [8]
+[profiles.small]
+model.encoder.hidden = [4]
+[profiles.broken]
+model.decoder.hidden = [0]
+"""
+
+
+def test_check_checks_every_profile_and_show_applies_one(write, capsys):
+    path = write("vae.toml", SYNTHETIC_VAE)
+    assert main(["check", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert f"{path}: ok" in out and f"{path} --profile small: ok" in out
+    assert f"{path} --profile broken: FAILED" in err and "[profiles.broken]: model.decoder.hidden" in err
+    assert "1 of 3 checks failed" in err and "gentk: error" in err
+    assert main(["check", str(path), "--profile", "small"]) == 0 and "--profile broken" not in capsys.readouterr().out
+    assert main(["show", str(path), "--profile", "small"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"# resolved from {path} --profile small\n") and "hidden = [\n    4,\n]" in out and "profiles" not in out

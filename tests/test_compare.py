@@ -109,6 +109,34 @@ def test_a_tiny_compare_end_to_end_then_reused(tmp_path, capsys):
     assert len(list((study / "runs").glob("vae-seed0-*/vae-*"))) == 1
 
 
+def test_a_profile_shrinks_different_models_in_one_compare_and_set_for_reaches_one_recipe(tmp_path, capsys):
+    """A shared --set cannot shrink a VAE and an AAE alike (their parts differ); each recipe's
+    [profiles.small] can, and --set-for changes one recipe only."""
+    (tmp_path / "vae.toml").write_text(VAE + COMMON + "[profiles.small]\nmodel.encoder.hidden = [3]\nmodel.decoder.hidden = [3]\n")
+    (tmp_path / "semi.toml").write_text(SEMISUP + COMMON + "[profiles.small]\nmodel.latents.y.regularizer.discriminator = [5]\n")
+    paths = [str(tmp_path / "vae.toml"), str(tmp_path / "semi.toml")]
+    out = ["--out", str(tmp_path / "studies"), "--name", "small"]
+    assert main(["compare", *paths, "--set", "model.latents.y.regularizer.discriminator=[5]", *out]) == 2
+    assert "vae.toml" in capsys.readouterr().err  # the VAE has no latent y
+
+    assert main(["compare", *paths, "--profile", "small", "--set-for", "vae", "train.steps=1", *out]) == 0
+    study = tmp_path / "studies" / "small"
+    results = {r["recipe"]: r for r in json.loads((study / "study.json").read_text())["results"]}
+    assert results["vae"]["steps"] == 1 and results["aae_semisup"]["steps"] == 2
+    vae = gentk.load_recipe(Path(results["vae"]["run_dir"]) / "recipe.toml", plugins=gentk.load_plugins(autoload=False))
+    semi = gentk.load_recipe(Path(results["aae_semisup"]["run_dir"]) / "recipe.toml", plugins=gentk.load_plugins(autoload=False))
+    assert vae.model.encoder.config.hidden == [3] and vae.model.decoder.config.hidden == [3]
+    assert semi.model.latents["y"].regularizer.config.discriminator == [5] and semi.model.encoder.config.hidden == [8]
+    md = (study / "report.md").read_text()
+    assert "--profile small" in md and "--set-for vae train.steps=1" in md and "For vae only: `train.steps=1`" in md
+
+    assert main(["compare", *paths, "--profile", "small", "--set-for", "vea", "train.steps=1", *out]) == 2
+    err = capsys.readouterr().err
+    assert "--set-for vea train.steps=1: no recipe of this comparison is named 'vea'" in err and "Did you mean 'vae'?" in err
+    assert main(["compare", *paths, "--profile", "tiny", *out]) == 2
+    assert "no profile 'tiny'. Its profiles: small." in capsys.readouterr().err
+
+
 def test_parse_seeds():
     assert parse_seeds("0,1,2") == [0, 1, 2]
     assert parse_seeds("3-5") == [3, 4, 5]

@@ -171,6 +171,68 @@ def test_set_into_a_value(write, toy_plugins):
     assert "'seed' is a value" in msg
 
 
+# --------------------------------------------------------------------------- profiles
+
+PROFILED = (
+    GOOD
+    + """
+[profiles.small]
+"train.steps" = 2          # a key path as --set takes it
+model.decoder.layers = 1   # TOML's dotted keys
+"""
+)
+
+
+def test_a_profile_applies_its_keys_after_extends_and_before_set(write, toy_plugins):
+    path = write("r.toml", PROFILED)
+    plain = load_recipe(path, plugins=toy_plugins)
+    assert plain.train.steps == 20 and plain.profiles == ("small",) and plain.profile is None
+    small = load_recipe(path, profile="small", plugins=toy_plugins)
+    assert small.train.steps == 2 and small.model.decoder.config.layers == 1 and small.profile == "small"
+    assert small.model.decoder.config.channels == 64 and small.model.decoder.name == "toydec"  # the rest of the table is the recipe's
+    assert load_recipe(path, ["train.steps=7"], profile="small", plugins=toy_plugins).train.steps == 7  # --set comes last
+    assert "profiles" not in small.to_dict()  # the resolved recipe is what the run trains
+
+
+def test_profiles_merge_through_extends_whatever_the_key_spelling(write, toy_plugins):
+    write("base.toml", PROFILED)
+    child = """extends = "base.toml"
+[profiles.small]
+"model.decoder.widths" = [3]
+[profiles.small.train]
+steps = 4
+[profiles.tiny.model.decoder]
+channels = 8
+"""
+    path = write("child.toml", child)
+    small = load_recipe(path, profile="small", plugins=toy_plugins)
+    assert small.train.steps == 4 and small.model.decoder.config.layers == 1 and small.model.decoder.config.widths == [3]
+    assert load_recipe(path, profile="tiny", plugins=toy_plugins).model.decoder.config.channels == 8
+    assert load_recipe(path, plugins=toy_plugins).profiles == ("small", "tiny")
+
+
+def test_an_unknown_profile_names_the_valid_ones_and_the_closest(write, toy_plugins):
+    path = write("r.toml", PROFILED)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, profile="smal", plugins=toy_plugins)
+    assert str(info.value) == f"{path}: --profile smal: no profile 'smal'. Its profiles: small. Did you mean 'small'?"
+    with pytest.raises(RecipeError) as info:
+        load_recipe(write("plain.toml", GOOD), profile="small", plugins=toy_plugins)
+    assert "this recipe has no profiles" in str(info.value) and "[profiles.small]" in str(info.value)
+
+
+def test_a_bad_value_in_a_profile_names_its_file_and_profile(write, toy_plugins):
+    write("base.toml", PROFILED.replace("model.decoder.layers = 1", "model.decoder.layers = 0"))
+    path = write("child.toml", 'extends = "base.toml"\n')
+    load_recipe(path, plugins=toy_plugins)  # the recipe itself is fine
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, profile="small", plugins=toy_plugins)
+    assert "base.toml [profiles.small]: model.decoder.layers" in str(info.value)
+    msg = error(write, toy_plugins, GOOD + '[profiles.small]\nextends = "other.toml"\n')
+    assert "profiles.small.extends" in msg and "cannot hold 'extends'" in msg
+    assert "expected a table of overrides" in error(write, toy_plugins, GOOD + "[profiles]\nsmall = 3\n")
+
+
 def test_parse_override_values():
     assert parse_override("a.b=3") == (("a", "b"), 3)
     assert parse_override("a=1e-3") == (("a",), 1e-3)

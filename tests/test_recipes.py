@@ -1,5 +1,5 @@
-"""Every recipe: a header naming its paper, `gentk check`, and a short real training at a small
-budget (tiny widths through --set) with finite losses that move."""
+"""Every recipe: a header naming its paper, `gentk check`, and a short real training at its
+small profile (``[profiles.small]``: tiny widths, 200 steps) with finite losses that move."""
 
 from __future__ import annotations
 
@@ -22,11 +22,6 @@ def header(name: str) -> str:
     """The comment lines a recipe opens with."""
     lines = (RECIPES / f"{name}.toml").read_text().splitlines()
     return "\n".join(line for line in lines[: next(i for i, line in enumerate(lines) if not line.startswith("#"))])
-
-
-def small_budget(name: str) -> list[str]:
-    """The --set overrides of the recipe's "Small budget" header lines, so the header stays true."""
-    return re.findall(r"--set (\S+)", header(name).split("Small budget:", 1)[1])
 
 
 NAMES = sorted(p.stem for p in RECIPES.glob("*.toml"))
@@ -64,17 +59,17 @@ def test_the_paper_s_recipes_are_all_here():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_header_names_a_paper_and_a_small_budget(name):
+def test_header_names_a_paper_and_the_recipe_has_a_small_profile(name, plugins):
     text = header(name)
     assert text, f"{name}.toml must open with a comment naming its paper"
     assert re.search(r"(19|20)\d\d", text) and re.search(r"(Table|Fig\.|§)\s*\d", text), text
-    assert "train.steps=" in " ".join(small_budget(name))
+    assert "small" in gentk.load_recipe(RECIPES / f"{name}.toml", plugins=plugins).profiles
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_recipe_checks_and_trains_at_a_small_budget(name, plugins):
-    recipe = gentk.load_recipe(RECIPES / f"{name}.toml", small_budget(name), plugins=plugins)
-    assert recipe.train.steps == 200
+def test_recipe_checks_and_trains_at_its_small_profile(name, plugins):
+    recipe = gentk.load_recipe(RECIPES / f"{name}.toml", profile="small", plugins=plugins)
+    assert recipe.train.steps == 200 and recipe.profile == "small"
     assert "steps: reconstruction" in check_model(recipe, plugins, image_shape=(1, 28, 28))
     torch.manual_seed(recipe.seed)
     model = build_model(recipe, (1, 28, 28), plugins)
@@ -103,14 +98,15 @@ def test_recipe_checks_and_trains_at_a_small_budget(name, plugins):
 def test_gentk_check_on_a_real_recipe(capsys):
     from gentk.cli import main
 
-    args = ["check", str(RECIPES / "aae_semisup.toml")] + [a for o in small_budget("aae_semisup") for a in ("--set", o)]
-    assert main(args) == 0
-    assert "steps: reconstruction, discriminator.y, generator.y, discriminator.z, generator.z, supervised.y" in capsys.readouterr().out
+    assert main(["check", str(RECIPES / "aae_semisup.toml"), "--profile", "small"]) == 0
+    out = capsys.readouterr().out
+    assert "aae_semisup.toml --profile small: ok" in out
+    assert "steps: reconstruction, discriminator.y, generator.y, discriminator.z, generator.z, supervised.y" in out
 
 
 def test_gentk_check_needs_no_files_for_svhn_or_norb_and_reports_every_failure(tmp_path, monkeypatch, capsys):
     """SVHN and smallNORB declare their image shapes without files, so both check on a machine
-    that has neither; one bad recipe among several is reported with the others still checked."""
+    that has neither; one bad recipe among several (and its profile) is reported with the others still checked."""
     from gentk.cli import main
 
     monkeypatch.setenv("GENTK_DATA", str(tmp_path / "empty"))
@@ -123,4 +119,5 @@ def test_gentk_check_needs_no_files_for_svhn_or_norb_and_reports_every_failure(t
     assert "pixelgan_svhn_500.toml: ok" in out and "images (3, 32, 32)" in out
     assert "pixelgan_norb_1000.toml: ok" in out and "images (1, 32, 32)" in out  # camera left, size 32: no file read
     assert "bad.toml: FAILED" in err and "Did you mean 'bernoulli'?" in err and "missing.toml: FAILED" in err
-    assert "2 of 4 recipes failed the check" in err and "Traceback" not in err
+    assert "bad.toml --profile small: FAILED" in err  # the small profile it inherits from vae.toml is checked too
+    assert "3 of 5 checks failed" in err and "Traceback" not in err

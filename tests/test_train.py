@@ -431,8 +431,14 @@ def test_a_signal_to_the_command_line_saves_and_says_how_to_resume(tmp_path, rec
     assert child.returncode == 130, err
     (run,) = tmp_path.glob("tiny_semisup-*")
     saved = weights(run)
-    assert f"Resume with: gentk run {run}/recipe.toml --resume {run}" in err
-    assert f"{signum.name} at step {saved['step']} of 100000" in err and saved["step"] >= 5
+    assert f"gentk: stopped: {signum.name} at step {saved['step']} of 100000" in err and saved["step"] >= 5
+    assert "error" not in err  # a stop asked for is not an error
+    # the printed command works as printed, in a shell (here `python -m gentk`, spelled so that this shell finds that python)
+    printed = err.split("Resume with: ", 1)[1].strip()
+    assert printed.endswith(f"-m gentk run {run}/recipe.toml --resume {run}")
+    # a budget already spent: the resumed run trains nothing, evaluates and ends
+    done = subprocess.run(printed + " --minutes 0.001", shell=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0 and f"resuming {run} from step {saved['step']}" in done.stdout and "is spent" in done.stdout, done.stderr
 
 
 def test_load_trained_rebuilds_the_model_from_a_run(tmp_path, plugins, recipe_file):
@@ -521,3 +527,55 @@ def test_torch_flags_hold_for_the_run_and_are_restored_after(tmp_path, recipe_fi
     finally:
         torch.set_num_threads(threads)
         torch.set_flush_denormal(False)
+
+
+# --------------------------------------------------------------------------- what a run says
+
+
+def test_the_start_says_what_the_run_will_do_then_live_losses_and_the_eta(tmp_path, plugins, recipe_file, capsys, monkeypatch):
+    from gentk import console
+
+    monkeypatch.setattr(console.Progress, "quiet_s", 0.0)  # a line of running means at every step (no terminal here)
+    monkeypatch.setattr(console.Progress, "min_seconds", 0.0)
+    monkeypatch.setattr(console.Progress, "min_steps", 2)
+    run = train(load(recipe_file, plugins, "train.log_every=100"), plugins=plugins, out=tmp_path).run_dir
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == f"gentk: tiny_semisup -> {run}"
+    assert lines[1].startswith("  device      cpu, ") and lines[1].endswith(", float32")
+    assert lines[2].startswith("  parameters  encoder ") and "decoder" in lines[2] and "discriminator.y" in lines[2] and "in all)" in lines[2]
+    assert lines[3].startswith("  steps       12 steps of batch 20; each runs reconstruction, discriminator.y, generator.y, supervised.y;")
+    assert "step 1/12 (running means) reconstruction=" in out  # live losses from the first step, long before log_every
+    assert "gentk: measured " in out and " over steps 2-4: 8 steps left, about " in out
+    assert "This run will take" not in out  # a run of seconds needs no advice
+
+    monkeypatch.setattr(console.Progress, "long_run_s", 0.0)  # every run is long now
+    train(load(recipe_file, plugins, "train.steps=6", "train.minutes=30"), plugins=plugins, out=tmp_path)
+    out = capsys.readouterr().out
+    assert ", or 30 minutes of wall time if that comes first;" in out
+    assert "This run will take about" in out and f"gentk run {recipe_file} --minutes 30`" in out and "--profile" not in out
+
+
+def test_resuming_a_finished_run_says_so(tmp_path, plugins, recipe_file, capsys):
+    run = train(load(recipe_file, plugins, "train.steps=3"), plugins=plugins, out=tmp_path).run_dir
+    capsys.readouterr()
+    again = train(load(recipe_file, plugins, "train.steps=3"), plugins=plugins, out=tmp_path, resume="auto")
+    assert again.run_dir == run and again.step == 3
+    out = capsys.readouterr().out
+    assert f"gentk: resuming {run} from step 3" in out
+    assert "gentk: this run already finished (step 3 of 3); nothing to train, its final weights are evaluated again." in out
+    assert f"To train it longer: gentk run {run}/recipe.toml --resume {run} --set train.steps=N --force." in out
+
+
+def test_gentk_run_ends_with_the_test_metrics_and_the_sample_grid(tmp_path, recipe_file, capsys):
+    from gentk.cli import main
+
+    assert main(["run", str(recipe_file), "--set", "train.steps=3", "--out", str(tmp_path)]) == 0
+    (run,) = tmp_path.glob("tiny_semisup-*")
+    out = capsys.readouterr().out
+    assert "test metrics of tiny_semisup at step 3 (the first 40 test examples):" in out
+    table = out.split("test metrics of", 1)[1]
+    assert "reconstruction/loss" in table and "supervised.y/accuracy" in table
+    assert f"samples: {run}/samples/step-00000003.png (one row per category of latent 'y')" in out
+    assert out.rstrip().endswith(f"run directory: {run}")
+    assert json.loads((run / "eval.json").read_text())["evaluations"]["latest/test"]["step"] == 3
