@@ -49,3 +49,21 @@ def write(tmp_path):
         return path
 
     return _write
+
+
+@pytest.fixture
+def generators_like_cuda(monkeypatch):
+    """torch.rand and torch.randn refuse a generator of another device than the tensor's, as CUDA
+    refuses a CPU generator for a CUDA tensor: a model on the meta device then plays one on a GPU."""
+    import torch
+
+    def strict(draw):
+        def draw_strictly(*shape, generator=None, device=None, **options):
+            if generator is not None and torch.device(device or "cpu") != generator.device:
+                raise RuntimeError(f"Expected a '{torch.device(device).type}' device type for generator but found '{generator.device.type}'")
+            return draw(*shape, generator=generator, device=device, **options)
+
+        return draw_strictly
+
+    for name in ("rand", "randn"):
+        monkeypatch.setattr(torch, name, strict(getattr(torch, name)))

@@ -315,23 +315,14 @@ def test_sampling_seeds_temperature_and_conditioning_computed_once():
 
 
 @pytest.mark.parametrize("likelihood", LIKELIHOODS)
-def test_a_cpu_generator_serves_a_decoder_on_another_device(monkeypatch, likelihood):
-    # CUDA refuses a CPU generator for a CUDA tensor; this stand-in for torch.rand refuses the same
-    # way for any pair of devices, so the meta device plays the GPU.
-    rand = torch.rand
-
-    def strict_rand(*shape, generator=None, device=None, **options):
-        if generator is not None and torch.device(device or "cpu") != generator.device:
-            raise RuntimeError(f"Expected a '{torch.device(device).type}' device type for generator but found '{generator.device.type}'")
-        return rand(*shape, generator=generator, device=device, **options)
-
-    monkeypatch.setattr(torch, "rand", strict_rand)
+def test_a_cpu_generator_serves_a_decoder_on_another_device(generators_like_cuda, likelihood):
+    # the meta device plays the GPU (tests/conftest.py)
     args = (likelihood, 3, (1, 2, 2), torch.Generator().manual_seed(5), 1.0)
     on_meta = SubpixelDraws(*args, device=torch.device("meta"), dtype=torch.float32)
     assert on_meta.u.device.type == "meta"
     on_cpu = SubpixelDraws(likelihood, 3, (1, 2, 2), torch.Generator().manual_seed(5), 1.0, device=torch.device("cpu"), dtype=torch.float32)
     d = 2 if likelihood == "logistic_mixture" else 1
-    assert torch.equal(on_cpu.u, rand((2, 2, 1, d, 3), generator=torch.Generator().manual_seed(5)))  # the generator's own numbers
+    assert torch.equal(on_cpu.u, torch.rand((2, 2, 1, d, 3), generator=torch.Generator().manual_seed(5)))  # the generator's own numbers
 
 
 # --------------------------------------------------------------------------- building
