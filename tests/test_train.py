@@ -436,8 +436,9 @@ def test_a_signal_to_the_command_line_saves_and_says_how_to_resume(tmp_path, rec
     # the printed command works as printed, in a shell (here `python -m gentk`, spelled so that this shell finds that python)
     printed = err.split("Resume with: ", 1)[1].strip()
     assert printed.endswith(f"-m gentk run {run}/recipe.toml --resume {run}")
-    # a budget already spent: the resumed run trains nothing, evaluates and ends
-    done = subprocess.run(printed + " --minutes 0.001", shell=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    # a budget already spent (half the time the run has counted): the resumed run trains nothing, evaluates and ends
+    budget = saved["elapsed"] / 60 / 2
+    done = subprocess.run(printed + f" --minutes {budget!r}", shell=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0 and f"resuming {run} from step {saved['step']}" in done.stdout and "is spent" in done.stdout, done.stderr
 
 
