@@ -344,9 +344,10 @@ def test_a_signal_to_the_command_line_saves_and_says_how_to_resume(tmp_path, rec
     # the printed command works as printed, in a shell (here `python -m gentk`, spelled so that this shell finds that python)
     printed = err.split("Resume with: ", 1)[1].strip()
     assert printed.endswith(f"-m gentk run {run}/recipe.toml --resume {run}")
-    # a budget already spent: the resumed run trains nothing, evaluates and ends
-    done = subprocess.run(printed + " --minutes 0.001", shell=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0 and f"resuming {run} from step {saved['step']}" in done.stdout and "is spent" in done.stdout, done.stderr
+    # with a budget the run has already spent (half its time so far), the resumed run trains nothing, evaluates and ends
+    spent = f" --minutes {saved['elapsed'] / 120!r}"
+    done = subprocess.run(printed + spent, shell=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0 and f"resuming {run} from step {saved['step']}" in done.stdout and "is spent" in done.stdout, done.stdout
 
 
 def test_load_trained_rebuilds_the_model_from_a_run(tmp_path, plugins, recipe_file):
