@@ -121,3 +121,15 @@ def test_gentk_check_needs_no_files_for_svhn_or_norb_and_reports_every_failure(t
     assert "bad.toml: FAILED" in err and "Did you mean 'bernoulli'?" in err and "missing.toml: FAILED" in err
     assert "bad.toml --profile small: FAILED" in err  # the small profile it inherits from vae.toml is checked too
     assert "3 of 5 checks failed" in err and "Traceback" not in err
+
+
+def test_make_run_trains_a_cpu_profile_that_fits_half_an_hour_without_a_gpu(plugins):
+    """The Makefile's recipe has the `cpu` profile its PROFILE line picks without CUDA: a time
+    budget that leaves the evaluations room within 30 minutes, and a model that checks."""
+    makefile = (RECIPES.parent / "Makefile").read_text()
+    recipe_path = re.search(r"^RECIPE\s*\?=\s*(\S+)", makefile, re.M).group(1)
+    assert "torch.cuda.is_available() else 'cpu'" in makefile and "--profile $(PROFILE)" in makefile
+    recipe = gentk.load_recipe(RECIPES.parent / recipe_path, profile="cpu", plugins=plugins)
+    assert recipe.train.minutes <= 25 and recipe.model.decoder.config.conditioning == "location_dependent"
+    assert "supervised.y" in check_model(recipe, plugins, image_shape=(1, 28, 28))
+    assert gentk.load_recipe(RECIPES.parent / recipe_path, plugins=plugins).train.minutes is None  # on a GPU: the paper's scale
