@@ -544,7 +544,8 @@ class Run:
 def read_once(values: dict[str, Any]) -> dict[str, float]:
     """`values` (floats and 0-dim tensors) as floats, with one read of all the tensors (one GPU-to-host copy)."""
     tensors = [key for key, value in values.items() if torch.is_tensor(value)]
-    read = dict(zip(tensors, torch.stack([values[key] for key in tensors]).tolist())) if tensors else {}
+    device = values[tensors[0]].device if tensors else None  # a plugin's value on another device joins the others
+    read = dict(zip(tensors, torch.stack([values[key].to(device) for key in tensors]).tolist())) if tensors else {}
     return {key: read[key] if key in read else float(value) for key, value in values.items()}
 
 
