@@ -41,7 +41,8 @@ def main() -> None:
         "eval.samples=0",
         "eval.metrics=[]",
     ]
-    print(f"load average at start: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs), threads {args.threads}, {args.steps} steps x {args.rounds} rounds")
+    load = os.getloadavg()[0]
+    print(f"load average at start: {load:.2f} ({os.cpu_count()} CPUs), threads {args.threads}, {args.steps} steps x {args.rounds} rounds")
     speeds: dict[str, list[float]] = {v: [] for v in args.variants}
     for round_ in range(args.rounds):
         for variant in args.variants:
