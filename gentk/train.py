@@ -867,7 +867,10 @@ class StopRequest:
         if threading.current_thread() is not threading.main_thread():
             yield  # signals reach only the main thread; nothing to install elsewhere
             return
-        previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        # a signal the process was started ignoring (SIGINT of a shell script's background job)
+        # stays ignored, as Python itself leaves it
+        watched = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
+        previous = {s: signal.signal(s, self.handle) for s in watched}
         try:
             yield
         finally:

@@ -145,7 +145,7 @@ def test_run_fills_the_run_directory(tmp_path, recipe_file):
     assert (run / "data.json").exists()
 
 
-def test_resume_after_sigint_equals_uninterrupted_training(tmp_path, plugins, recipe_file):
+def test_resume_after_sigint_equals_uninterrupted_training(tmp_path, plugins, recipe_file, request):
     recipe = load(recipe_file, plugins)
     whole = train(recipe, plugins=plugins, out=tmp_path / "whole").run_dir
 
@@ -156,6 +156,8 @@ def test_resume_after_sigint_equals_uninterrupted_training(tmp_path, plugins, re
                 os.kill(os.getpid(), signal.SIGINT)
 
     stopping = gentk.load_plugins(autoload=False, plugins=[InterruptAtStep5()])
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even when pytest runs in the background
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, before))
     with pytest.raises(TrainingInterrupted) as stop:
         train(recipe, plugins=stopping, out=tmp_path / "parts")
     assert stop.value.step == 5 and "SIGINT at step 5 of 12" in str(stop.value) and f"--resume {stop.value.run_dir}" in str(stop.value)
@@ -396,6 +398,18 @@ def test_one_ctrl_c_that_reaches_a_torchrun_worker_twice_is_one_stop_request():
     now[0] += 2.0
     with pytest.raises(KeyboardInterrupt):  # a second press: stop at once
         stop.handle(signal.SIGINT, None)
+
+
+def test_a_sigint_the_process_ignores_stays_ignored(request):
+    from gentk.train import StopRequest
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a shell script's `gentk run ... &`
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, before))
+    stop = StopRequest()
+    with stop.installed():
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) == stop.handle
+        os.kill(os.getpid(), signal.SIGINT)
+    assert stop.requested is None and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
