@@ -155,7 +155,11 @@ def describe_type(tp: Any) -> str:
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in args)
     if origin in (types.UnionType, typing.Union):
-        return " or ".join(describe_type(a) for a in args if a is not type(None))
+        members = [a for a in args if a is not type(None)]
+        if all(a is bool or typing.get_origin(a) is Literal for a in members):  # true, false or 'auto'
+            words = [w for a in members for w in (["true", "false"] if a is bool else map(repr, typing.get_args(a)))]
+            return ", ".join(words[:-1]) + " or " + words[-1]
+        return " or ".join(describe_type(a) for a in members)
     if origin in (list, tuple):
         return f"an array of {describe_type(args[0]).removeprefix('an ').removeprefix('a ')}s" if args else "an array"
     if origin is dict:

@@ -90,7 +90,11 @@ class PixelCNNConfig:
     likelihood: Likelihood = option("bernoulli", "per sub-pixel distribution: bernoulli, categorical256 or logistic_mixture", choices=LIKELIHOODS)
     mixtures: int = option(5, "logistic components per sub-pixel (logistic_mixture)", ge=1)
     map_channels: int = option(16, "channels of the spatial map made from c (location_dependent, input_concat)", ge=1)
-    bf16: bool = option(False, "train on CPU under bfloat16 autocast (needs native bf16: AVX512-BF16 or AMX); evaluation and sampling stay fp32")
+    bf16: bool | Literal["auto"] = option(
+        False,
+        "train on CPU under bfloat16 autocast: true (needs native bf16: AVX512-BF16 or AMX), false, or auto (when this CPU has native bf16); "
+        "evaluation and sampling stay fp32",
+    )
 
 
 # --------------------------------------------------------------------------- likelihoods
@@ -510,6 +514,17 @@ class PixelCNNDecoder(nn.Module):
             out = self.head2(F.relu(self.head1(F.relu(skip.to(self.head1.weight.dtype)))))
         return rearrange(out, "b (c k) h w -> b c k h w", c=self.image_shape[0])
 
+    def cpu_bf16(self) -> bool:
+        """Whether training on CPU runs under bfloat16 autocast (the ``bf16`` option)."""
+        if self.config.bf16 == "auto":  # a recipe that runs on any CPU: bf16 only where it is fast
+            return cpu_has_native_bf16()
+        if self.config.bf16 and not cpu_has_native_bf16():
+            raise GentkError(
+                "pixelcnn: bf16 = true needs a CPU with native bfloat16 (AVX512-BF16 or AMX); this one has none. Set bf16 = false, "
+                'or bf16 = "auto" to use it only where it exists.'
+            )
+        return self.config.bf16
+
     def forward(self, x: Tensor, c: Tensor | None = None) -> Tensor:
         """Exact log p(x | c) in nats per image, shape (b,).
 
@@ -522,9 +537,7 @@ class PixelCNNDecoder(nn.Module):
         logistic mean near +-1 is quantised to about the width of a pixel level's bin
         (2/255), which costs bits/dim.
         """
-        if self.config.bf16 and self.training and x.device.type == "cpu":
-            if not cpu_has_native_bf16():
-                raise GentkError("pixelcnn: bf16 = true needs a CPU with native bfloat16 (AVX512-BF16 or AMX); this one has none. Set bf16 = false.")
+        if self.training and x.device.type == "cpu" and self.cpu_bf16():
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 params = self.logits(x, c)
             params = params.float()

@@ -397,6 +397,9 @@ class Run:
         self.device_line = console.device_text(self.device, self.recipe.train.amp, self.info.world_size, dtype)
         with self.sync.unwrapped(self.model):
             counts = console.parameter_counts(self.model)
+            if self.device.type == "cpu":  # a PixelCNN's own CPU bfloat16 option (`bf16`)
+                autocast = [name for name, part in self.model.named_children() if hasattr(part, "cpu_bf16") and part.cpu_bf16()]
+                self.device_line += "".join(f", {name} trains under bfloat16 autocast" for name in autocast)
         return console.banner(self.recipe, self.run_dir, self.device_line, counts, [ts.name for ts in self.training_steps], self.step)
 
     def say_eta(self, seconds_per_step: float, measured: tuple[int, int]) -> None:

@@ -372,6 +372,33 @@ def test_bf16_training_is_close_and_evaluation_stays_exact():
     assert torch.equal(model.eval()(x, code), exact)
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["native-bf16", "no-bf16"])
+def test_bf16_auto_trains_in_bf16_only_on_a_cpu_that_has_it(monkeypatch, native):
+    import gentk.pixelcnn
+
+    monkeypatch.setattr(gentk.pixelcnn, "cpu_has_native_bf16", lambda: native)
+    model, code = make((1, 5, 5), "adaptive_bias", bf16="auto")
+    reference, _ = make((1, 5, 5), "adaptive_bias", bf16=False)
+    x = data((1, 5, 5), "bernoulli")
+    exact = reference.train()(x, code)
+    trained = model.train()(x, code)
+    assert model.cpu_bf16() is native
+    if native:  # autocast rounds the activations to bfloat16 (emulated where the CPU lacks it)
+        assert not torch.equal(trained, exact) and torch.allclose(trained, exact, rtol=0.05)
+    else:
+        assert torch.equal(trained, exact)
+    assert torch.equal(model.eval()(x, code), reference.eval()(x, code))
+
+
+def test_bf16_true_on_a_cpu_without_it_says_what_to_set(monkeypatch):
+    import gentk.pixelcnn
+
+    monkeypatch.setattr(gentk.pixelcnn, "cpu_has_native_bf16", lambda: False)
+    model, code = make((1, 5, 5), "adaptive_bias", bf16=True)
+    with pytest.raises(GentkError, match='bf16 = "auto"'):
+        model.train()(data((1, 5, 5), "bernoulli"), code)
+
+
 def test_bf16_autocast_keeps_the_logistic_mixture_nll_of_fp32():
     # Sharp components (scales of about a bin) with means near 0.8: in bfloat16 the heads' outputs
     # would be rounded by up to 2^-9, a quarter of a bin's half-width, which cost 0.012 bits/dim here.

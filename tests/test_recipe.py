@@ -74,6 +74,15 @@ def test_unknown_key_names_closest(write, toy_plugins):
     assert "channels, layers, likelihood, name, widths" in msg
 
 
+def test_a_switch_with_an_auto_setting_lists_its_three_values():
+    from typing import Literal
+
+    from gentk.options import describe_type
+
+    assert describe_type(bool | Literal["auto"]) == "true, false or 'auto'"
+    assert describe_type(int | None) == "an integer"
+
+
 def test_wrong_type(write, toy_plugins):
     msg = error(write, toy_plugins, GOOD.replace("layers = 4", 'layers = "four"'))
     assert "model.decoder.layers" in msg and "expected an integer" in msg and "'four' (a string)" in msg

@@ -571,6 +571,18 @@ def test_the_start_says_what_the_run_will_do_then_live_losses_and_the_eta(tmp_pa
     assert "This run will take about" in out and f"gentk run {recipe_file} --minutes 30`" in out and "--profile" not in out
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["native-bf16", "no-bf16"])
+def test_the_start_says_when_the_pixelcnn_trains_in_bf16(tmp_path, plugins, capsys, monkeypatch, native):
+    import gentk.pixelcnn
+
+    monkeypatch.setattr(gentk.pixelcnn, "cpu_has_native_bf16", lambda: native)
+    path = tmp_path / "tiny_pixelgan.toml"
+    path.write_text(SEMISUP.replace('name = "bernoulli"\nbody = "mlp"\nhidden = [16]', 'name = "pixelcnn"\nlayers = 1\nchannels = 4\nbf16 = "auto"'))
+    train(load(path, plugins, "train.steps=1", "eval.every=100"), plugins=plugins, out=tmp_path)
+    device = capsys.readouterr().out.splitlines()[1]
+    assert device.endswith(", float32, decoder trains under bfloat16 autocast" if native else ", float32"), device
+
+
 def test_resuming_a_finished_run_says_so(tmp_path, plugins, recipe_file, capsys):
     run = train(load(recipe_file, plugins, "train.steps=3"), plugins=plugins, out=tmp_path).run_dir
     capsys.readouterr()
