@@ -8,6 +8,7 @@ MNIST; tests that need an absent file skip and say which.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,11 @@ if "GENTK_DATA" not in os.environ and SHARED_DATA.is_dir():
     os.environ["GENTK_DATA"] = str(SHARED_DATA)
 # Tests must not depend on whatever third-party plugins the environment has installed.
 os.environ.setdefault("GENTK_DISABLE_PLUGIN_AUTOLOAD", "1")
+# Started as a shell script's background job, pytest ignores SIGINT, and so would the runs it
+# starts (an ignored signal stays ignored, across exec too): the signal tests need the
+# terminal's behaviour wherever the suite runs.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture

@@ -145,7 +145,7 @@ def test_run_fills_the_run_directory(tmp_path, recipe_file):
     assert (run / "data.json").exists()
 
 
-def test_resume_after_sigint_equals_uninterrupted_training(tmp_path, plugins, recipe_file, request):
+def test_resume_after_sigint_equals_uninterrupted_training(tmp_path, plugins, recipe_file):
     recipe = load(recipe_file, plugins)
     whole = train(recipe, plugins=plugins, out=tmp_path / "whole").run_dir
 
@@ -156,8 +156,6 @@ def test_resume_after_sigint_equals_uninterrupted_training(tmp_path, plugins, re
                 os.kill(os.getpid(), signal.SIGINT)
 
     stopping = gentk.load_plugins(autoload=False, plugins=[InterruptAtStep5()])
-    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even when pytest runs in the background
-    request.addfinalizer(lambda: signal.signal(signal.SIGINT, before))
     with pytest.raises(TrainingInterrupted) as stop:
         train(recipe, plugins=stopping, out=tmp_path / "parts")
     assert stop.value.step == 5 and "SIGINT at step 5 of 12" in str(stop.value) and f"--resume {stop.value.run_dir}" in str(stop.value)
