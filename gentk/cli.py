@@ -136,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a value of one recipe, named as in the report (its `name`), after --set (repeatable)",
     )
     p.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2 (default: 0)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train N runs at once, each in its own process with the cores shared among them unless the recipe sets train.threads (default: 1)",
+    )
     p.add_argument("--name", default=None, help="study name (default: the recipe names joined by '-')")
     p.add_argument("--out", default="compare", help="directory holding studies (default: compare)")
     p.add_argument("--device", default=None, help="device for every run (default: each recipe's train.device)")
@@ -380,6 +387,8 @@ def cmd_compare(args: argparse.Namespace, plugins: Plugins) -> int:
         plugins=plugins,
         metrics=args.metrics,
         options=parse_options(args.options),
+        jobs=args.jobs,
+        plugin_args=args.plugin_args,
     )
     print(f"report: {study / 'report.md'} and {study / 'report.html'}")
     return 0

@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import hashlib
 import json
+import os
 import platform
 import shlex
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -40,8 +43,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from gentk import rundir
-from gentk.errors import GentkError, did_you_mean
+from gentk import checkpoint, rundir
+from gentk.errors import GentkError, TrainingInterrupted, did_you_mean
 from gentk.evaluate import evaluate_run
 from gentk.plugins import plugins_or_default
 from gentk.recipe import Recipe, load_recipe
@@ -111,6 +114,8 @@ def compare(
     plugins=None,
     metrics: Sequence[str] | None = None,
     options: dict[str, dict[str, Any]] | None = None,
+    jobs: int = 1,
+    plugin_args: Sequence[str] = (),
 ) -> Path:
     """Run the study and write its report; returns the study directory.
 
@@ -118,7 +123,14 @@ def compare(
     overrides `overrides_for` gives its name (``(recipe name, KEY.PATH=VALUE)`` pairs) and
     ``seed=S`` for each seed. metrics: the metrics evaluated on the test split after training
     (default: each recipe's own ``eval.metrics``), with `options` as for `gentk eval --option`.
+
+    jobs: runs trained at once, each by its own ``gentk run`` process (`_train_in_processes`),
+    which loads plugins as the command line does, with `plugin_args` (``-p`` values) added;
+    a recipe without ``train.threads`` gets the machine's cores divided among the jobs. The
+    step counts fix each run's result, so a study gives the same numbers with any `jobs`.
     """
+    if jobs < 1:
+        raise GentkError(f"--jobs {jobs}: give at least 1 (runs trained at once).")
     plugins = plugins_or_default(plugins)
     if not paths:
         raise GentkError("gentk compare needs at least one recipe.")
@@ -139,26 +151,18 @@ def compare(
     progress = _StudyProgress(bar)
     results: list[RunResult] = []
     plugins.pm.register(progress, name="gentk.compare.progress")
+    finish = functools.partial(_evaluate, device=device, offline=offline, metrics=metrics, options=options, plugins=plugins)
     try:
-        for runs in studies:
-            for recipe in runs:
-                bar.set_postfix_str(f"{recipe.name} seed {recipe.seed}")
-                results.append(
-                    _run_one(
-                        recipe,
-                        study_dir,
-                        progress,
-                        plugins,
-                        device=device,
-                        offline=offline,
-                        metrics=metrics,
-                        options=options,
-                        train=train,
-                        evaluate_run=evaluate_run,
-                    )
-                )
-                progress.base += recipe.train.steps
-                bar.update(progress.base - bar.n)
+        if jobs > 1:
+            flat = [recipe for runs in studies for recipe in runs]
+            results = _train_in_processes(flat, study_dir, bar, finish, jobs=jobs, device=device, offline=offline, plugin_args=plugin_args)
+        else:
+            for runs in studies:
+                for recipe in runs:
+                    bar.set_postfix_str(f"{recipe.name} seed {recipe.seed}")
+                    results.append(_run_one(recipe, study_dir, plugins, finish, device=device, offline=offline))
+                    progress.base += recipe.train.steps
+                    bar.update(progress.base - bar.n)
     finally:
         plugins.pm.unregister(progress)
         bar.close()
@@ -181,14 +185,13 @@ def own_overrides(pairs: Sequence[tuple[str, str]], names: Sequence[str]) -> dic
     return own
 
 
-def _run_one(
-    recipe: Recipe, study_dir: Path, progress: _StudyProgress, plugins, *, device, offline, metrics, options, train, evaluate_run
-) -> RunResult:
-    """Train (or reuse, or resume) one recipe at one seed, then evaluate it on the test split."""
-    root = study_dir / "runs" / f"{recipe.name}-seed{recipe.seed}-{recipe_hash(recipe)}"
-    root.mkdir(parents=True, exist_ok=True)
+def _run_root(study_dir: Path, recipe: Recipe) -> Path:
+    return study_dir / "runs" / f"{recipe.name}-seed{recipe.seed}-{recipe_hash(recipe)}"
+
+
+def _finished(recipe: Recipe, root: Path, wanted: list[str], options) -> tuple[RunResult | None, float]:
+    """The result of a run an earlier call finished with the same metrics, or None and the seconds earlier attempts spent."""
     result_path = root / "result.json"
-    wanted = list(recipe.eval.metrics if metrics is None else metrics)
     record = json.loads(result_path.read_text()) if result_path.is_file() else {}
     if (
         record.get("finished")
@@ -196,19 +199,36 @@ def _run_one(
         and record.get("options") == (options or {})
         and Path(record["run_dir"]).is_dir()
     ):
-        return _result(recipe, record, reused=True)
+        return _result(recipe, record, reused=True), 0.0
+    return None, record.get("wall_s", 0.0)
 
-    earlier = record.get("wall_s", 0.0)  # time spent by earlier, interrupted attempts
+
+def _wanted(recipe: Recipe, metrics: Sequence[str] | None) -> list[str]:
+    return list(recipe.eval.metrics if metrics is None else metrics)
+
+
+def _run_one(recipe: Recipe, study_dir: Path, plugins, finish, *, device, offline) -> RunResult:
+    """Train (or reuse, or resume) one recipe at one seed in this process, then evaluate it on the test split."""
+    root = _run_root(study_dir, recipe)
+    root.mkdir(parents=True, exist_ok=True)
+    reused, earlier = _finished(recipe, root, _wanted(recipe, finish.keywords["metrics"]), finish.keywords["options"])
+    if reused is not None:
+        return reused
     started = time.perf_counter()
     try:
         with open(root / "train.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             trained = train(recipe, plugins=plugins, out=root, device=device, resume="auto", offline=offline)
     except BaseException:
-        rundir.write_json(result_path, {"finished": False, "wall_s": earlier + time.perf_counter() - started})
+        rundir.write_json(root / "result.json", {"finished": False, "wall_s": earlier + time.perf_counter() - started})
         raise
-    wall = earlier + time.perf_counter() - started
+    return finish(recipe, root, trained.run_dir, earlier + time.perf_counter() - started)
+
+
+def _evaluate(recipe: Recipe, root: Path, run_dir: Path, wall: float, *, device, offline, metrics, options, plugins) -> RunResult:
+    """Evaluate a trained run's final weights on the test split and write its result.json."""
+    wanted = _wanted(recipe, metrics)
     evaluation = evaluate_run(
-        trained.run_dir,
+        run_dir,
         names=wanted,
         which="latest",
         split="test",
@@ -218,11 +238,11 @@ def _run_one(
         plugins=plugins,
         offline=offline,
     )
-    speeds = rundir.read_metrics(trained.run_dir).get("speed/steps_per_s")
+    speeds = rundir.read_metrics(run_dir).get("speed/steps_per_s")
     record = {
         "finished": True,
-        "run_dir": str(trained.run_dir),
-        "steps": trained.step,
+        "run_dir": str(run_dir),
+        "steps": evaluation["step"],
         "wall_s": wall,
         "steps_per_s": float(np.mean(speeds["value"])) if speeds is not None and len(speeds) else None,
         "metric_names": wanted,
@@ -230,8 +250,105 @@ def _run_one(
         "test_examples": recipe.eval.max_examples,
         "metrics": {k.removeprefix("eval/test/"): v for k, v in evaluation["metrics"].items()},
     }
-    rundir.write_json(result_path, record)
+    rundir.write_json(root / "result.json", record)
     return _result(recipe, record, reused=False)
+
+
+@attrs.define
+class _Job:
+    """One run trained by a `gentk run` process of its own."""
+
+    index: int
+    recipe: Recipe
+    root: Path
+    process: subprocess.Popen
+    started: float
+    earlier: float
+
+    def step(self) -> int:
+        """The last step the run logged (its metrics.jsonl's last line), 0 before the first."""
+        run_dir = checkpoint.latest_run(self.root, self.recipe.name)
+        path = None if run_dir is None else run_dir / "metrics.jsonl"
+        if path is None or not path.is_file():
+            return 0
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - 4096))
+            lines = f.read().decode(errors="replace").splitlines()
+        for line in reversed(lines):
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                return int(json.loads(line)["step"])
+        return 0
+
+
+def _train_in_processes(recipes: list[Recipe], study_dir: Path, bar: tqdm, finish, *, jobs, device, offline, plugin_args) -> list[RunResult]:
+    """Train `recipes` with at most `jobs` `gentk run` processes at once; evaluate each in this process as it ends.
+
+    Each process trains the resolved recipe written to its run folder (``recipe.toml``) with
+    ``--resume auto``, so an interrupted study resumes every run where its checkpoint stopped.
+    A Ctrl-C reaches every process: each saves its checkpoint and stops, then this says so.
+    """
+    results: dict[int, RunResult] = {}
+    queue: list[tuple[int, Recipe, Path, float]] = []
+    for index, recipe in enumerate(recipes):
+        root = _run_root(study_dir, recipe)
+        root.mkdir(parents=True, exist_ok=True)
+        reused, earlier = _finished(recipe, root, _wanted(recipe, finish.keywords["metrics"]), finish.keywords["options"])
+        if reused is not None:
+            results[index] = reused
+            bar.update(recipe.train.steps)
+        else:
+            rundir.write_text(root / "recipe.toml", recipe.to_toml())
+            queue.append((index, recipe, root, earlier))
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    running: list[_Job] = []
+    failures: list[str] = []
+    done_steps = sum(r.train.steps for i, r in enumerate(recipes) if i in results)
+
+    def launch() -> None:
+        index, recipe, root, earlier = queue.pop(0)
+        command = [sys.executable, "-m", "gentk", *(a for p in plugin_args for a in ("-p", p)), "run", str(root / "recipe.toml")]
+        command += ["--out", str(root), "--resume", "auto", *(["--device", device] if device else []), *(["--offline"] if offline else [])]
+        env = dict(os.environ)
+        if recipe.train.threads is None:  # the cores shared among the jobs; a recipe's own train.threads wins
+            env["OMP_NUM_THREADS"] = threads
+        with open(root / "train.log", "a") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        running.append(_Job(index, recipe, root, process, time.perf_counter(), earlier))
+
+    def wall(job: _Job) -> float:
+        return job.earlier + time.perf_counter() - job.started
+
+    try:
+        while queue or running:
+            while queue and len(running) < jobs:
+                launch()
+            time.sleep(0.5)
+            bar.set_postfix_str(", ".join(f"{j.recipe.name} seed {j.recipe.seed}" for j in running))
+            bar.update(max(0, done_steps + sum(j.step() for j in running) - bar.n))
+            for job in [j for j in running if j.process.poll() is not None]:
+                running.remove(job)
+                if queue:  # the next run starts before this one's evaluation
+                    launch()
+                if job.process.returncode != 0:
+                    rundir.write_json(job.root / "result.json", {"finished": False, "wall_s": wall(job)})
+                    failures.append(f"{job.recipe.name} seed {job.recipe.seed} (exit {job.process.returncode}; its output: {job.root / 'train.log'})")
+                    continue
+                done_steps += job.recipe.train.steps
+                results[job.index] = finish(job.recipe, job.root, checkpoint.latest_run(job.root, job.recipe.name), wall(job))
+    except KeyboardInterrupt:
+        for job in running:  # each process got the Ctrl-C too: it saves its checkpoint and stops
+            job.process.wait()
+            rundir.write_json(job.root / "result.json", {"finished": False, "wall_s": wall(job)})
+        raise TrainingInterrupted(
+            f"compare stopped; every run that was training saved a checkpoint. The same gentk compare command resumes the study: finished runs "
+            f"are reused, the others continue from their checkpoints ({study_dir / 'runs'})."
+        ) from None
+    if failures:
+        raise GentkError(
+            f"{len(failures)} run(s) of the study failed: {'; '.join(failures)}. Fix the cause and run the same command again: "
+            "finished runs are reused."
+        )
+    return [results[i] for i in range(len(recipes))]
 
 
 def _result(recipe: Recipe, record: dict[str, Any], *, reused: bool) -> RunResult:

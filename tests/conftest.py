@@ -73,3 +73,24 @@ def generators_like_cuda(monkeypatch):
 
     for name in ("rand", "randn"):
         monkeypatch.setattr(torch, name, strict(getattr(torch, name)))
+
+
+@pytest.fixture
+def signal_group_when():
+    """signal_group_when(process, ready, signum) -> (stdout, stderr): once ready() holds, signal the
+    process's group (started with start_new_session=True, as a terminal's foreground job) and wait."""
+    import time
+
+    def send(process, ready, signum, *, wait_s: float = 120, exit_s: float = 120):
+        try:
+            deadline = time.monotonic() + wait_s
+            while not ready():
+                assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+                time.sleep(0.05)
+            os.killpg(process.pid, signum)
+            return process.communicate(timeout=exit_s)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+
+    return send

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 import pytest
 
@@ -107,6 +108,45 @@ def test_a_tiny_compare_end_to_end_then_reused(tmp_path, capsys):
     md_again = (study / "report.md").read_text()
     assert md_again.count("2 (2 reused)") == 2
     assert len(list((study / "runs").glob("vae-seed0-*/vae-*"))) == 1
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="the failing run needs a machine without MPS")
+def test_jobs_train_runs_in_processes_of_their_own_with_the_same_results(tmp_path, capsys):
+    (tmp_path / "vae.toml").write_text(VAE + COMMON + 'metrics = ["elbo"]\n')
+    (tmp_path / "semi.toml").write_text(SEMISUP + COMMON + 'metrics = ["semisup_error"]\n')
+    common = [str(tmp_path / "vae.toml"), str(tmp_path / "semi.toml"), "--seeds", "1", "--out", str(tmp_path / "studies")]
+    assert main(["compare", *common, "--name", "one"]) == 0
+    assert main(["compare", *common, "--name", "two", "--jobs", "2"]) == 0
+    one, two = (json.loads((tmp_path / "studies" / n / "study.json").read_text())["results"] for n in ("one", "two"))
+    assert [(r["recipe"], r["seed"], r["steps"], r["metrics"]) for r in one] == [(r["recipe"], r["seed"], r["steps"], r["metrics"]) for r in two]
+    logs = list((tmp_path / "studies" / "two" / "runs").glob("*/train.log"))
+    assert len(logs) == 2 and all("gentk: " in log.read_text() and " -> " in log.read_text() for log in logs)  # each a `gentk run`
+    assert all((log.parent / "recipe.toml").is_file() for log in logs)
+
+    # a run that fails in its process (no MPS device on Linux): the others finish, the error names it and its output
+    (tmp_path / "mps.toml").write_text(VAE.replace('name = "vae"', 'name = "vae_mps"') + COMMON)
+    broken = [str(tmp_path / "vae.toml"), str(tmp_path / "mps.toml"), "--out", str(tmp_path / "studies"), "--jobs", "2"]
+    code = main(["compare", *broken, "--name", "broken", "--set-for", "vae_mps", 'train.device="mps"'])
+    err = capsys.readouterr().err
+    assert code == 2 and "1 run(s) of the study failed: vae_mps seed 0 (exit 2; its output: " in err, err[-2000:]
+    assert json.loads(next((tmp_path / "studies" / "broken" / "runs").glob("vae-seed0-*/result.json")).read_text())["finished"]
+
+
+def test_a_ctrl_c_stops_every_job_with_a_checkpoint_and_the_same_command_resumes(tmp_path, signal_group_when):
+    import signal
+    import subprocess
+
+    (tmp_path / "vae.toml").write_text(VAE + COMMON.replace("steps = 2", "steps = 100000") + 'metrics = ["elbo"]\n')
+    (tmp_path / "semi.toml").write_text(SEMISUP + COMMON.replace("steps = 2", "steps = 100000") + 'metrics = ["semisup_error"]\n')
+    args = ["compare", str(tmp_path / "vae.toml"), str(tmp_path / "semi.toml"), "--jobs", "2", "--out", str(tmp_path / "studies"), "--name", "s"]
+    # its own process group, as a terminal's foreground job: Ctrl-C reaches compare and both runs
+    study = subprocess.Popen([sys.executable, "-m", "gentk", *args], stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _, err = signal_group_when(study, lambda: len(list((tmp_path / "studies" / "s" / "runs").glob("*/*/checkpoints/latest.pt"))) == 2, signal.SIGINT)
+    assert study.returncode == 130 and "gentk: stopped: compare stopped; every run that was training saved a checkpoint" in err, err[-2000:]
+    logs = sorted((tmp_path / "studies" / "s" / "runs").glob("*/train.log"))
+    assert len(logs) == 2 and all("gentk: stopped: SIGINT at step" in log.read_text() for log in logs)
+    results = [json.loads(log.with_name("result.json").read_text()) for log in logs]
+    assert all(not r["finished"] and r["wall_s"] > 0 for r in results)
 
 
 def test_a_profile_shrinks_different_models_in_one_compare_and_set_for_reaches_one_recipe(tmp_path, capsys):

@@ -142,27 +142,21 @@ def test_adversarial_recipe_trains_and_resumes_under_two_processes(tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_under_torchrun_saves_once_and_the_run_resumes(tmp_path):
+def test_ctrl_c_under_torchrun_saves_once_and_the_run_resumes(tmp_path, signal_group_when):
     # A terminal's Ctrl-C goes to the whole process group: torchrun and both workers, which
     # torchrun then signals again. Every rank must stop at the same step after saving.
     import signal
-    import time
 
     recipe_file = tmp_path / "tiny_ddp_aae.toml"
     recipe_file.write_text(ADVERSARIAL)
     command = torchrun_command(recipe_file, tmp_path, "--set", "train.steps=100000", "--set", "train.log_every=10")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not any(p.stat().st_size for p in tmp_path.glob("tiny_ddp_aae-*/metrics.jsonl")):  # training has started
-            assert time.monotonic() < deadline and child.poll() is None, child.communicate()
-            time.sleep(0.05)
-        os.killpg(child.pid, signal.SIGINT)
-        out, err = child.communicate(timeout=120)
-    finally:
-        if child.poll() is None:
-            os.killpg(child.pid, signal.SIGKILL)
+
+    def started() -> bool:
+        return any(p.stat().st_size for p in tmp_path.glob("tiny_ddp_aae-*/metrics.jsonl"))
+
+    out, err = signal_group_when(child, started, signal.SIGINT)
     (run,) = tmp_path.glob("tiny_ddp_aae-*")
     state = checkpoint.load(run / "checkpoints" / "latest.pt")
     assert state["world_size"] == 2 and state["step"] >= 1
