@@ -116,14 +116,53 @@ def test_resuming_on_machines_without_a_shared_filesystem_is_a_clear_error(pool,
     assert "filesystem they all share" in messages[0]
 
 
+def binarized_batches(tree: dict, steps: int) -> list[dict[str, torch.Tensor]]:
+    """This rank's first `steps` training batches under dynamic binarization, each with the noise drawn for it
+    and the same examples as 8-bit intensities (the batches of the recipe without binarization)."""
+    info = dist.from_environment()
+    plugins = gentk.load_plugins(autoload=False)
+    recipes = [recipe_from_dict(t, plugins=plugins) for t in (tree, {**tree, "data": {**tree["data"], "binarize": "none"}})]
+    streams = [
+        build_data(r.data, plugins, seed=r.seed).train_batches(r.data.common.batch_size, seed=r.seed, rank=info.rank, world_size=info.world_size)
+        for r in recipes
+    ]
+    drawn, rand = [], torch.rand
+
+    def recorded(*args, **kwargs):
+        drawn.append(rand(*args, **kwargs))
+        return drawn[-1]
+
+    torch.rand = recorded
+    try:
+        batches = [(next(streams[0]), next(streams[1])) for _ in range(steps)]
+    finally:
+        torch.rand = rand
+    return [{"x": b.x, "y": b.y, "noise": noise, "intensity": plain.x} for (b, plain), noise in zip(batches, drawn, strict=True)]
+
+
+def test_each_rank_draws_the_binarization_noise_of_its_own_examples_only(pool):
+    tree = {**AAE, "data": {**AAE["data"], "binarize": "dynamic"}}  # a global batch of 8
+    one = binarized_batches(tree, 3)
+    ranks = pool.run(binarized_batches, tree, 3)
+    for step, single in enumerate(one):
+        mine = [rank[step] for rank in ranks]
+        assert single["noise"].shape == (8, 1, 8, 8) and [b["noise"].shape for b in mine] == [(4, 1, 8, 8)] * 2  # a half each, not all 8
+        assert not torch.equal(mine[0]["noise"], mine[1]["noise"])  # each rank's stream is its own
+        for b in mine:  # a pixel is on where its rank's noise is below its intensity
+            assert torch.equal(b["x"], (b["noise"] < b["intensity"]).float())
+        # together the ranks binarize exactly the single process's examples
+        assert torch.equal(torch.cat([b["intensity"] for b in mine]), single["intensity"])
+        assert torch.equal(torch.cat([b["y"] for b in mine]), single["y"])
+
+
 # --------------------------------------------------------------------------- paths a GPU run takes, on gloo
 
-# Deterministic given the batches (no input noise, no prior samples in training), so two ranks, each
-# with half of every global batch, must reach one process's weights (up to summation order).
+# Deterministic given the batches (no input noise, no prior samples in training, a static binarization), so
+# two ranks, each with half of every global batch, must reach one process's weights (up to summation order).
 PIXEL = {
     "name": "tiny_gloo_pixel",
     "seed": 4,
-    "data": {"name": "synthetic", "binarize": "dynamic", "batch_size": 8, "train": 64, "test": 16},
+    "data": {"name": "synthetic", "binarize": "static", "batch_size": 8, "train": 64, "test": 16},
     "model": {
         "encoder": {"name": "mlp", "hidden": [8]},
         "latents": {"z": {"size": 2, "head": "deterministic", "regularizer": {"name": "none"}}},

@@ -100,8 +100,11 @@ class TrainBatches(Iterator[Batch]):
     (seed, stream, epoch)); a batch takes the next `batch_size` of them, crossing epoch
     boundaries when needed, so a labeled subset smaller than a batch still works. Under
     DDP every rank walks the same global stream and keeps its slice of each global batch:
-    the union over ranks is exactly the single-process batch, dynamic binarization
-    included (the noise is drawn for the global batch from the iterator's generator).
+    the union over ranks holds exactly the single-process batch's examples. Dynamic
+    binarization draws the noise of this rank's slice only, from a generator of the rank's
+    own: rank 0's is seeded as a single process's, so one process draws what it always
+    drew, and every other rank draws a stream of its own (the noise, not the examples,
+    then depends on the number of ranks).
     """
 
     def __init__(self, data: Data, indices: np.ndarray, batch_size: int, *, seed: int, stream: int, rank: int, world_size: int):
@@ -116,7 +119,8 @@ class TrainBatches(Iterator[Batch]):
         self.data, self.indices, self.batch_size = data, indices, batch_size
         self.seed, self.stream, self.rank, self.world_size = seed, stream, rank, world_size
         self.epoch, self.position = 0, 0
-        self.generator = torch.Generator().manual_seed(_stream_seed(seed, stream, 31337))
+        noise_key = (seed, stream, 31337) if rank == 0 else (seed, stream, 31337, rank)
+        self.generator = torch.Generator().manual_seed(_stream_seed(*noise_key))
         self._perm_epoch, self._perm = -1, None
 
     def _permutation(self) -> np.ndarray:
@@ -140,8 +144,7 @@ class TrainBatches(Iterator[Batch]):
         mine = slice(self.rank * share, (self.rank + 1) * share)
         noise = None
         if self.data.binarize == "dynamic":
-            shape = (self.batch_size, *self.data.image_shape)
-            noise = torch.rand(shape, generator=self.generator)[mine]
+            noise = torch.rand((share, *self.data.image_shape), generator=self.generator)
         return self.data.train_batch(rows[mine], noise)
 
     def state_dict(self) -> dict[str, Any]:
