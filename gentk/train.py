@@ -40,7 +40,7 @@ import torch
 
 from gentk import checkpoint, console, dist, rundir
 from gentk.console import Progress, format_scalars
-from gentk.data import build_data, check_held_out
+from gentk.data import build_data, check_held_out, keep_train_split
 from gentk.errors import GentkError, TrainingError, TrainingInterrupted, did_you_mean
 from gentk.evaluate import run_evaluation
 from gentk.model import build_model
@@ -289,6 +289,7 @@ class Run:
             compile_parts(model)
         # the global batch size; each rank gets its slice
         common = recipe.data.common
+        keep_train_split(data, common.on_device, device)  # on a GPU with room, batches are gathered there
         batches = data.train_batches(common.batch_size, seed=recipe.seed, rank=info.rank, world_size=info.world_size)
         labeled_batches = None
         if any(s.phase == "supervised" for s in training_steps):
@@ -791,8 +792,9 @@ def find_resume(resume, out: Path, recipe: Recipe) -> Path | None:
 
 def check_same_recipe(state: dict, recipe: Recipe, path: Path, force: bool) -> None:
     """Refuse to continue a run with a different recipe, unless forced."""
-    # a wall-clock budget changes neither the model nor its trajectory: raising it continues a run
-    changes = [c for c in diff(state["recipe"], recipe.to_dict()) if not c.startswith("train.minutes:")]
+    # a wall-clock budget changes neither the model nor its trajectory: raising it continues a run; where the training
+    # split lives changes no number (the batch stream refuses a binarization generator of another device itself)
+    changes = [c for c in diff(state["recipe"], recipe.to_dict()) if not c.startswith(("train.minutes:", "data.on_device:"))]
     if not changes:
         return
     shown = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
