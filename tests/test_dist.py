@@ -180,11 +180,11 @@ def test_single_process_helpers_are_no_ops():
     assert not info.distributed and info.is_main
     assert dist.broadcast_object({"a": 1}, info) == {"a": 1}
     assert dist.gather_objects(3, info) == [3]
-    assert dist.any_rank(True, info, torch.device("cpu")) is True
     assert dist.mean_scalars({"x": 2.0}, info, torch.device("cpu")) == {"x": 2.0}
     p = torch.nn.Parameter(torch.ones(2))
     p.grad = torch.full((2,), 3.0)
-    assert dist.average_gradients([p], torch.tensor(1.5), info).item() == 1.5 and p.grad.tolist() == [3.0, 3.0]
+    loss, votes = dist.average_gradients([p], torch.tensor(1.5), info, votes=(True, False))
+    assert loss.item() == 1.5 and votes == [True, False] and p.grad.tolist() == [3.0, 3.0]
 
 
 def test_device_choice(monkeypatch):
