@@ -186,6 +186,12 @@ def test_a_binarization_drawn_on_another_device_is_not_continued_silently(plugin
         data.train_batches(40, seed=1).load_state_dict({**state, "noise_device": "cuda"})
     del state["noise_device"]  # a checkpoint from before data.on_device: drawn on the CPU
     data.train_batches(40, seed=1).load_state_dict(state)
+    eight_bit = synthetic(plugins)  # nothing drawn: a stream from a GPU continues on the CPU
+    straight = eight_bit.train_batches(40, seed=1)
+    take(straight, 2)
+    moved = eight_bit.train_batches(40, seed=1)
+    moved.load_state_dict({**straight.state_dict(), "noise_device": "cuda", "generator": torch.zeros(16, dtype=torch.uint8)})
+    assert torch.equal(next(moved).x, next(straight).x)
 
 
 def test_eval_batches_are_ordered_finite_and_sharded(plugins):

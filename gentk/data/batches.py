@@ -194,14 +194,15 @@ class TrainBatches(Iterator[Batch]):
                     "Resume with the same recipe (seed, data.batch_size, data.labeled, data.validation)."
                 )
         saved = state.get("noise_device", "cpu")  # checkpoints from before data.on_device drew on the CPU
-        if saved != self.generator.device.type:
+        if saved == self.generator.device.type:
+            self.generator.set_state(state["generator"])
+        elif self.data.binarize == "dynamic":  # without it the generator draws nothing: any device continues the stream
             keep = "true" if saved != "cpu" else "false"
             raise DataError(
                 f"cannot resume the batch stream: the checkpoint drew its binarization noise on {saved} but this run keeps the training split "
                 f"on {self.generator.device.type}, whose generator cannot continue it. Resume with --set data.on_device={keep}."
             )
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
-        self.generator.set_state(state["generator"])
 
 
 # --------------------------------------------------------------------------- the built dataset
