@@ -232,7 +232,7 @@ EOF
 
 part_syncs() {
     if [ $ON_GPU = 0 ]; then # no CUDA to ask: count gentk's reads of tensors instead
-        "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_train.py -k reads_from_the_device
+        "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_train.py tests/test_gloo.py -k "reads_from_the_device or syncs_once"
         return
     fi
     "$PYTHON" - "$DEVICE" "$OUT/syncs" <<'EOF'

@@ -14,10 +14,9 @@ fresh process (OpenMP reads its environment once, when torch loads):
     .venv/bin/python bench/shared_cpu.py --busy 1 --steps 200 --settings default passive
 
 Settings: ``default`` (torch's own thread count, OpenMP's default wait policy), ``passive``
-(the same threads with OMP_WAIT_POLICY=PASSIVE: waiting threads sleep), ``one`` (one
-thread), ``gentk`` (whatever gentk's command line chooses by itself, measured through
-``python -m gentk``). The load average is printed before each measurement: the "idle"
-rows are only idle if nothing else runs.
+(the same threads with OMP_WAIT_POLICY=PASSIVE: waiting threads sleep) and ``one`` (one
+thread). The load average is printed with each measurement: the "idle" rows are only idle
+if nothing else runs.
 """
 
 from __future__ import annotations
@@ -54,7 +53,7 @@ recipe = gentk.load_recipe(recipe_path, plugins=plugins, overrides=overrides)
 with tempfile.TemporaryDirectory() as out:
     train = gentk.train(recipe, plugins=plugins, out=out).metrics["speed/steps_per_s"]
 torch.manual_seed(0)
-model = PixelCNNDecoder(image_shape=(1, 28, 28), layers=10, channels=64).eval()
+model = PixelCNNDecoder(image_shape=(1, 28, 28), layers=10, channels=64, conditioning="none").eval()
 model.sample(2)  # first call: allocations, oneDNN primitives
 times = []
 for _ in range(repeats):
@@ -67,15 +66,12 @@ print(json.dumps({"train_steps_per_s": train, "sample_s": min(times), "threads":
 
 def measure(setting: str, recipe: str, steps: int, repeats: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
-    if setting == "gentk":  # the command line's own choice: what a user gets from `gentk run`
-        prelude = "import gentk.cli, runpy; gentk.cli.prepare_process()\n"
-        extra, threads = {}, None
-    else:
-        prelude = ""
-        extra, threads = SETTINGS[setting]
+    extra, threads = SETTINGS[setting]
     env.update(extra)
-    command = [sys.executable, "-c", prelude + CHILD, recipe, str(steps), str(threads or "none"), str(repeats)]
-    out = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, check=True)
+    command = [sys.executable, "-c", CHILD, recipe, str(steps), str(threads or "none"), str(repeats)]
+    out = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"the measurement of {setting!r} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -85,7 +81,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="training steps per measurement")
     parser.add_argument("--repeats", type=int, default=3, help="sampling calls per measurement (the best counts)")
     parser.add_argument("--busy", type=int, default=1, help="spinning processes beside the loaded measurements")
-    parser.add_argument("--settings", nargs="+", default=["default", "passive", "one", "gentk"], choices=[*SETTINGS, "gentk"])
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     args = parser.parse_args()
 
     print(f"{os.cpu_count()} CPUs; recipe {args.recipe}, {args.steps} steps; {args.busy} busy process(es) in the loaded rows")

@@ -18,7 +18,8 @@ multi-head encoder trained by a supervised step, say) keeps the explicit all-red
 Both average the same numbers (for two ranks, bit for bit the same).
 
 The step's loss travels in the explicit all-reduce too, so every rank sees the global
-mean loss and a NaN on any rank stops all ranks at the same step.
+mean loss and a NaN on any rank stops all ranks at the same step; so do the engine's stop
+votes (a Ctrl-C, a spent time budget), which thus need no collective of their own.
 
 Every helper here is a no-op on a single process.
 """
@@ -231,18 +232,25 @@ def broadcast_parameters(module: torch.nn.Module, info: DistInfo) -> None:
             tdist.broadcast(tensor.data, src=0)
 
 
-def average_gradients(params: Sequence[torch.nn.Parameter], loss: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Average the gradients of `params` and the value of `loss` over all ranks.
+def average_gradients(
+    params: Sequence[torch.nn.Parameter], loss: torch.Tensor, info: DistInfo, votes: Sequence[bool] = ()
+) -> tuple[torch.Tensor, list[Any]]:
+    """Average the gradients of `params` and the value of `loss` over all ranks, and tally `votes`.
 
     One flat buffer, one all-reduce. A parameter without a gradient on this step counts
     as a zero gradient (it keeps ``grad=None`` if it had none, on every rank alike).
-    Returns the global mean loss (detached), which is non-finite if any rank's was.
+    `votes` are flags every rank must act on at the same step (a stop request, say): they
+    ride in the same buffer, so tallying them costs no collective, and each comes back as a
+    0-dim tensor, positive on every rank when any rank voted for it, to be read with the
+    loss (on a single process, the flags as given).
+    Returns the global mean loss (detached), which is non-finite if any rank's was, and the votes.
     """
     loss = loss.detach().float().reshape(1)
     if not info.distributed:
-        return loss[0]
+        return loss[0], list(votes)
     grads = [p.grad for p in params if p.grad is not None]
-    flat = torch.cat([g.reshape(-1).float() for g in grads] + [loss])
+    ballots = [loss.new_full((1,), float(vote)) for vote in votes]  # filled on the device: nothing copied from the host
+    flat = torch.cat([g.reshape(-1).float() for g in grads] + [loss] + ballots)
     tdist.all_reduce(flat, op=tdist.ReduceOp.SUM)
     flat /= info.world_size
     offset = 0
@@ -250,7 +258,7 @@ def average_gradients(params: Sequence[torch.nn.Parameter], loss: torch.Tensor, 
         n = g.numel()
         g.copy_(flat[offset : offset + n].view_as(g))
         offset += n
-    return flat[-1]
+    return flat[offset], list(flat[offset + 1 :])
 
 
 def mean_scalars(scalars: dict[str, float], info: DistInfo, device: torch.device) -> dict[str, float]:
@@ -271,15 +279,6 @@ def sum_tensor(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return values
 
 
-def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
-    """True on every rank when `flag` is true on at least one (a stop request, for example)."""
-    if not info.distributed:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
-    tdist.all_reduce(value, op=tdist.ReduceOp.MAX)
-    return bool(value.item() > 0)
-
-
 def params_of(groups: Iterable[Iterable[torch.nn.Parameter]]) -> list[torch.nn.Parameter]:
     """The distinct parameters of several lists, in first-seen order."""
     seen: set[int] = set()
@@ -296,7 +295,7 @@ class PartSync:
     """Keeps the gradients of a model's parts equal on every rank (see the module docstring).
 
     Use per training step ``ts``: run its forward and backward inside ``sync.step(ts)``,
-    then ``loss = sync.reduce(ts, loss)``. ``sync.unwrapped(model)`` gives the plain parts
+    then ``loss, votes = sync.reduce(ts, loss)``. ``sync.unwrapped(model)`` gives the plain parts
     back (for evaluation, sampling and state_dicts without ``module.`` prefixes).
     """
 
@@ -339,11 +338,12 @@ class PartSync:
                     stack.enter_context(wrapper.no_sync())
             yield
 
-    def reduce(self, ts, loss: torch.Tensor) -> torch.Tensor:
-        """After backward: all-reduce what DDP did not, with the loss; returns the global mean loss."""
+    def reduce(self, ts, loss: torch.Tensor, votes: Sequence[bool] = ()) -> tuple[torch.Tensor, list[Any]]:
+        """After backward: all-reduce what DDP did not, with the loss and `votes`; returns the global mean loss and
+        the tallied votes (`average_gradients`)."""
         synced = self.ddp_parts.get(ts.name)
         manual = [p for part, params in ts.parts.items() if synced is None or part not in synced for p in params]
-        value = average_gradients(manual, loss, self.info)
+        value = average_gradients(manual, loss, self.info, votes)
         if synced is None and self.wrappers:
             self.ddp_parts[ts.name] = {
                 part

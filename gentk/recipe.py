@@ -63,6 +63,9 @@ class DataOptions:
     validation: int | None = option(None, "examples held out of train for validation (default: the dataset's own)", ge=0)
     root: str | None = option(None, "directory holding the dataset files (default: $GENTK_DATA, else the user cache)")
     download: bool = option(True, "download missing files (with checksums) when a network is available")
+    on_device: Literal["auto"] | bool = option(
+        "auto", "keep the training split on the GPU and gather batches there (auto: on CUDA or MPS when it takes at most a tenth of the free memory)"
+    )
 
 
 def _categorical_if_supervised(instance, attribute, value) -> None:

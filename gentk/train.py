@@ -40,7 +40,7 @@ import torch
 
 from gentk import checkpoint, console, dist, rundir
 from gentk.console import Progress, format_scalars
-from gentk.data import build_data, check_held_out
+from gentk.data import build_data, check_held_out, keep_train_split
 from gentk.errors import GentkError, TrainingError, TrainingInterrupted, did_you_mean
 from gentk.evaluate import run_evaluation
 from gentk.model import build_model
@@ -95,7 +95,7 @@ def train(
         clean = True
         return result
     except TrainingInterrupted:
-        clean = True  # every rank stops at the same step (the stop request is all-reduced)
+        clean = True  # every rank stops at the same step (the stop votes are all-reduced, `Run.stop_flags`)
         raise
     except OSError as exc:
         if rundir.is_storage_error(exc):  # a full disk, a read-only run directory
@@ -123,7 +123,7 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
         claim.enter_context(run_callbacks(plugins, run_dir, recipe, run.step))  # gentk_run_start now, gentk_run_end on the way out
 
     # -- the loop
-    stop = StopRequest()
+    run.stop = StopRequest()
     run.clock = RunClock(state.elapsed if state is not None else 0.0, cfg.minutes)
     say(run.banner())
     run.progress = Progress(cfg.steps, run.step, enabled=info.is_main, on_measured=run.say_eta if info.is_main else None)
@@ -144,22 +144,21 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
     try:
         if state is not None and run.evaluation_missing(out_of_time):
             run.evaluate()
-        with stop.installed():
+        with run.stop.installed():
             while run.step < cfg.steps and not out_of_time:
                 run.train_step()
-                if cfg.minutes is not None:  # rank 0's clock decides, so every rank stops at the same step
-                    out_of_time = dist.any_rank(run.clock.spent(), info, device)
+                out_of_time = run.out_of_time()  # the same on every rank, as `interrupted` below
                 last = run.step == cfg.steps or out_of_time
                 if run.step % cfg.log_every == 0 or last:
                     run.log_scalars()
                 with run.speed.paused():  # speed/* counts training time only
                     # checkpoint before evaluating: an evaluation may take minutes and changes nothing
-                    interrupted = dist.any_rank(stop.requested is not None, info, device)
+                    interrupted = run.interrupted()
                     if run.step % cfg.checkpoint_every == 0 or last or interrupted:
                         run.save()
                     if interrupted:
                         raise TrainingInterrupted(
-                            interrupt_message(stop.requested, run.step, cfg.steps, run_dir, recipe), run_dir=run_dir, step=run.step
+                            interrupt_message(run.stop.requested, run.step, cfg.steps, run_dir, recipe), run_dir=run_dir, step=run.step
                         )
                     if run.step % recipe.eval.every == 0 or last:
                         if out_of_time:
@@ -230,7 +229,7 @@ class Run:
     """One training run's objects and counters, and the named parts of the loop in `_train`.
 
     `Run.build` makes the objects (alike on every rank); `_train` sets `sync`, `log`,
-    `progress`, `speed` and `clock` as the run starts. Everything a checkpoint holds comes
+    `progress`, `speed`, `clock` and `stop` as the run starts. Everything a checkpoint holds comes
     from here (`save`) and goes back here (`restore`), through `checkpoint.TrainState`.
     """
 
@@ -256,6 +255,8 @@ class Run:
     progress: Progress | None = None
     speed: Speed | None = None
     clock: RunClock | None = None
+    stop: StopRequest | None = None
+    voted: tuple[bool, bool] = (False, False)  # under torchrun: the stop votes the last step's all-reduce carried
     step: int = 0
     device_line: str = ""  # device, threads and dtype, as the banner says them
     best: dict | None = None  # what best.pt holds: {"name", "value", "step"}
@@ -289,6 +290,7 @@ class Run:
             compile_parts(model)
         # the global batch size; each rank gets its slice
         common = recipe.data.common
+        keep_train_split(data, common.on_device, device)  # on a GPU with room, batches are gathered there
         batches = data.train_batches(common.batch_size, seed=recipe.seed, rank=info.rank, world_size=info.world_size)
         labeled_batches = None
         if any(s.phase == "supervised" for s in training_steps):
@@ -418,19 +420,25 @@ class Run:
 
         The losses and logged values are summed where they were computed (on a GPU, there)
         and read once per log interval (`log_scalars`); the one read per step is the check
-        that every training step's loss is finite.
+        that every training step's loss is finite, which under torchrun reads the stop votes
+        as well (`stop_flags`).
         """
         batch = next(self.batches).to_device(self.device)
         labeled = next(self.labeled_batches).to_device(self.device) if self.labeled_batches is not None else None
         losses = {}
         started = time.perf_counter()
+        asked = self.stop_flags() if self.info.distributed else ()  # carried by the first training step's all-reduce
+        votes = []
         for ts in self.training_steps:
-            losses[ts.name], scalars = self.update(ts, labeled if ts.phase == "supervised" else batch)
+            losses[ts.name], scalars, tallied = self.update(ts, labeled if ts.phase == "supervised" else batch, asked)
+            asked, votes = (), votes + tallied
             self.add(f"train/{ts.name}/loss", losses[ts.name])
             for key, value in scalars.items():
                 if key != "loss":  # the all-rank mean above is the step's loss
                     self.add(f"train/{ts.name}/{key}", value)
-        self.check_finite(losses)
+        read = self.check_finite(losses, votes)
+        if votes:
+            self.voted = (read[0] > 0, read[1] > 0)
         self.counted += 1
         if self.ema:
             self.ema.update(self.model, updates=self.step)
@@ -441,9 +449,10 @@ class Run:
         """Add a logged value to the running sum of the log interval (a tensor stays on its device)."""
         self.sums[name] = self.sums.get(name, 0.0) + (value.detach().float() if torch.is_tensor(value) else float(value))
 
-    def update(self, ts, batch) -> tuple[torch.Tensor, dict[str, Any]]:
+    def update(self, ts, batch, votes: tuple[bool, ...] = ()) -> tuple[torch.Tensor, dict[str, Any], list[Any]]:
         """Training step `ts` on `batch`: forward, backward (gradients averaged over ranks), clip,
-        optimizer and schedule step. Returns the loss (mean over ranks) and the step's logged values.
+        optimizer and schedule step. Returns the loss (mean over ranks), the step's logged values
+        and `votes` tallied over ranks by the same all-reduce (`dist.average_gradients`).
 
         Under fp16 the GradScaler skips an update whose gradients overflowed and lowers its
         scale; the schedule then does not step either.
@@ -454,7 +463,7 @@ class Run:
             with self.autocast(), loss_scale(scaler.get_scale() if scaler else 1.0):  # the scale: for losses that take gradients (R1)
                 loss, scalars = ts.loss(batch)
             (scaler.scale(loss) if scaler else loss).backward()
-        loss = self.sync.reduce(ts, loss)  # checked by `check_finite` once every training step has run
+        loss, votes = self.sync.reduce(ts, loss, votes)  # checked by `check_finite` once every training step has run
         if scaler:
             scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         if spec.clip_grad is not None:
@@ -470,17 +479,40 @@ class Run:
             optimizer.step()
         if applied:  # a skipped update does not advance the learning-rate schedule either
             self.schedules[ts.name].step()
-        return loss, scalars
+        return loss, scalars, votes
 
-    def check_finite(self, losses: dict[str, torch.Tensor]) -> None:
-        """Stop the run on a non-finite loss of any training step (without saving): one read of them all.
+    def stop_flags(self) -> tuple[bool, bool]:
+        """This process's reasons to stop: a signal (SIGINT, SIGTERM) asked it; its clock passed the time budget.
+
+        Every rank must stop at the same step. On one process `interrupted` and `out_of_time`
+        read these flags as they are. Under torchrun each rank's flags as a step begins travel
+        in that step's first all-reduce (`dist.average_gradients`) and are read with the
+        losses, so the check costs no collective and no read of its own (it cost an all-reduce
+        and a read per step, two with a time budget); `interrupted` and `out_of_time` then
+        answer what any rank voted. A Ctrl-C that comes during a step is therefore acted on
+        after the next one, a step later than on one process.
+        """
+        return self.stop.requested is not None, self.clock.spent()
+
+    def interrupted(self) -> bool:
+        """Whether a signal asked the run to stop, on every rank alike (`stop_flags`)."""
+        return self.voted[0] if self.info.distributed else self.stop_flags()[0]
+
+    def out_of_time(self) -> bool:
+        """Whether the time budget is spent, on every rank alike (`stop_flags`)."""
+        return self.voted[1] if self.info.distributed else self.stop_flags()[1]
+
+    def check_finite(self, losses: dict[str, torch.Tensor], votes: list[Any] = ()) -> list[float]:
+        """Stop the run on a non-finite loss of any training step (without saving): one read of them all, and of
+        `votes` (returned as floats).
 
         A later training step of the same step may have run on the non-finite weights; nothing
         is saved, so nothing of it stays. Under fp16 an overflow in the forward pass is skipped
         first, as the GradScaler skips any overflow (its gradients are not finite); the run stops
         when `FP16_PATIENCE` steps in a row overflow.
         """
-        for ts, value in zip(self.training_steps, read_once(losses).values()):
+        read = list(read_once({**losses, **{f"vote {i}": vote for i, vote in enumerate(votes)}}).values())
+        for ts, value in zip(self.training_steps, read):
             if math.isfinite(value):
                 self.overflows[ts.name] = 0
                 continue
@@ -489,6 +521,7 @@ class Run:
                 if self.overflows[ts.name] < FP16_PATIENCE:
                     continue
             raise TrainingError(nan_message(ts, self.step + 1, value, self.run_dir, self.last_saved, self.overflows.get(ts.name, 0)))
+        return read[len(self.training_steps) :]
 
     # -- logging and evaluation
 
@@ -794,8 +827,9 @@ def find_resume(resume, out: Path, recipe: Recipe) -> Path | None:
 
 def check_same_recipe(state: dict, recipe: Recipe, path: Path, force: bool) -> None:
     """Refuse to continue a run with a different recipe, unless forced."""
-    # a wall-clock budget changes neither the model nor its trajectory: raising it continues a run
-    changes = [c for c in diff(state["recipe"], recipe.to_dict()) if not c.startswith("train.minutes:")]
+    # a wall-clock budget changes neither the model nor its trajectory: raising it continues a run; where the training
+    # split lives changes no number (the batch stream refuses a binarization generator of another device itself)
+    changes = [c for c in diff(state["recipe"], recipe.to_dict()) if not c.startswith(("train.minutes:", "data.on_device:"))]
     if not changes:
         return
     shown = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")

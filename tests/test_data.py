@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from gentk.data import Batch, balanced_subset, build_data, static_binarize
+from gentk.data import ON_DEVICE_SHARE, Batch, Data, balanced_subset, build_data, keep_train_split, static_binarize
 from gentk.download import DataError
 from gentk.plugins import load_plugins
 from gentk.recipe import ComponentSpec, DataOptions, recipe_from_dict
@@ -96,7 +96,8 @@ def test_resume_with_another_recipe_is_an_error(plugins):
 
 
 def test_ddp_shards_partition_the_global_batch(plugins):
-    data = synthetic(plugins, binarize="dynamic")
+    # 8-bit images: the ranks' slices, joined, are the single-process batch (dynamic binarization: tests/test_gloo.py)
+    data = synthetic(plugins)
     single = take(data.train_batches(40, seed=2), 3)
     ranks = [take(data.train_batches(40, seed=2, rank=r, world_size=4), 3) for r in range(4)]
     for step in range(3):
@@ -113,10 +114,84 @@ def test_a_batch_reaches_a_gpu_through_pinned_memory_without_waiting(monkeypatch
     monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: done.append("pin") or self)
     monkeypatch.setattr(torch.Tensor, "to", lambda self, device, non_blocking=False: done.append((str(device), non_blocking)) or self)
     Batch(torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.long)).to_device("cuda:0")
-    assert done == ["pin", "pin", ("cuda:0", True), ("cuda:0", True)]
+    assert done == ["pin", ("cuda:0", True), "pin", ("cuda:0", True)]
     done.clear()
     Batch(torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.long)).to_device(torch.device("cpu"))
-    assert done == [("cpu", False), ("cpu", False)]  # nothing to pin on the CPU
+    assert done == []  # already there: nothing to pin or copy (as a batch of a training split on the device)
+
+
+@pytest.mark.parametrize("binarize", ["none", "static", "dynamic"])
+def test_a_training_split_on_the_device_serves_the_same_batches(plugins, binarize):
+    # on the CPU ("on_device = true" there) the device path gathers with torch, the host path with NumPy: the same numbers
+    common = DataOptions(labeled=6, validation=20)
+    host, kept = synthetic(plugins, binarize=binarize, train=100, common=common), synthetic(plugins, binarize=binarize, train=100, common=common)
+    kept.keep_train_on("cpu")
+    for rank in range(2):  # batches of 48 from 80 examples cross epochs; a labeled batch of 4 from 6, every other step
+        (host_train, host_labeled), (kept_train, kept_labeled) = [
+            (d.train_batches(48, seed=5, rank=rank, world_size=2), d.train_batches(4, seed=5, labeled=True)) for d in (host, kept)
+        ]
+        for _ in range(7):
+            for a, b in ((next(host_train), next(kept_train)), (next(host_labeled), next(kept_labeled))):
+                assert a.x.dtype == b.x.dtype == torch.float32 and torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+    resumed = kept.train_batches(48, seed=5)  # a state of the host path continues on the device path
+    straight = host.train_batches(48, seed=5)
+    take(straight, 3)
+    resumed.load_state_dict(straight.state_dict())
+    assert all(torch.equal(a.x, b.x) for a, b in zip(take(straight, 3), take(resumed, 3)))
+
+
+def test_with_the_split_on_the_device_a_step_copies_nothing_from_the_host(plugins, monkeypatch):
+    # the host path makes each batch from NumPy arrays; the device path sends the epochs' order once and then only indexes
+    data = synthetic(plugins, binarize="dynamic", train=100, common=DataOptions(labeled=8, validation=20))
+    data.keep_train_on("cpu")
+    made = []
+    monkeypatch.setattr(torch, "from_numpy", lambda array, made_by=torch.from_numpy: made.append(array.shape) or made_by(array))
+    labeled, batches = data.train_batches(8, seed=1, labeled=True), data.train_batches(40, seed=1)
+    for _ in range(30):  # a labeled epoch a step, two steps an epoch of the 80 examples
+        assert len(next(labeled)) == 8 and len(next(batches)) == 40
+    assert sorted(made) == [(819 * 80,), (8192 * 8,)]  # one block of epochs' order each: 819 epochs of 80, 8192 of 8
+
+
+def test_on_device_auto_keeps_the_split_on_a_gpu_with_room(plugins, monkeypatch):
+    # no GPU here: its free memory is mocked, and where the split would go is recorded instead of done
+    data = synthetic(plugins)
+    kept = []
+    monkeypatch.setattr(Data, "keep_train_on", lambda self, device: kept.append(str(device)))
+    free = {"bytes": 0}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"], 80 << 30))
+    monkeypatch.setattr(torch.mps, "recommended_max_memory", lambda: free["bytes"] + (1 << 30), raising=False)
+    monkeypatch.setattr(torch.mps, "driver_allocated_memory", lambda: 1 << 30, raising=False)
+    fits = int(data.train_nbytes / ON_DEVICE_SHARE)
+    assert data.train_nbytes == 320 * 8 * 8 + 320 * 8  # uint8 levels and int64 labels
+    for device in ("cuda:0", "mps"):
+        free["bytes"] = fits
+        assert keep_train_split(data, "auto", device) and kept[-1] == device
+        free["bytes"] = fits - 100
+        assert not keep_train_split(data, "auto", device) and kept[-1] == device and len(kept) in (1, 2)
+    assert kept == ["cuda:0", "mps"]
+    assert not keep_train_split(data, "auto", "cpu")  # on a CPU the host path stays
+    assert not keep_train_split(data, False, "cuda:0")
+    free["bytes"] = 0
+    assert keep_train_split(data, True, "cuda:1") and keep_train_split(data, True, "cpu") and kept[-2:] == ["cuda:1", "cpu"]
+    with pytest.raises(DataError, match="cannot keep its training split on a device"):
+        keep_train_split(object(), True, "cuda:0")
+    assert not keep_train_split(object(), "auto", "cuda:0")
+
+
+def test_a_binarization_drawn_on_another_device_is_not_continued_silently(plugins):
+    data = synthetic(plugins, binarize="dynamic")
+    state = data.train_batches(40, seed=1).state_dict()
+    assert state["noise_device"] == "cpu"
+    with pytest.raises(DataError, match=r"noise on cuda but this run keeps the training split on cpu.*--set data.on_device=true"):
+        data.train_batches(40, seed=1).load_state_dict({**state, "noise_device": "cuda"})
+    del state["noise_device"]  # a checkpoint from before data.on_device: drawn on the CPU
+    data.train_batches(40, seed=1).load_state_dict(state)
+    eight_bit = synthetic(plugins)  # nothing drawn: a stream from a GPU continues on the CPU
+    straight = eight_bit.train_batches(40, seed=1)
+    take(straight, 2)
+    moved = eight_bit.train_batches(40, seed=1)
+    moved.load_state_dict({**straight.state_dict(), "noise_device": "cuda", "generator": torch.zeros(16, dtype=torch.uint8)})
+    assert torch.equal(next(moved).x, next(straight).x)
 
 
 def test_eval_batches_are_ordered_finite_and_sharded(plugins):
@@ -152,7 +227,7 @@ def test_dynamic_draws_average_to_the_pixel_intensities(plugins):
     total = np.zeros(probs.shape)
     it = data.train_batches(100, seed=0)  # one batch = one whole epoch, in that epoch's order
     for _ in range(300):
-        rows = it.indices[it._permutation()]
+        rows = it._epoch_order()
         total[rows] += next(it).x.numpy()
     assert np.abs(total / 300 - probs).max() < 0.15
     assert np.abs(total / 300 - probs).mean() < 0.03

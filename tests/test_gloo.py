@@ -21,7 +21,7 @@ import gentk
 import gentk.evaluate
 from gentk import checkpoint, dist
 from gentk.data import Batch, build_data
-from gentk.errors import TrainingError
+from gentk.errors import TrainingError, TrainingInterrupted
 from gentk.evaluate import held_out_losses
 from gentk.model import build_model
 from gentk.recipe import recipe_from_dict
@@ -116,14 +116,126 @@ def test_resuming_on_machines_without_a_shared_filesystem_is_a_clear_error(pool,
     assert "filesystem they all share" in messages[0]
 
 
+def binarized_batches(tree: dict, steps: int) -> list[dict[str, torch.Tensor]]:
+    """This rank's first `steps` training batches under dynamic binarization, each with the noise drawn for it
+    and the same examples as 8-bit intensities (the batches of the recipe without binarization)."""
+    info = dist.from_environment()
+    plugins = gentk.load_plugins(autoload=False)
+    recipes = [recipe_from_dict(t, plugins=plugins) for t in (tree, {**tree, "data": {**tree["data"], "binarize": "none"}})]
+    streams = [
+        build_data(r.data, plugins, seed=r.seed).train_batches(r.data.common.batch_size, seed=r.seed, rank=info.rank, world_size=info.world_size)
+        for r in recipes
+    ]
+    drawn, rand = [], torch.rand
+
+    def recorded(*args, **kwargs):
+        drawn.append(rand(*args, **kwargs))
+        return drawn[-1]
+
+    torch.rand = recorded
+    try:
+        batches = [(next(streams[0]), next(streams[1])) for _ in range(steps)]
+    finally:
+        torch.rand = rand
+    return [{"x": b.x, "y": b.y, "noise": noise, "intensity": plain.x} for (b, plain), noise in zip(batches, drawn, strict=True)]
+
+
+def test_each_rank_draws_the_binarization_noise_of_its_own_examples_only(pool):
+    tree = {**AAE, "data": {**AAE["data"], "binarize": "dynamic"}}  # a global batch of 8
+    one = binarized_batches(tree, 3)
+    ranks = pool.run(binarized_batches, tree, 3)
+    for step, single in enumerate(one):
+        mine = [rank[step] for rank in ranks]
+        assert single["noise"].shape == (8, 1, 8, 8) and [b["noise"].shape for b in mine] == [(4, 1, 8, 8)] * 2  # a half each, not all 8
+        assert not torch.equal(mine[0]["noise"], mine[1]["noise"])  # each rank's stream is its own
+        for b in mine:  # a pixel is on where its rank's noise is below its intensity
+            assert torch.equal(b["x"], (b["noise"] < b["intensity"]).float())
+        # together the ranks binarize exactly the single process's examples
+        assert torch.equal(torch.cat([b["intensity"] for b in mine]), single["intensity"])
+        assert torch.equal(torch.cat([b["y"] for b in mine]), single["y"])
+
+
+READS = ("item", "tolist", "__float__", "__int__", "__bool__")  # each waits for the GPU's queued kernels
+
+
+def reads_per_step(tree: dict, out: str) -> list[int]:
+    """gentk's reads of tensor values and CUDA synchronizations, each a host sync on a GPU, from the start of each
+    training step to the start of the next (the log interval, checkpoints and evaluations set apart by the recipe)."""
+    import importlib
+    import sys
+
+    engine = importlib.import_module("gentk.train")  # the module: gentk.train is also the function
+    counted, marks = [0], []
+
+    def counting(original, everywhere=False):
+        def count(*args, **kwargs):
+            if everywhere or sys._getframe(1).f_globals.get("__name__", "").startswith("gentk"):  # torch's own reads aside
+                counted[0] += 1
+            return original(*args, **kwargs)
+
+        return count
+
+    def marked(run):
+        marks.append(counted[0])
+        return train_step(run)
+
+    train_step, synchronize, reads = engine.Run.train_step, torch.cuda.synchronize, {name: getattr(torch.Tensor, name) for name in READS}
+    for name, read in reads.items():
+        setattr(torch.Tensor, name, counting(read))
+    torch.cuda.synchronize, engine.Run.train_step = counting(synchronize, everywhere=True), marked
+    try:
+        trained(tree, out)
+    finally:
+        for name, read in reads.items():
+            setattr(torch.Tensor, name, read)
+        torch.cuda.synchronize, engine.Run.train_step = synchronize, train_step
+    return [b - a for a, b in zip(marks, marks[1:])]
+
+
+def test_a_step_syncs_once_under_ddp_with_a_time_budget(pool, tmp_path):
+    # the NaN check reads every training step's loss; the stop votes (a Ctrl-C, the time budget) ride in the same
+    # all-reduce and read (before: an all-reduce and a read each, every step)
+    tree = {**AAE, "train": {**AAE["train"], "steps": 5, "log_every": 100, "minutes": 60.0}, "eval": {"every": 100, "samples": 0}}
+    assert reads_per_step(tree, str(tmp_path / "one")) == [1, 1, 1, 1]
+    assert pool.run(reads_per_step, tree, str(tmp_path / "two")) == [[1, 1, 1, 1]] * 2
+
+
+def stopped_when_rank_1_is_signalled(tree: dict, out: str, after: int) -> int:
+    """The step at which the run stops when rank 1 alone gets a SIGINT, once its step `after` is done."""
+    import importlib
+    import signal
+
+    engine = importlib.import_module("gentk.train")
+    train_step = engine.Run.train_step
+
+    def signalled(run):
+        train_step(run)
+        if run.info.rank == 1 and run.step == after:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    engine.Run.train_step = signalled
+    try:
+        trained(tree, out)
+    except TrainingInterrupted as stop:
+        return stop.step
+    finally:
+        engine.Run.train_step = train_step
+    raise AssertionError("the run did not stop")
+
+
+def test_a_ctrl_c_on_one_rank_stops_every_rank_one_step_later(pool, tmp_path):
+    tree = {**AAE, "train": {**AAE["train"], "steps": 8}, "eval": {"every": 100, "samples": 0}}
+    assert pool.run(stopped_when_rank_1_is_signalled, tree, str(tmp_path / "two"), 2) == [3, 3]  # carried by step 3's all-reduce
+
+
 # --------------------------------------------------------------------------- paths a GPU run takes, on gloo
 
-# Deterministic given the batches (no input noise, no prior samples in training), so two ranks, each
-# with half of every global batch, must reach one process's weights (up to summation order).
+# Deterministic given the batches (no input noise, no prior samples in training, a static binarization), so
+# two ranks, each with half of every global batch, must reach one process's weights (up to summation order).
 PIXEL = {
     "name": "tiny_gloo_pixel",
     "seed": 4,
-    "data": {"name": "synthetic", "binarize": "dynamic", "batch_size": 8, "train": 64, "test": 16},
+    "data": {"name": "synthetic", "binarize": "static", "batch_size": 8, "train": 64, "test": 16},
     "model": {
         "encoder": {"name": "mlp", "hidden": [8]},
         "latents": {"z": {"size": 2, "head": "deterministic", "regularizer": {"name": "none"}}},

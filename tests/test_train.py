@@ -145,17 +145,23 @@ def test_run_fills_the_run_directory(tmp_path, recipe_file):
     assert (run / "data.json").exists()
 
 
+def interrupting_at(at: int):
+    """Plugins that send the process a SIGINT as step `at` is logged (`train.log_every = 1`)."""
+
+    class Interrupt:
+        @gentk.hookimpl
+        def gentk_log(self, run_dir, step, scalars):
+            if step == at:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    return gentk.load_plugins(autoload=False, plugins=[Interrupt()])
+
+
 def test_resume_after_sigint_equals_uninterrupted_training(tmp_path, plugins, recipe_file):
     recipe = load(recipe_file, plugins)
     whole = train(recipe, plugins=plugins, out=tmp_path / "whole").run_dir
 
-    class InterruptAtStep5:  # a SIGINT arriving during step 5: the engine saves after it
-        @gentk.hookimpl
-        def gentk_log(self, run_dir, step, scalars):
-            if step == 5:
-                os.kill(os.getpid(), signal.SIGINT)
-
-    stopping = gentk.load_plugins(autoload=False, plugins=[InterruptAtStep5()])
+    stopping = interrupting_at(5)  # a SIGINT arriving during step 5: the engine saves after it
     with pytest.raises(TrainingInterrupted) as stop:
         train(recipe, plugins=stopping, out=tmp_path / "parts")
     assert stop.value.step == 5 and "SIGINT at step 5 of 12" in str(stop.value) and f"--resume {stop.value.run_dir}" in str(stop.value)
@@ -186,6 +192,26 @@ def test_resume_after_sigint_equals_uninterrupted_training(tmp_path, plugins, re
         return [{k: v for k, v in e.items() if not k.startswith(("speed/", "time/"))} for e in losses(run)]
 
     assert logged(whole) == logged(part)
+
+
+def test_a_run_with_the_training_split_on_the_device_is_the_same_run(tmp_path, plugins, recipe_file, monkeypatch):
+    # data.on_device = true on the CPU: batches gathered by torch indexing, the same bits as NumPy's; a resume may
+    # change where the split lives without --force
+    from gentk.data import Data
+
+    kept, keep = [], Data.keep_train_on
+    monkeypatch.setattr(Data, "keep_train_on", lambda self, device: kept.append(str(device)) or keep(self, device))
+    whole = train(load(recipe_file, plugins, "train.steps=8"), plugins=plugins, out=tmp_path / "whole").run_dir
+    assert kept == []  # "auto" on a CPU: the host path
+    stopping = interrupting_at(3)
+    with pytest.raises(TrainingInterrupted) as stop:
+        train(load(recipe_file, stopping, "train.steps=8", "data.on_device=true"), plugins=stopping, out=tmp_path / "parts")
+    assert kept == ["cpu"] and weights(stop.value.run_dir)["data"][0]["train"]["noise_device"] == "cpu"
+    part = train(load(recipe_file, plugins, "train.steps=8"), plugins=plugins, out=tmp_path / "parts", resume=stop.value.run_dir).run_dir
+    a, b = weights(whole), weights(part)
+    assert a["step"] == b["step"] == 8
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
 
 
 def test_resume_auto_and_changed_recipe(tmp_path, plugins, recipe_file):

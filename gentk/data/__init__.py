@@ -24,7 +24,18 @@ Every name below is importable from `gentk.data` itself; see docs/data.md.
 
 from __future__ import annotations
 
-from gentk.data.batches import Batch, Data, TrainBatches, balanced_subset, build_data, check_held_out, evaluation_split, static_binarize
+from gentk.data.batches import (
+    ON_DEVICE_SHARE,
+    Batch,
+    Data,
+    TrainBatches,
+    balanced_subset,
+    build_data,
+    check_held_out,
+    evaluation_split,
+    keep_train_split,
+    static_binarize,
+)
 from gentk.data.datasets import (
     BINARIZE,
     FASHION_SOURCES,
@@ -73,6 +84,7 @@ __all__ = [
     "MNIST",
     "MNIST_SOURCES",
     "NPZ",
+    "ON_DEVICE_SHARE",
     "SPLITS",
     "SVHN",
     "ArrayFileOptions",
@@ -100,6 +112,7 @@ __all__ = [
     "describe_datasets",
     "downsample",
     "evaluation_split",
+    "keep_train_split",
     "prepare_dataset",
     "read_cache",
     "read_idx",

@@ -10,6 +10,11 @@ validation split (the end of train), binarizes if asked, picks a class-balanced 
 subset with the run's seed, and serves batches straight from memory (no DataLoader:
 workers only add overhead for in-memory arrays on CPU). Under DDP every rank walks the
 same global stream of examples and keeps its slice of each batch.
+
+On a GPU the training split can live on the device (`keep_train_split`, the recipe's
+``data.on_device``): a batch is then gathered there by indexing with the epoch's order,
+which reaches the device once per epoch, and binarized with noise drawn there; nothing of
+a step's batch is assembled or copied on the host.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ from gentk.data.datasets import ImageOptions, Loaded
 from gentk.data.sources import SPLITS, Arrays
 from gentk.download import DataError
 
+ON_DEVICE_SHARE = 0.1  # data.on_device = "auto": the training split may take this share of the device's free memory
+ORDER_BLOCK = 1 << 16  # examples' indices sent to a device at once: whole epochs, at least one
+
 
 @attrs.define
 class Batch:
@@ -41,14 +49,22 @@ class Batch:
         return Batch(self.x.to(device, non_blocking=non_blocking), self.y.to(device, non_blocking=non_blocking))
 
     def to_device(self, device) -> Batch:
-        """The batch on `device`; to a GPU through pinned memory, without waiting: a copy from
-        ordinary (pageable) memory waits until the GPU has run every kernel queued before it."""
-        if torch.device(device).type == "cuda":
-            return Batch(self.x.pin_memory(), self.y.pin_memory()).to(device, non_blocking=True)
-        return self.to(device)
+        """The batch on `device` (itself when it is there already, as with the training split on the device)."""
+        return Batch(to_device(self.x, device), to_device(self.y, device))
 
     def __len__(self) -> int:
         return self.x.shape[0]
+
+
+def to_device(tensor: torch.Tensor, device) -> torch.Tensor:
+    """`tensor` on `device`; to a GPU through pinned memory, without waiting: a copy from
+    ordinary (pageable) memory waits until the GPU has run every kernel queued before it."""
+    device = torch.device(device)
+    if tensor.device.type == device.type and device.index in (None, tensor.device.index):
+        return tensor
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 # --------------------------------------------------------------------------- binarization and subsets
@@ -100,8 +116,11 @@ class TrainBatches(Iterator[Batch]):
     (seed, stream, epoch)); a batch takes the next `batch_size` of them, crossing epoch
     boundaries when needed, so a labeled subset smaller than a batch still works. Under
     DDP every rank walks the same global stream and keeps its slice of each global batch:
-    the union over ranks is exactly the single-process batch, dynamic binarization
-    included (the noise is drawn for the global batch from the iterator's generator).
+    the union over ranks holds exactly the single-process batch's examples. Dynamic
+    binarization draws the noise of this rank's slice only, from a generator of the rank's
+    own: rank 0's is seeded as a single process's, so one process draws what it always
+    drew, and every other rank draws a stream of its own (the noise, not the examples,
+    then depends on the number of ranks).
     """
 
     def __init__(self, data: Data, indices: np.ndarray, batch_size: int, *, seed: int, stream: int, rank: int, world_size: int):
@@ -116,32 +135,42 @@ class TrainBatches(Iterator[Batch]):
         self.data, self.indices, self.batch_size = data, indices, batch_size
         self.seed, self.stream, self.rank, self.world_size = seed, stream, rank, world_size
         self.epoch, self.position = 0, 0
-        self.generator = torch.Generator().manual_seed(_stream_seed(seed, stream, 31337))
-        self._perm_epoch, self._perm = -1, None
+        self.device = data.train_device  # None: the training split is in host memory
+        noise_key = (seed, stream, 31337) if rank == 0 else (seed, stream, 31337, rank)
+        # the noise is drawn where the data lives
+        self.generator = torch.Generator(device=self.device or "cpu").manual_seed(_stream_seed(*noise_key))
+        # the order of the epochs [first, first + epochs): one epoch in host memory; on a device as many as fit in
+        # ORDER_BLOCK, so that a labeled subset of one batch does not send its next order every step
+        self._epochs = 1 if self.device is None else max(1, ORDER_BLOCK // len(indices))
+        self._first, self._orders = 0, None
 
-    def _permutation(self) -> np.ndarray:
-        if self._perm_epoch != self.epoch:
-            self._perm = np.random.default_rng([self.seed, self.stream, self.epoch]).permutation(len(self.indices))
-            self._perm_epoch = self.epoch
-        return self._perm
+    def _epoch_order(self) -> np.ndarray | torch.Tensor:
+        """This epoch's examples in the order they are served: on the data's device when it holds the training split."""
+        n = len(self.indices)
+        if self._orders is None or not self._first <= self.epoch < self._first + self._epochs:
+            epochs = range(self.epoch, self.epoch + self._epochs)
+            orders = np.concatenate([self.indices[np.random.default_rng([self.seed, self.stream, e]).permutation(n)] for e in epochs])
+            self._orders = orders if self.device is None else to_device(torch.from_numpy(orders), self.device)
+            self._first = self.epoch
+        start = (self.epoch - self._first) * n
+        return self._orders[start : start + n]
 
     def __next__(self) -> Batch:
         parts, need = [], self.batch_size
         while need:
-            perm = self._permutation()
-            take = min(need, len(perm) - self.position)
-            parts.append(self.indices[perm[self.position : self.position + take]])
+            order = self._epoch_order()
+            take = min(need, len(order) - self.position)
+            parts.append(order[self.position : self.position + take])
             self.position += take
             need -= take
-            if self.position == len(perm):
+            if self.position == len(order):
                 self.epoch, self.position = self.epoch + 1, 0
-        rows = np.concatenate(parts)
+        rows = (np.concatenate if self.device is None else torch.cat)(parts)
         share = self.batch_size // self.world_size
         mine = slice(self.rank * share, (self.rank + 1) * share)
         noise = None
         if self.data.binarize == "dynamic":
-            shape = (self.batch_size, *self.data.image_shape)
-            noise = torch.rand(shape, generator=self.generator)[mine]
+            noise = torch.rand((share, *self.data.image_shape), generator=self.generator, device=self.generator.device)
         return self.data.train_batch(rows[mine], noise)
 
     def state_dict(self) -> dict[str, Any]:
@@ -149,6 +178,7 @@ class TrainBatches(Iterator[Batch]):
             "epoch": self.epoch,
             "position": self.position,
             "generator": self.generator.get_state(),
+            "noise_device": self.generator.device.type,
             "seed": self.seed,
             "stream": self.stream,
             "examples": len(self.indices),
@@ -163,8 +193,16 @@ class TrainBatches(Iterator[Batch]):
                     f"cannot resume the batch stream: the checkpoint's {key} is {state[key]} but this run's is {value}. "
                     "Resume with the same recipe (seed, data.batch_size, data.labeled, data.validation)."
                 )
+        saved = state.get("noise_device", "cpu")  # checkpoints from before data.on_device drew on the CPU
+        if saved == self.generator.device.type:
+            self.generator.set_state(state["generator"])
+        elif self.data.binarize == "dynamic":  # without it the generator draws nothing: any device continues the stream
+            keep = "true" if saved != "cpu" else "false"
+            raise DataError(
+                f"cannot resume the batch stream: the checkpoint drew its binarization noise on {saved} but this run keeps the training split "
+                f"on {self.generator.device.type}, whose generator cannot continue it. Resume with --set data.on_device={keep}."
+            )
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
-        self.generator.set_state(state["generator"])
 
 
 # --------------------------------------------------------------------------- the built dataset
@@ -221,6 +259,8 @@ class Data:
             visible[self.labeled_indices] = train_labels[self.labeled_indices]
             train_labels = visible
         self._train_labels = train_labels
+        self.train_device: torch.device | None = None  # where `keep_train_on` put the training split (None: host memory)
+        self._device_train: tuple[torch.Tensor, torch.Tensor, int] | None = None
         self.seed = seed
         self._binarize_seed = binarize_seed
         self.options = dict(options)
@@ -236,17 +276,38 @@ class Data:
             levels, scale = static_binarize(levels, self._max_value, binarize_seed, index), 1
         return levels, arrays.labels, scale
 
+    # -- the training split on a device
+
+    @property
+    def train_nbytes(self) -> int:
+        """Bytes the training split takes on a device: its uint8 levels and int64 labels."""
+        return self._splits["train"][0].nbytes + self._train_labels.nbytes
+
+    def keep_train_on(self, device) -> None:
+        """Keep the training split on `device`: the batch iterators made afterwards gather their batches there."""
+        levels, _, scale = self._splits["train"]
+        device = torch.device(device)
+        self._device_train = (torch.tensor(levels, device=device), torch.tensor(self._train_labels, device=device), scale)
+        self.train_device = device
+
     # -- batches
 
-    def train_batch(self, rows: np.ndarray, noise: torch.Tensor | None) -> Batch:
-        """The training examples at `rows` as a batch; `noise` (uniform, the batch's shape) binarizes it dynamically."""
-        levels, _, scale = self._splits["train"]
-        # Gather with NumPy: torch's indexing kernels spread tiny gathers over threads,
-        # which on a loaded CPU made a 100-image MNIST batch 100x slower (27 ms vs 0.2 ms).
-        x = torch.from_numpy(_to_unit(levels[rows], scale))
+    def train_batch(self, rows: np.ndarray | torch.Tensor, noise: torch.Tensor | None) -> Batch:
+        """The training examples at `rows` as a batch; `noise` (uniform, the batch's shape) binarizes it dynamically.
+
+        `rows` is a tensor on the device that holds the training split (`keep_train_on`), else an array.
+        """
+        if torch.is_tensor(rows):
+            levels, labels, scale = self._device_train
+            x, y = levels[rows].to(torch.float32) / scale, labels[rows]
+        else:
+            levels, _, scale = self._splits["train"]
+            # Gather with NumPy: torch's indexing kernels spread tiny gathers over threads,
+            # which on a loaded CPU made a 100-image MNIST batch 100x slower (27 ms vs 0.2 ms).
+            x, y = torch.from_numpy(_to_unit(levels[rows], scale)), torch.from_numpy(self._train_labels[rows])
         if noise is not None:  # dynamic binarization: pixel is on with probability x
             x = (noise < x).to(torch.float32)
-        return Batch(x, torch.from_numpy(self._train_labels[rows]))
+        return Batch(x, y)
 
     def train_batches(self, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1, labeled: bool = False) -> TrainBatches:
         """An infinite iterator of training batches (global `batch_size`, this rank's share).
@@ -316,6 +377,35 @@ class Data:
             for i in self.labeled_indices:
                 writer.writerow([int(i), int(labels[i])])
         return run_dir / "data.json"
+
+
+def keep_train_split(data, choice: str | bool, device) -> bool:
+    """Whether `data` serves its training batches from `device` (``data.on_device``); if so, put the split there.
+
+    "auto" keeps it on a GPU (CUDA or MPS) when it takes at most `ON_DEVICE_SHARE` of the
+    device's free memory, and never on a CPU, where the host path gathers faster
+    (`Data.train_batch`); true and false decide, true on a CPU too (the same batches, by
+    torch indexing). A data object without `keep_train_on` stays where it is.
+    """
+    device = torch.device(device)
+    if choice == "auto":
+        if device.type not in ("cuda", "mps") or not hasattr(data, "keep_train_on"):
+            return False
+        choice = data.train_nbytes <= ON_DEVICE_SHARE * free_memory(device)
+    if choice is True and not hasattr(data, "keep_train_on"):
+        raise DataError(f"data.on_device = true, but this data object ({type(data).__name__}) cannot keep its training split on a device.")
+    if choice:
+        data.keep_train_on(device)
+    return bool(choice)
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free on a CUDA or MPS device (0 where this torch cannot tell)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if not hasattr(torch.mps, "recommended_max_memory"):  # an older torch
+        return 0
+    return torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory()
 
 
 def evaluation_split(data) -> str:
