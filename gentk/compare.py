@@ -26,6 +26,7 @@ import contextlib
 import datetime
 import hashlib
 import json
+import os
 import platform
 import shlex
 import shutil
@@ -61,6 +62,7 @@ class RunResult:
     steps_per_s: float | None
     metrics: dict[str, float]  # test metrics, keys without the "eval/test/" prefix
     reused: bool
+    load: dict[str, Any] | None = None  # the machine's load while it ran (`machine_load`)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -236,7 +238,25 @@ def _run_one(
 
 def _result(recipe: Recipe, record: dict[str, Any], *, reused: bool) -> RunResult:
     headline = {k: v for k, v in record["metrics"].items() if "/" not in k or k.endswith("reconstruction/loss")}
-    return RunResult(recipe.name, recipe.seed, Path(record["run_dir"]), record["steps"], record["wall_s"], record["steps_per_s"], headline, reused)
+    run_dir = Path(record["run_dir"])
+    return RunResult(
+        recipe.name, recipe.seed, run_dir, record["steps"], record["wall_s"], record["steps_per_s"], headline, reused, machine_load(run_dir)
+    )
+
+
+def machine_load(run_dir: Path) -> dict[str, Any] | None:
+    """How busy the machine was while a run trained: {"cpus", "start" (1-minute load at the last
+    (re)start, env.json), "mean", "max" (of ``machine/load_1min``, logged at every log and evaluation)};
+    None for a run that recorded none (made before gentk logged the load)."""
+    env_path = run_dir / "env.json"
+    env = json.loads(env_path.read_text()) if env_path.is_file() else {}
+    readings = rundir.read_metrics(run_dir).get("machine/load_1min") if (run_dir / "metrics.h5").is_file() else None
+    if not env.get("load_avg") and (readings is None or not len(readings)):
+        return None
+    load = {"cpus": env.get("cpus"), "start": env["load_avg"][0] if env.get("load_avg") else None}
+    if readings is not None and len(readings):
+        load.update(mean=float(np.mean(readings["value"])), max=float(np.max(readings["value"])))
+    return load
 
 
 def _meta(name: str, paths, studies, overrides, seeds, results: list[RunResult], *, profile=None, overrides_for=()) -> dict[str, Any]:
@@ -276,7 +296,7 @@ def _meta(name: str, paths, studies, overrides, seeds, results: list[RunResult],
         "name": name,
         "command": command,
         "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": f"{platform.platform()}, {torch.get_num_threads()} torch threads"
+        "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads"
         + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"),
         "seeds": list(seeds),
         "profile": profile,

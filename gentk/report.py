@@ -373,8 +373,13 @@ def study_blocks(
         ]
     blocks += [
         Heading("Runs"),
+        Paragraph(
+            "Load: the machine's 1-minute load average (runnable processes) when the run started, and its mean and maximum over "
+            "the run's logged steps, against the number of CPUs. A load above the CPU count means other jobs shared the cores, "
+            "so that run's wall time and steps/s are slower than on an idle machine."
+        ),
         Table(
-            ["recipe", "seed", "run directory", "steps", "wall (s)", "steps/s", "reused"],
+            ["recipe", "seed", "run directory", "steps", "wall (s)", "steps/s", "load: start / mean / max (CPUs)", "reused"],
             [
                 [
                     r.recipe,
@@ -383,6 +388,7 @@ def study_blocks(
                     str(r.steps),
                     format_value(r.wall_s),
                     format_value(r.steps_per_s) if r.steps_per_s is not None else "—",
+                    load_text(r.load),
                     "yes" if r.reused else "no",
                 ]
                 for r in results
@@ -390,6 +396,15 @@ def study_blocks(
         ),
     ]
     return blocks
+
+
+def load_text(load: dict[str, Any] | None) -> str:
+    """'0.52 / 2.1 / 3.4 (2)': a run's load at its start, mean and max over its run, and the CPU count; '—' when unrecorded."""
+    if load is None:
+        return "—"
+    parts = [load.get(k) for k in ("start", "mean", "max")]
+    text = " / ".join("—" if v is None else f"{v:.2f}" for v in parts)
+    return text + (f" ({load['cpus']})" if load.get("cpus") else "")
 
 
 def write_report(study_dir: Path, blocks: Sequence[Block], title: str) -> tuple[Path, Path]:

@@ -2,8 +2,9 @@
 
     runs/<recipe>-<YYYYmmdd-HHMMSS>/
       recipe.toml     the resolved recipe (extends merged, --set applied, defaults filled)
-      env.json        versions, git revision, device, world size, command line; the
-                      environments of earlier processes of the run under "history"
+      env.json        versions, git revision, device, world size, command line, CPU count
+                      and load at the start; the environments of earlier processes of the
+                      run under "history"
       run.lock        locked while a process trains the run (run.lock.pid: its pid)
       metrics.h5      every logged scalar: one dataset per name, rows (step, value)
       metrics.jsonl   the same, one JSON object per log event: {"step": .., "name": value, ..}
@@ -100,11 +101,29 @@ def environment(device: torch.device, world_size: int) -> dict[str, Any]:
         "device": str(device),
         "world_size": world_size,
         "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "load_avg": machine_load(),  # 1, 5 and 15 minutes: was the machine busy when the run (re)started?
         "git": _git_revision(),
     }
     if device.type == "cuda":
         env["cuda"] = {"version": torch.version.cuda, "name": torch.cuda.get_device_name(device), "cudnn": torch.backends.cudnn.version()}
     return env
+
+
+def machine_load() -> list[float] | None:
+    """The load average over 1, 5 and 15 minutes (runnable processes; compare with the CPU count), None where the OS has none (Windows).
+
+    Logged with the run's times so that a reader can tell a slow run from a busy machine.
+    """
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+# Scalars that read the machine or its clock rather than the model: two runs of one recipe
+# differ in them, so comparisons of runs (a resume against an uninterrupted run) leave them out.
+MACHINE_PREFIXES = ("speed/", "time/", "machine/")
 
 
 def _git_revision() -> dict[str, Any] | None:

@@ -91,6 +91,9 @@ def test_a_tiny_compare_end_to_end_then_reused(tmp_path, capsys):
     assert (study / "curves.png").is_file() and "curves.png" in md
     assert (study / "errors-minutes.png").is_file() and "errors-minutes.png" in md  # semisup_error against wall time
     assert "code_space/vae-seed0-z.png" in md
+    # every run's row says how busy the machine was: load at the start / mean / max over the run (CPU count)
+    run_rows = [line for line in md.splitlines() if re.match(r"\| (vae|aae_semisup) \| [01] \| `", line)]
+    assert len(run_rows) == 4 and all(re.search(r"\| \d+\.\d\d / \d+\.\d\d / \d+\.\d\d \(\d+\) \|", row) for row in run_rows), run_rows
     page = (study / "report.html").read_text()
     assert "<table>" in page and 'src="samples/vae-seed0.png"' in page
     referenced = re.findall(r'(?:src|href)="([^"]+)"', page)
