@@ -9,7 +9,7 @@ autoencoders against their baselines, trained alike and measured alike. `compare
 Layout of a study directory::
 
     compare/<name>/
-      report.md, report.html, curves.png, samples/<recipe>-seed<S>.png, code_space/...
+      report.md, report.html, curves.png, curves/<metric>.png, samples/<recipe>-seed<S>.png, code_space/...
       runs/<recipe>-seed<S>-<hash>/      one folder per (recipe, seed, resolved recipe)
         <recipe>-<time>/                 the engine's run directory
         train.log                        what the engine printed
@@ -46,7 +46,7 @@ from gentk.errors import GentkError, did_you_mean
 from gentk.evaluate import evaluate_run
 from gentk.plugins import plugins_or_default
 from gentk.recipe import Recipe, load_recipe
-from gentk.report import error_series, plot_learning_curves, study_blocks, write_report
+from gentk.report import headline_series, plot_learning_curves, study_blocks, write_report
 from gentk.train import train
 
 
@@ -328,8 +328,12 @@ def _write(study_dir: Path, meta: dict[str, Any], results: list[RunResult], name
             shutil.copyfile(plot, target)
             code_plots.append((f"{r.recipe}: {plot.name.split('-step-')[0]}", str(target.relative_to(study_dir))))
     curves = plot_learning_curves(series, study_dir / "curves.png")
-    errors = error_series(series)
-    error_curves = plot_learning_curves(series, study_dir / "errors-minutes.png", errors, x="minutes") if errors else None
+    metric_curves = []
+    for metric in headline_series(series) if curves else []:  # without matplotlib, none
+        caption = metric.split("/", 2)[-1]  # without eval/<split>/
+        plot = plot_learning_curves(series, study_dir / "curves" / f"{caption.replace('/', '-')}.png", [metric], xs=("step", "minutes"))
+        if plot is not None:
+            metric_curves.append((f"held-out {caption}", str(plot.relative_to(study_dir))))
     blocks = study_blocks(
         meta,
         results,
@@ -337,7 +341,7 @@ def _write(study_dir: Path, meta: dict[str, Any], results: list[RunResult], name
         curves=str(curves.relative_to(study_dir)) if curves else None,
         samples=samples,
         code_plots=code_plots,
-        error_curves=str(error_curves.relative_to(study_dir)) if error_curves else None,
+        metric_curves=metric_curves,
     )
     write_report(study_dir, blocks, f"gentk compare: {meta['name']}")
     rundir.write_json(study_dir / "study.json", {"meta": meta, "results": [{**attrs.asdict(r), "run_dir": str(r.run_dir)} for r in results]})
