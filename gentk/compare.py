@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from gentk import rundir
 from gentk.errors import GentkError, did_you_mean
-from gentk.evaluate import evaluate_run
+from gentk.evaluate import categorical_latent, evaluate_run, load_run, write_run_grid
 from gentk.plugins import plugins_or_default
 from gentk.recipe import Recipe, load_recipe
 from gentk.report import headline_series, plot_learning_curves, study_blocks, write_report
@@ -166,7 +166,7 @@ def compare(
         bar.close()
 
     meta = _meta(name, paths, studies, overrides, seeds, results, profile=profile, overrides_for=overrides_for)
-    _write(study_dir, meta, results, names)
+    _write(study_dir, meta, results, names, plugins=plugins, device=device, offline=offline)
     return study_dir
 
 
@@ -308,19 +308,29 @@ def _meta(name: str, paths, studies, overrides, seeds, results: list[RunResult],
     }
 
 
-def _write(study_dir: Path, meta: dict[str, Any], results: list[RunResult], names: list[str]) -> None:
+def _sample_grid(r: RunResult, study_dir: Path, *, plugins, device, offline) -> tuple[str, str] | None:
+    """Every seed's grid of its latest weights, as `gentk sample --per-category` draws it: (caption, path in the study);
+    None for a recipe with eval.samples = 0."""
+    run = load_run(r.run_dir, which="latest", device=device, plugins=plugins, offline=offline)
+    if run.recipe.eval.samples == 0:
+        return None
+    target = study_dir / "samples" / f"{r.recipe}-seed{r.seed}.png"
+    latent = categorical_latent(run.model.latents)
+    write_run_grid(run, target, run.recipe.eval.samples, per_category=latent is not None, seed=run.recipe.seed)
+    return f"seed {r.seed}, step {r.steps}", str(target.relative_to(study_dir))
+
+
+def _write(study_dir: Path, meta: dict[str, Any], results: list[RunResult], names: list[str], *, plugins, device, offline) -> None:
     series: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
-    samples, code_plots = [], []
+    samples: dict[str, list[tuple[str, str]]] = {}
+    code_plots = []
     for r in results:
         series[r.recipe].append(rundir.read_metrics(r.run_dir) if (r.run_dir / "metrics.h5").is_file() else {})
+        grid = _sample_grid(r, study_dir, plugins=plugins, device=device, offline=offline)
+        if grid is not None:
+            samples.setdefault(r.recipe, []).append(grid)
         if r.seed != meta["seeds"][0]:
-            continue  # one grid per recipe: the first seed's
-        grids = sorted((r.run_dir / "samples").glob("step-*.png"))
-        if grids:
-            target = study_dir / "samples" / f"{r.recipe}-seed{r.seed}.png"
-            target.parent.mkdir(exist_ok=True)
-            shutil.copyfile(grids[-1], target)
-            samples.append((f"{r.recipe} (seed {r.seed}, step {r.steps})", str(target.relative_to(study_dir))))
+            continue  # code-space scatters: the first seed's
         plots = sorted((r.run_dir / "code_space").glob(f"*-step-{r.steps:08d}.png"))
         for plot in plots:
             target = study_dir / "code_space" / f"{r.recipe}-seed{r.seed}-{plot.name.split('-step-')[0]}.png"

@@ -172,7 +172,7 @@ def render_html(blocks: Sequence[Block], title: str) -> str:
         "table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}"
         "th{background:#f4f4f4}.images{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0}"
         ".plot img{max-width:100%;height:auto}"  # plots at the page's width, smoothly scaled
-        ".grid img{image-rendering:pixelated;width:560px;max-width:100%}"  # 28-pixel digits, about 2x, sharp
+        ".grid img{image-rendering:pixelated;max-width:100%;height:auto}"  # saved 3x enlarged: shown as saved, sharp when narrowed
         "figcaption{font-size:90%;text-align:center}"
     )
     return (
@@ -367,7 +367,7 @@ def study_blocks(
     recipes: Sequence[str],
     *,
     curves: str | None,
-    samples: list[tuple[str, str]],
+    samples: dict[str, list[tuple[str, str]]],
     code_plots: list[tuple[str, str]],
     metric_curves: Sequence[tuple[str, str]] = (),
 ) -> list[Block]:
@@ -428,7 +428,20 @@ def study_blocks(
             )
         )
     blocks.append(Heading("Samples"))
-    blocks.append(Images(samples, kind="grid") if samples else Paragraph("No sample grids: the runs were made with eval.samples = 0."))
+    if samples:
+        blocks.append(
+            Paragraph(
+                "Each seed's samples from its latest weights, with beside them the mean images (the probability of a black "
+                "pixel each was drawn with, for a Bernoulli decoder), pixels enlarged 3 times. A model with a categorical latent "
+                "has a row per category, ordered and labelled by its cluster's majority label on the validation images "
+                "(the majority protocol of cluster_error), its category in parentheses; 'none': no validation image went to it. "
+                "Click a grid to open it alone."
+            )
+        )
+        for recipe, grids in samples.items():
+            blocks += [Heading(recipe, 3), Images(grids, kind="grid")]
+    else:
+        blocks.append(Paragraph("No sample grids: the runs were made with eval.samples = 0."))
     if code_plots:
         blocks += [
             Heading("Code space"),

@@ -40,9 +40,9 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
-from einops import rearrange
 from PIL import Image
 
+from gentk import grid
 from gentk.errors import StorageError, TrainingError
 
 METRIC_DTYPE = np.dtype([("step", "<i8"), ("value", "<f8")])
@@ -387,17 +387,12 @@ def read_metrics(run_dir: str | Path) -> dict[str, np.ndarray]:
 
 
 def save_grid(images: torch.Tensor, path: Path, *, nrow: int, pad: int = 2) -> Path:
-    """Write images (B, C, H, W) in [0, 1] as one PNG grid of `nrow` images per row."""
-    images = images.detach().float().clamp(0, 1).cpu()
-    b, c, h, w = images.shape
-    rows = math.ceil(b / nrow)
-    if rows * nrow > b:  # fill the last row with white
-        images = torch.cat([images, torch.ones(rows * nrow - b, c, h, w)])
-    images = torch.nn.functional.pad(images, (pad, 0, pad, 0), value=1.0)
-    grid = rearrange(images, "(r n) c h w -> (r h) (n w) c", n=nrow)
-    grid = torch.nn.functional.pad(grid, (0, 0, 0, pad, 0, pad), value=1.0)
-    array = (grid * 255).round().to(torch.uint8).numpy()
-    image = Image.fromarray(array[..., 0] if c == 1 else array)  # uint8 (H, W) -> "L", (H, W, 3) -> "RGB"
+    """Write images (B, C, H, W) in [0, 1] as one PNG grid of `nrow` images per row (`gentk.grid.tile`)."""
+    return save_png(grid.to_image(grid.tile(images, nrow=nrow, pad=pad)), path)
+
+
+def save_png(image: Image.Image, path: Path) -> Path:
+    """Write a PIL image as PNG in one step: a reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
     image.save(tmp, format="PNG")
     os.replace(tmp, path)

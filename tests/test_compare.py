@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from gentk import report
 from gentk.cli import main
@@ -87,7 +89,10 @@ def test_a_tiny_compare_end_to_end_then_reused(tmp_path, capsys):
     assert next(line for line in md.splitlines() if line.startswith("| elbo_nll |")).count("±") == 1  # vae only
     for label in ("| wall time (s) |", "| steps/s |", "| steps | 3 ± 0 | 3 ± 0 |", "`train.steps=3`"):
         assert label in md
-    assert "samples/vae-seed0.png" in md and (study / "samples" / "aae_semisup-seed0.png").is_file()
+    for grid in ("vae-seed0", "vae-seed1", "aae_semisup-seed0", "aae_semisup-seed1"):  # every seed's grid, in the report
+        assert f"samples/{grid}.png" in md and (study / "samples" / f"{grid}.png").is_file(), grid
+    semi_grid = np.asarray(Image.open(study / "samples" / "aae_semisup-seed1.png").convert("L"))
+    assert semi_grid.shape[1] > 2 * 3 * (2 * 8 + 2)  # samples and mean images, 2 a row of 8-pixel images, enlarged 3 times
     assert (study / "curves.png").is_file() and "curves.png" in md
     for metric in ("semisup_error", "elbo_nll", "discriminator.y-d_fake"):  # every headline metric against steps and minutes
         assert (study / "curves" / f"{metric}.png").is_file() and f"curves/{metric}.png" in md, metric
@@ -239,7 +244,7 @@ def test_the_report_warns_when_data_or_budgets_differ(tmp_path, plugins):
     studies = [[gentk.load_recipe(p, plugins=plugins)] for p in paths]
     meta = _meta("t", paths, studies, [], [0], [])
     assert meta["differences"] == ["steps: vae 2, aae_semisup 9"]
-    blocks = report.study_blocks(meta, [], ["vae", "aae_semisup"], curves=None, samples=[], code_plots=[])
+    blocks = report.study_blocks(meta, [], ["vae", "aae_semisup"], curves=None, samples={}, code_plots=[])
     md = report.render_markdown(blocks)
     assert "Warning: the recipes do not share the same data and budget: steps: vae 2, aae_semisup 9" in md
     assert "matplotlib is not installed" in md  # what the report says without learning curves
