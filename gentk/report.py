@@ -328,29 +328,31 @@ def plot_learning_curves(
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig, axes = plt.subplots(len(names), len(xs), figsize=(6 * len(xs), 4 * len(names)), squeeze=False)
+    panels = [(name, x) for name in names for x in xs]
+    columns = len(xs) if len(xs) > 1 else len(names)  # one x axis: the names side by side, as wide as the page
+    rows = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(6 * columns, 4 * rows), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     drawn = 0
-    for row, name in zip(axes, names):
-        for ax, x in zip(row, xs):
-            for i, (recipe, runs) in enumerate(series.items()):
-                band = seed_band(runs, name, x)
-                if band is None:
-                    continue
-                where, mean, low, high, seeds = band
-                color = colors[i % len(colors)]
-                few = len(where) < 20  # a line through one or two points is invisible: mark them
-                label = recipe + (f" (mean of {seeds} seeds, band: min to max)" if seeds > 1 else " (1 seed)")
-                ax.plot(where, mean, color=color, lw=1.5, marker="o" if few else None, ms=4, label=label)
-                if seeds > 1:
-                    ax.fill_between(where, low, high, color=color, alpha=0.2, lw=0)
-                drawn += 1
-            ax.set_title(name + (" against wall time" if x == "minutes" else ""))
-            ax.set_xlabel("step" if x == "step" else "minutes of wall time (each run's own clock)")
-            ax.set_ylabel(axis_label(name))
-            ax.grid(alpha=0.3)
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=8)
+    for ax, (name, x) in zip(axes.flat, panels):
+        for i, (recipe, runs) in enumerate(series.items()):
+            band = seed_band(runs, name, x)
+            if band is None:
+                continue
+            where, mean, low, high, seeds = band
+            color = colors[i % len(colors)]
+            few = len(where) < 20  # a line through one or two points is invisible: mark them
+            label = recipe + (f" (mean of {seeds} seeds, band: min to max)" if seeds > 1 else " (1 seed)")
+            ax.plot(where, mean, color=color, lw=1.5, marker="o" if few else None, ms=4, label=label)
+            if seeds > 1:
+                ax.fill_between(where, low, high, color=color, alpha=0.2, lw=0)
+            drawn += 1
+        ax.set_title(name + (" against wall time" if x == "minutes" else ""))
+        ax.set_xlabel("step" if x == "step" else "minutes of wall time (each run's own clock)")
+        ax.set_ylabel(axis_label(name))
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     if not drawn:
         plt.close(fig)

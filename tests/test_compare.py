@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from gentk import report
@@ -326,3 +327,54 @@ def test_learning_curves_draw_a_band_over_seeds(tmp_path):
 
     assert band_pixels([low, high]) > 10000 and band_pixels([low]) == 0
     assert report.plot_learning_curves({"r": [low]}, tmp_path / "none.png", ["e"], xs=("minutes",)) is None  # no clock logged
+
+
+BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome", "chrome-headless-shell")
+
+
+def test_the_report_reads_in_a_real_browser(tmp_path):
+    """A headless Chromium's screenshot of a report: a plot spans the page's width (a CSS rule once shrank plots
+    to 360 px) and a sample grid is shown as saved, 3x enlarged, with sharp pixels."""
+    import shutil
+    import subprocess
+
+    from PIL import Image
+
+    from gentk.grid import compose
+
+    browser = next((found for name in BROWSERS if (found := shutil.which(name))), None)
+    if browser is None:
+        pytest.skip(f"no headless browser on PATH (looked for {', '.join(BROWSERS)}); on Debian: apt-get install chromium-headless-shell")
+    pytest.importorskip("matplotlib")
+    import numpy as np
+
+    low, high = {"e": _series((0, 0.0), (10, 0.0))}, {"e": _series((0, 10.0), (10, 10.0))}
+    report.plot_learning_curves({"r": [low, high]}, tmp_path / "curves.png", ["e"], xs=("step", "minutes"))  # minutes: no clock, empty
+    red = torch.zeros(4, 3, 8, 8)
+    red[:, 0] = 1  # four red 8-pixel images: 24-pixel red squares at 3x, a colour nothing else on the page has
+    compose([("samples", red)], nrow=2, scale=3).save(tmp_path / "grid.png")
+    blocks = [report.Heading("T", 1), report.Images([("curves", "curves.png")]), report.Images([("grid", "grid.png")], kind="grid")]
+    (tmp_path / "report.html").write_text(report.render_html(blocks, "T"))
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1280,2000",
+            f"--screenshot={shot}",
+            (tmp_path / "report.html").as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    band = np.where((np.abs(pixels - np.array([210, 228, 240])).max(-1) <= 3).any(0))[0]  # columns with the band's colour
+    assert band.size and band.max() - band.min() > 400, "the plot is not shown at the page's width"
+    red_rows = (np.abs(pixels - np.array([255, 0, 0])).max(-1) <= 3).any(1)
+    runs = np.diff(np.flatnonzero(np.diff(np.r_[0, red_rows.astype(int), 0])))[::2]  # heights of the red stretches
+    assert runs.tolist() == [24, 24], f"the grid is not shown 3x enlarged and sharp: red stretches {runs.tolist()} pixels high"
