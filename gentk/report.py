@@ -312,8 +312,9 @@ def plot_learning_curves(
     *,
     xs: Sequence[str] = ("step",),
 ) -> Path | None:
-    """A grid of curves, a row per name in `names` and a column per x axis in `xs`: a colour per
-    recipe, its mean over seeds as a line and the band between its smallest and largest seed.
+    """A grid of curves, a row per name in `names` and a column per x axis in `xs` (one x axis: the
+    names side by side): a colour per recipe, its mean over seeds as a line and the band between
+    its smallest and largest seed (`seed_band`).
     None without matplotlib, or when no run logged any of `names` (against minutes: with a clock).
 
     series: recipe -> list over seeds of {scalar name: array of (step, value)} (`gentk.rundir.read_metrics`).
