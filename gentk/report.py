@@ -434,8 +434,8 @@ def study_blocks(
     if samples:
         blocks.append(
             Paragraph(
-                "Each seed's samples from its latest weights, with beside them the mean images (the probability of a black "
-                "pixel each was drawn with, for a Bernoulli decoder), pixels enlarged 3 times. A model with a categorical latent "
+                "Each seed's samples from its latest weights, with beside them the mean images (the probability of 1, white, "
+                "each pixel was drawn with, for a Bernoulli decoder), pixels enlarged 3 times. A model with a categorical latent "
                 "has a row per category, ordered and labelled by its cluster's majority label on the validation images "
                 "(the majority protocol of cluster_error), its category in parentheses; 'none': no validation image went to it. "
                 "Click a grid to open it alone."
