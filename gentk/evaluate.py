@@ -350,21 +350,26 @@ def evaluate_run(
 
 
 def sample_images(
-    model, n: int, *, generator: torch.Generator, latent: str | None = None, temperature: float | None = None
-) -> tuple[torch.Tensor, int]:
-    """About `n` images and how many go in a grid row: ``(images (B, C, H, W), per_row)``.
+    model, n: int, *, generator: torch.Generator, latent: str | None = None, temperature: float | None = None, means: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """About `n` images, their mean images and how many go in a grid row: ``(images (B, C, H, W), means or None, per_row)``.
 
     latent: a categorical latent of `model` to draw one row per category of
     (``ceil(n / K)`` images a row, so K rows); None draws `n` images for a square grid.
     temperature: the decoder's sampling temperature (None: the model's default).
+    means: also the probabilities each pixel was drawn with (a Bernoulli decoder's, `gentk.contracts.bernoulli_probs`).
     """
     kwargs = {} if temperature is None else {"temperature": temperature}
+    if means:
+        kwargs["return_probs"] = True
     if latent is not None:
         per_row = max(1, math.ceil(n / model.latents[latent].size))
-        images = model.sample_per_category(per_row, latent=latent, generator=generator, **kwargs)
-        return images.reshape(-1, *images.shape[-3:]), per_row
-    per_row = max(1, round(math.sqrt(n)))
-    return model.sample(n, generator=generator, **kwargs), per_row
+        drawn = model.sample_per_category(per_row, latent=latent, generator=generator, **kwargs)
+    else:
+        per_row = max(1, round(math.sqrt(n)))
+        drawn = model.sample(n, generator=generator, **kwargs)
+    images, probs = drawn if means else (drawn, None)
+    return images, probs, per_row
 
 
 def write_sample_grid(
@@ -387,18 +392,11 @@ def write_sample_grid(
     with) beside the samples, drawn with the same codes, when the decoder has them
     (`gentk.contracts.bernoulli_probs`). scale: the pixels' enlargement.
     """
-    kwargs = {} if temperature is None else {"temperature": temperature}
-    with_means = means and bernoulli_probs(model.decoder)
-    if latent is not None:
-        k = model.latents[latent].size
-        per_row = max(1, math.ceil(n / k))
-        drawn = model.sample_per_category(per_row, latent=latent, generator=generator, return_probs=with_means, **kwargs)
-    else:
-        per_row = max(1, round(math.sqrt(n)))
-        drawn = model.sample(n, generator=generator, return_probs=with_means, **kwargs)
-    samples, probs = drawn if with_means else (drawn, None)
+    means = means and bernoulli_probs(model.decoder)
+    samples, probs, per_row = sample_images(model, n, generator=generator, latent=latent, temperature=temperature, means=means)
     row_labels = None
     if latent is not None and labels is not None:
+        k = model.latents[latent].size
         labels = [int(v) for v in labels]
         order = sorted(range(k), key=lambda c: (labels[c] < 0, labels[c], c))  # by label; categories no image went to last
         rows = rearrange(torch.arange(k * per_row), "(k n) -> k n", k=k)[order].flatten()
@@ -467,5 +465,7 @@ def write_samples(model, recipe: Recipe, device, path: Path) -> Path:
     """A PNG grid of ``eval.samples`` images: one row per category for a categorical latent (the paper's Figure 6), else a square."""
     generator = torch.Generator(device=device).manual_seed(recipe.seed)
     latent = categorical_latent(recipe.model.latents)
-    images, per_row = sample_images(model, recipe.eval.samples, generator=generator, latent=latent if hasattr(model, "sample_per_category") else None)
+    images, _, per_row = sample_images(
+        model, recipe.eval.samples, generator=generator, latent=latent if hasattr(model, "sample_per_category") else None
+    )
     return rundir.save_grid(images, path, nrow=per_row)
