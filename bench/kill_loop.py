@@ -23,7 +23,7 @@ Where a process died is read from the last marker it wrote. A resume is, at rand
 ``gentk run RECIPE --resume auto`` or the form the docs give,
 ``gentk run RUN/recipe.toml --resume RUN``. After the last kill one more resume runs to
 the end, and the run must equal the reference: the same rows in metrics.jsonl (without
-the wall-clock ``speed/`` and ``time/`` readings), so no step is missing or logged twice;
+the readings of the machine and its clock, ``speed/``, ``time/`` and ``machine/``), so no step is missing or logged twice;
 the same series in metrics.h5; one evaluation at every ``eval.every`` steps and at the
 end; the same ``best`` and final metrics in eval.json; the same final weights and EMA;
 a sample grid for every evaluation.
@@ -246,8 +246,10 @@ def trigger_for(kind: str, rng: random.Random, steps: int):
 
 
 def without_clock(run: Path) -> list[dict]:
+    from gentk.rundir import MACHINE_PREFIXES  # speed/, time/, machine/: two runs of one recipe differ in them
+
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in row.items() if not k.startswith(("speed/", "time/"))} for row in rows]
+    return [{k: v for k, v in row.items() if not k.startswith(MACHINE_PREFIXES)} for row in rows]
 
 
 def compare(run: Path, reference: Path, steps: int) -> list[tuple[str, bool, str]]:
@@ -258,7 +260,7 @@ def compare(run: Path, reference: Path, steps: int) -> list[tuple[str, bool, str
     log_every, eval_every = recipe["train"]["log_every"], recipe["eval"]["every"]
 
     sys.path.insert(0, str(REPO))
-    from gentk.rundir import read_metrics
+    from gentk.rundir import MACHINE_PREFIXES, read_metrics
 
     checks = []
     rows, expected = without_clock(run), without_clock(reference)
@@ -268,7 +270,7 @@ def compare(run: Path, reference: Path, steps: int) -> list[tuple[str, bool, str
         if rows == expected
         else f"{len(rows)} rows against {len(expected)}; first difference at row {differ}: {rows[differ] if differ is not None else ''}"
     )
-    checks.append(("metrics.jsonl equals the uninterrupted run's (without speed/, time/)", rows == expected, detail))
+    checks.append(("metrics.jsonl equals the uninterrupted run's (without speed/, time/, machine/)", rows == expected, detail))
     seen = [(row["step"], any(k.startswith("eval/") for k in row)) for row in rows]
     twice = sorted({s for s in seen if seen.count(s) > 1})
     train_steps = sorted(s for s, is_eval in seen if not is_eval)
@@ -283,12 +285,15 @@ def compare(run: Path, reference: Path, steps: int) -> list[tuple[str, bool, str
     evaluations = [s for s, is_eval in seen if is_eval]
     wanted_eval = sorted(set(range(eval_every, steps + 1, eval_every)) | {steps})
     checks.append(("every scheduled evaluation present, once", evaluations == wanted_eval, f"evaluations at {evaluations}"))
-    h5, h5_expected = ({k: v for k, v in read_metrics(r).items() if not k.startswith(("speed/", "time/"))} for r in (run, reference))
+    h5, h5_expected = ({k: v for k, v in read_metrics(r).items() if not k.startswith(MACHINE_PREFIXES)} for r in (run, reference))
     same = h5.keys() == h5_expected.keys() and all((h5[k] == h5_expected[k]).all() if h5[k].shape == h5_expected[k].shape else False for k in h5)
     bad = sorted(k for k in h5_expected if k not in h5 or h5[k].shape != h5_expected[k].shape or not (h5[k] == h5_expected[k]).all())
     checks.append(("metrics.h5 equals the uninterrupted run's", same, f"{len(h5)} series" if same else f"differ: {', '.join(bad[:4])}"))
     record, record_expected = (json.loads((r / "eval.json").read_text()) for r in (run, reference))
-    strip = lambda rec: {"step": rec["step"], "best": rec["best"], "metrics": {k: v for k, v in rec["metrics"].items() if not k.startswith("time/")}}  # noqa: E731
+
+    def strip(rec):
+        return {"step": rec["step"], "best": rec["best"], "metrics": {k: v for k, v in rec["metrics"].items() if not k.startswith(MACHINE_PREFIXES)}}
+
     checks.append(("eval.json: the same best and final metrics", strip(record) == strip(record_expected), f"best {record['best']}"))
     state, state_expected = (torch.load(r / "checkpoints" / "latest.pt", weights_only=True) for r in (run, reference))
     weights = all(torch.equal(state["model"][k], state_expected["model"][k]) for k in state_expected["model"]) and all(

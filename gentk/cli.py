@@ -117,7 +117,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="a run directory (runs/NAME-TIME)")
     p.add_argument("-n", type=int, default=64, help="number of images (default: 64)")
     p.add_argument("--out", default="samples.png", help="PNG file to write (default: samples.png)")
-    p.add_argument("--per-category", action="store_true", help="one row per category of the categorical latent (the paper's Fig. 6)")
+    p.add_argument(
+        "--per-category",
+        action="store_true",
+        help="one row per category of the categorical latent (the paper's Fig. 6), labelled with its validation images' majority label",
+    )
+    p.add_argument("--scale", type=int, default=3, help="enlarge each pixel N times, sharp (default: 3)")
+    p.add_argument(
+        "--no-means", action="store_true", help="leave out the mean images (P(pixel = 1)) that a Bernoulli decoder's grid has beside its samples"
+    )
+    p.add_argument(
+        "--label-examples",
+        type=int,
+        default=None,
+        metavar="N",
+        help="label --per-category rows from N validation images (default: the recipe's eval.max_examples, else all)",
+    )
     p.add_argument("--checkpoint", choices=("latest", "best"), default="latest", help="which checkpoint (default: latest)")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples (default: 0)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the decoder (default: 1.0)")
@@ -178,7 +193,7 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
 def _say_results(result, recipe, args: argparse.Namespace, plugins: Plugins) -> None:
     """The end of `gentk run`: the test metrics of the final weights (evaluated now, unless the run's own evaluations
     were on the test split), the last sample grid and the run directory."""
-    from gentk.evaluate import evaluate_run
+    from gentk.evaluate import categorical_latent, evaluate_run
     from gentk.report import format_table
 
     run_dir = result.run_dir
@@ -202,7 +217,7 @@ def _say_results(result, recipe, args: argparse.Namespace, plugins: Plugins) -> 
     print(format_table(["metric", "value"], [[k.removeprefix(prefix), f"{v:.6g}"] for k, v in final.items() if k.startswith(prefix)]))
     grids = sorted((run_dir / "samples").glob("step-*.png"))
     if grids:
-        latent = next((name for name, spec in recipe.model.latents.items() if spec.head == "categorical"), None)
+        latent = categorical_latent(recipe.model.latents)
         layout = f"one row per category of latent '{latent}'" if latent else "a square of samples"
         print(f"samples: {grids[-1]} ({layout})")
     print(f"run directory: {run_dir}")
@@ -338,34 +353,29 @@ def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
 
 
 def cmd_sample(args: argparse.Namespace, plugins: Plugins) -> int:
-    import time
     from pathlib import Path
 
-    import torch
-
-    from gentk.evaluate import load_run, sample_images
-    from gentk.rundir import save_grid
+    from gentk.evaluate import load_run, write_run_grid
 
     if args.n < 1:
         raise GentkError("-n must be at least 1.")
+    if args.scale < 1:
+        raise GentkError(f"--scale {args.scale}: give a whole number of at least 1 (3 shows a 28-pixel digit at 84 pixels).")
     run = load_run(args.run_dir, which=args.checkpoint, device=args.device, plugins=plugins)
-    latent = None
-    if args.per_category:
-        latent = next((name for name, spec in run.model.latents.items() if spec.head == "categorical"), None)
-        if latent is None:
-            raise GentkError("--per-category needs a model with a categorical latent; this one has none. Drop --per-category.")
-    generator = torch.Generator(device=run.device).manual_seed(args.seed)
-    started = time.perf_counter()
-    images, per_row = sample_images(run.model, args.n, generator=generator, latent=latent, temperature=args.temperature)
-    if run.device.type == "cuda":
-        torch.cuda.synchronize(run.device)
-    seconds = time.perf_counter() - started
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_grid(images, out, nrow=per_row)
+    grid = write_run_grid(
+        run,
+        Path(args.out),
+        args.n,
+        per_category=args.per_category,
+        seed=args.seed,
+        label_examples=args.label_examples,
+        means=not args.no_means,
+        scale=args.scale,
+        temperature=args.temperature,
+    )
     print(
-        f"sampled {len(images)} images in {seconds:.2f} s ({len(images) / seconds:.1f} images/s; {type(run.model.decoder).__name__}.sample on "
-        f"{run.device}); wrote {out}"
+        f"sampled {grid.images} images in {grid.seconds:.2f} s ({grid.images / grid.seconds:.1f} images/s; "
+        f"{type(run.model.decoder).__name__}.sample on {run.device}); wrote {grid.path}" + (f"; {grid.rows}" if grid.rows else "")
     )
     return 0
 

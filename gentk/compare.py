@@ -9,7 +9,7 @@ autoencoders against their baselines, trained alike and measured alike. `compare
 Layout of a study directory::
 
     compare/<name>/
-      report.md, report.html, curves.png, samples/<recipe>-seed<S>.png, code_space/...
+      report.md, report.html, curves.png, curves/<metric>.png, samples/<recipe>-seed<S>.png, code_space/...
       runs/<recipe>-seed<S>-<hash>/      one folder per (recipe, seed, resolved recipe)
         <recipe>-<time>/                 the engine's run directory
         train.log                        what the engine printed
@@ -45,10 +45,10 @@ from tqdm import tqdm
 
 from gentk import checkpoint, rundir
 from gentk.errors import GentkError, TrainingInterrupted, did_you_mean
-from gentk.evaluate import evaluate_run
+from gentk.evaluate import categorical_latent, evaluate_run, load_run, write_run_grid
 from gentk.plugins import plugins_or_default
 from gentk.recipe import Recipe, load_recipe
-from gentk.report import error_series, plot_learning_curves, study_blocks, write_report
+from gentk.report import headline_series, plot_learning_curves, study_blocks, write_report
 from gentk.train import train
 
 
@@ -64,6 +64,7 @@ class RunResult:
     steps_per_s: float | None
     metrics: dict[str, float]  # test metrics, keys without the "eval/test/" prefix
     reused: bool
+    load: dict[str, Any] | None = None  # the machine's load while it ran (`machine_load`)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -168,7 +169,7 @@ def compare(
         bar.close()
 
     meta = _meta(name, paths, studies, overrides, seeds, results, profile=profile, overrides_for=overrides_for)
-    _write(study_dir, meta, results, names)
+    _write(study_dir, meta, results, names, plugins=plugins, device=device, offline=offline)
     return study_dir
 
 
@@ -353,7 +354,25 @@ def _train_in_processes(recipes: list[Recipe], study_dir: Path, bar: tqdm, finis
 
 def _result(recipe: Recipe, record: dict[str, Any], *, reused: bool) -> RunResult:
     headline = {k: v for k, v in record["metrics"].items() if "/" not in k or k.endswith("reconstruction/loss")}
-    return RunResult(recipe.name, recipe.seed, Path(record["run_dir"]), record["steps"], record["wall_s"], record["steps_per_s"], headline, reused)
+    run_dir = Path(record["run_dir"])
+    return RunResult(
+        recipe.name, recipe.seed, run_dir, record["steps"], record["wall_s"], record["steps_per_s"], headline, reused, machine_load(run_dir)
+    )
+
+
+def machine_load(run_dir: Path) -> dict[str, Any] | None:
+    """How busy the machine was while a run trained: {"cpus", "start" (1-minute load at the last
+    (re)start, env.json), "mean", "max" (of ``machine/load_1min``, logged at every log and evaluation)};
+    None for a run that recorded none (made before gentk logged the load)."""
+    env_path = run_dir / "env.json"
+    env = json.loads(env_path.read_text()) if env_path.is_file() else {}
+    readings = rundir.read_metrics(run_dir).get("machine/load_1min") if (run_dir / "metrics.h5").is_file() else None
+    if not env.get("load_avg") and (readings is None or not len(readings)):
+        return None
+    load = {"cpus": env.get("cpus"), "start": env["load_avg"][0] if env.get("load_avg") else None}
+    if readings is not None and len(readings):
+        load.update(mean=float(np.mean(readings["value"])), max=float(np.max(readings["value"])))
+    return load
 
 
 def _meta(name: str, paths, studies, overrides, seeds, results: list[RunResult], *, profile=None, overrides_for=()) -> dict[str, Any]:
@@ -393,7 +412,7 @@ def _meta(name: str, paths, studies, overrides, seeds, results: list[RunResult],
         "name": name,
         "command": command,
         "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": f"{platform.platform()}, {torch.get_num_threads()} torch threads"
+        "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads"
         + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"),
         "seeds": list(seeds),
         "profile": profile,
@@ -405,19 +424,29 @@ def _meta(name: str, paths, studies, overrides, seeds, results: list[RunResult],
     }
 
 
-def _write(study_dir: Path, meta: dict[str, Any], results: list[RunResult], names: list[str]) -> None:
+def _sample_grid(r: RunResult, study_dir: Path, *, plugins, device, offline) -> tuple[str, str] | None:
+    """Every seed's grid of its latest weights, as `gentk sample --per-category` draws it: (caption, path in the study);
+    None for a recipe with eval.samples = 0."""
+    run = load_run(r.run_dir, which="latest", device=device, plugins=plugins, offline=offline)
+    if run.recipe.eval.samples == 0:
+        return None
+    target = study_dir / "samples" / f"{r.recipe}-seed{r.seed}.png"
+    latent = categorical_latent(run.model.latents)
+    write_run_grid(run, target, run.recipe.eval.samples, per_category=latent is not None, seed=run.recipe.seed)
+    return f"seed {r.seed}, step {r.steps}", str(target.relative_to(study_dir))
+
+
+def _write(study_dir: Path, meta: dict[str, Any], results: list[RunResult], names: list[str], *, plugins, device, offline) -> None:
     series: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
-    samples, code_plots = [], []
+    samples: dict[str, list[tuple[str, str]]] = {}
+    code_plots = []
     for r in results:
         series[r.recipe].append(rundir.read_metrics(r.run_dir) if (r.run_dir / "metrics.h5").is_file() else {})
+        grid = _sample_grid(r, study_dir, plugins=plugins, device=device, offline=offline)
+        if grid is not None:
+            samples.setdefault(r.recipe, []).append(grid)
         if r.seed != meta["seeds"][0]:
-            continue  # one grid per recipe: the first seed's
-        grids = sorted((r.run_dir / "samples").glob("step-*.png"))
-        if grids:
-            target = study_dir / "samples" / f"{r.recipe}-seed{r.seed}.png"
-            target.parent.mkdir(exist_ok=True)
-            shutil.copyfile(grids[-1], target)
-            samples.append((f"{r.recipe} (seed {r.seed}, step {r.steps})", str(target.relative_to(study_dir))))
+            continue  # code-space scatters: the first seed's
         plots = sorted((r.run_dir / "code_space").glob(f"*-step-{r.steps:08d}.png"))
         for plot in plots:
             target = study_dir / "code_space" / f"{r.recipe}-seed{r.seed}-{plot.name.split('-step-')[0]}.png"
@@ -425,8 +454,12 @@ def _write(study_dir: Path, meta: dict[str, Any], results: list[RunResult], name
             shutil.copyfile(plot, target)
             code_plots.append((f"{r.recipe}: {plot.name.split('-step-')[0]}", str(target.relative_to(study_dir))))
     curves = plot_learning_curves(series, study_dir / "curves.png")
-    errors = error_series(series)
-    error_curves = plot_learning_curves(series, study_dir / "errors-minutes.png", errors, x="minutes") if errors else None
+    metric_curves = []
+    for metric in headline_series(series) if curves else []:  # without matplotlib, none
+        caption = metric.split("/", 2)[-1]  # without eval/<split>/
+        plot = plot_learning_curves(series, study_dir / "curves" / f"{caption.replace('/', '-')}.png", [metric], xs=("step", "minutes"))
+        if plot is not None:
+            metric_curves.append((f"held-out {caption}", str(plot.relative_to(study_dir))))
     blocks = study_blocks(
         meta,
         results,
@@ -434,7 +467,7 @@ def _write(study_dir: Path, meta: dict[str, Any], results: list[RunResult], name
         curves=str(curves.relative_to(study_dir)) if curves else None,
         samples=samples,
         code_plots=code_plots,
-        error_curves=str(error_curves.relative_to(study_dir)) if error_curves else None,
+        metric_curves=metric_curves,
     )
     write_report(study_dir, blocks, f"gentk compare: {meta['name']}")
     rundir.write_json(study_dir / "study.json", {"meta": meta, "results": [{**attrs.asdict(r), "run_dir": str(r.run_dir)} for r in results]})

@@ -66,7 +66,12 @@ class Decoder(Protocol):
         """log p(x|c) per image (B,) in nats, x (B, C, H, W), c (B, cond_size) or None."""
 
     def sample(self, n: int, c: Tensor | None = None, *, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
-        """n images (n, C, H, W) in the data range from p(x|c)."""
+        """n images (n, C, H, W) in the data range from p(x|c).
+
+        Optional: a decoder of binary pixels whose attribute ``bernoulli_probs`` is true also
+        takes ``return_probs=True`` and returns ``(x, probs)``, probs (n, C, H, W) the
+        probability of 1 each pixel was drawn with (read with `bernoulli_probs`).
+        """
 
 
 # --------------------------------------------------------------------------- priors
@@ -167,6 +172,11 @@ BY_PHASE: dict[str | None, type | None] = {"reconstruction": Penalty, "regulariz
 def support(prior: Any) -> str:
     """Where a prior's samples live, "real" or "simplex", from its class or an instance."""
     return getattr(prior, "support", "real")
+
+
+def bernoulli_probs(decoder: Any) -> bool:
+    """Whether a decoder's ``sample(..., return_probs=True)`` gives the probabilities of its binary pixels (see `Decoder`)."""
+    return bool(getattr(decoder, "bernoulli_probs", False))
 
 
 def heads(regularizer: Any) -> tuple[str, ...] | None:

@@ -10,7 +10,9 @@ samples. Without a code (cond_size = 0) the parameter map is itself learned.
 Module API shared with the PixelCNN decoder (docs/architecture.md):
 ``forward(x, c) -> log p(x|c)`` per image (B,) in nats (also ``log_prob``), and
 ``sample(n, c=None, *, generator=None, temperature=1.0)`` -> (n, C, H, W) in [0, 1];
-temperature 0 gives the most probable value of each pixel. Each factory takes its
+temperature 0 gives the most probable value of each pixel. A Bernoulli decoder
+(``bernoulli_probs`` true) also takes ``return_probs=True`` and returns the samples with
+their mean images, the probabilities sigmoid(logit) (at temperature 1) each pixel was drawn from. Each factory takes its
 validated config (``bernoulli_decoder(config, image_shape=..., cond_size=...)``) or, from
 Python, the same options as keywords.
 
@@ -30,6 +32,7 @@ from einops.layers.torch import Rearrange
 from torch import Tensor, nn
 
 from gentk.distributions import bernoulli_log_prob, discretized_logistic_log_prob, normal_log_prob, standard_normal, uniform
+from gentk.errors import GentkError
 from gentk.nn import activation, mlp, upsampled_start_size
 from gentk.options import configured, option
 from gentk.pixelcnn import PixelCNNDecoder
@@ -200,10 +203,26 @@ class FactorizedDecoder(nn.Module):
 
     log_prob = forward
 
+    @property
+    def bernoulli_probs(self) -> bool:
+        return isinstance(self.likelihood, BernoulliLikelihood)
+
     @torch.no_grad()
-    def sample(self, n: int, c: Tensor | None = None, *, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
-        """n images (n, C, H, W) in [0, 1] from p(x|c); temperature 0 gives the per-pixel mode."""
-        return self.likelihood.sample(self._params(c, n), generator=generator, temperature=temperature)
+    def sample(
+        self, n: int, c: Tensor | None = None, *, generator: torch.Generator | None = None, temperature: float = 1.0, return_probs: bool = False
+    ):
+        """n images (n, C, H, W) in [0, 1] from p(x|c); temperature 0 gives the per-pixel mode.
+
+        return_probs (Bernoulli only): also the mean images, P(x = 1 | c) per pixel (n, C, H, W).
+        """
+        if return_probs and not self.bernoulli_probs:
+            raise GentkError(
+                f"return_probs: a {type(self.likelihood).__name__} has no probability of 1 per pixel (only a Bernoulli decoder has); "
+                "sample without it."
+            )
+        params = self._params(c, n)
+        x = self.likelihood.sample(params, generator=generator, temperature=temperature)
+        return (x, torch.sigmoid(params[0])) if return_probs else x
 
 
 @attrs.frozen

@@ -13,7 +13,9 @@ Everything that evaluates a model lives here, for the engine and for the command
 - `evaluate_run` is ``gentk eval``: a run directory's checkpoint, evaluated and merged
   into its eval.json;
 - `sample_images` / `write_samples` draw a grid: one row per category of a categorical
-  latent (Makhzani & Frey 2017, Fig. 6), else a square.
+  latent (Makhzani & Frey 2017, Fig. 6), else a square; `write_sample_grid` draws the
+  readable one of ``gentk sample`` and the reports: enlarged, rows ordered and labelled by
+  their cluster's majority label, the mean images beside the samples.
 
 The metrics themselves (pure functions and registered metric components) are in
 `gentk.metrics`; this module sits above them and below the engine (`gentk.train`).
@@ -31,11 +33,15 @@ from typing import Any
 
 import attrs
 import torch
+from einops import rearrange
 
 from gentk import checkpoint, dist, rundir
 from gentk.console import watched
+from gentk.contracts import bernoulli_probs
 from gentk.data import build_data, evaluation_split
 from gentk.errors import GentkError, ResultsNotSaved, did_you_mean
+from gentk.grid import compose
+from gentk.metrics import majority_labels
 from gentk.model import build_model
 from gentk.plugins import plugins_or_default
 from gentk.recipe import Recipe, parse_override, recipe_from_dict
@@ -344,26 +350,122 @@ def evaluate_run(
 
 
 def sample_images(
-    model, n: int, *, generator: torch.Generator, latent: str | None = None, temperature: float | None = None
-) -> tuple[torch.Tensor, int]:
-    """About `n` images and how many go in a grid row: ``(images (B, C, H, W), per_row)``.
+    model, n: int, *, generator: torch.Generator, latent: str | None = None, temperature: float | None = None, means: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """About `n` images, their mean images and how many go in a grid row: ``(images (B, C, H, W), means or None, per_row)``.
 
     latent: a categorical latent of `model` to draw one row per category of
     (``ceil(n / K)`` images a row, so K rows); None draws `n` images for a square grid.
     temperature: the decoder's sampling temperature (None: the model's default).
+    means: also the probabilities each pixel was drawn with (a Bernoulli decoder's, `gentk.contracts.bernoulli_probs`).
     """
     kwargs = {} if temperature is None else {"temperature": temperature}
+    if means:
+        kwargs["return_probs"] = True
     if latent is not None:
         per_row = max(1, math.ceil(n / model.latents[latent].size))
-        images = model.sample_per_category(per_row, latent=latent, generator=generator, **kwargs)
-        return images.reshape(-1, *images.shape[-3:]), per_row
-    per_row = max(1, round(math.sqrt(n)))
-    return model.sample(n, generator=generator, **kwargs), per_row
+        drawn = model.sample_per_category(per_row, latent=latent, generator=generator, **kwargs)
+    else:
+        per_row = max(1, round(math.sqrt(n)))
+        drawn = model.sample(n, generator=generator, **kwargs)
+    images, probs = drawn if means else (drawn, None)
+    return images, probs, per_row
+
+
+def write_sample_grid(
+    model,
+    path: Path,
+    n: int,
+    *,
+    generator: torch.Generator,
+    latent: str | None = None,
+    labels: Sequence[int] | None = None,
+    means: bool = True,
+    scale: int = 3,
+    temperature: float | None = None,
+) -> tuple[Path, int]:
+    """A readable PNG grid of about `n` samples (`gentk.grid.compose`); returns the path and the number of images.
+
+    latent: a categorical latent to draw one row per category of; labels: each category's
+    label (`gentk.metrics.majority_labels`, -1: none), which orders the rows and labels them
+    "label (category k)". means: the mean images (the probabilities each pixel was drawn
+    with) beside the samples, drawn with the same codes, when the decoder has them
+    (`gentk.contracts.bernoulli_probs`). scale: the pixels' enlargement.
+    """
+    means = means and bernoulli_probs(model.decoder)
+    samples, probs, per_row = sample_images(model, n, generator=generator, latent=latent, temperature=temperature, means=means)
+    row_labels = None
+    if latent is not None and labels is not None:
+        k = model.latents[latent].size
+        labels = [int(v) for v in labels]
+        order = sorted(range(k), key=lambda c: (labels[c] < 0, labels[c], c))  # by label; categories no image went to last
+        rows = rearrange(torch.arange(k * per_row), "(k n) -> k n", k=k)[order].flatten()
+        samples, probs = samples[rows], None if probs is None else probs[rows]
+        row_labels = [f"{labels[c] if labels[c] >= 0 else 'none'} (category {c})" for c in order]
+    panels = [("samples", samples)] + ([("mean images: P(pixel = 1)", probs)] if probs is not None else [])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rundir.save_png(compose(panels, nrow=per_row, row_labels=row_labels, scale=scale), path)
+    return path, len(samples)
+
+
+def categorical_latent(latents: Mapping[str, Any]) -> str | None:
+    """The first latent (of a recipe's or a model's ``latents``) with a categorical head: the one a grid has a row per category of."""
+    return next((name for name, spec in latents.items() if spec.head == "categorical"), None)
+
+
+@attrs.frozen
+class RunGrid:
+    """What `write_run_grid` wrote: the PNG, its number of samples, the seconds sampling took, how its rows are labelled."""
+
+    path: Path
+    images: int
+    seconds: float
+    rows: str
+
+
+def write_run_grid(
+    run: LoadedRun,
+    path: Path,
+    n: int,
+    *,
+    per_category: bool,
+    seed: int,
+    label_examples: int | None = None,
+    means: bool = True,
+    scale: int = 3,
+    temperature: float | None = None,
+) -> RunGrid:
+    """`write_sample_grid` for a loaded run: with `per_category`, a row per category of its
+    categorical latent, labelled with the majority label of the first `label_examples`
+    validation images (default: the recipe's ``eval.max_examples``, else all) in each
+    category, as the clustering error's majority protocol labels clusters."""
+    latent, labels, rows = None, None, ""
+    if per_category:
+        latent = categorical_latent(run.model.latents)
+        if latent is None:
+            raise GentkError("--per-category needs a model with a categorical latent; this one has none. Drop --per-category.")
+        if run.data.split_sizes.get("validation", 0) > 0:
+            examples = label_examples or run.recipe.eval.max_examples
+            labels = majority_labels(
+                run.model, latent, run.data, batch_size=run.recipe.data.common.batch_size, max_examples=examples, device=run.device
+            )
+            which = "all" if examples is None else f"the first {examples}"
+            rows = f"rows ordered and labelled by the majority label of {which} validation images in each category"
+        else:
+            rows = "rows not labelled: the data has no validation split"
+    generator = torch.Generator(device=run.device).manual_seed(seed)
+    started = time.perf_counter()
+    path, images = write_sample_grid(
+        run.model, path, n, generator=generator, latent=latent, labels=labels, means=means, scale=scale, temperature=temperature
+    )
+    return RunGrid(path, images, time.perf_counter() - started, rows)
 
 
 def write_samples(model, recipe: Recipe, device, path: Path) -> Path:
     """A PNG grid of ``eval.samples`` images: one row per category for a categorical latent (the paper's Figure 6), else a square."""
     generator = torch.Generator(device=device).manual_seed(recipe.seed)
-    latent = next((name for name, spec in recipe.model.latents.items() if spec.head == "categorical"), None)
-    images, per_row = sample_images(model, recipe.eval.samples, generator=generator, latent=latent if hasattr(model, "sample_per_category") else None)
+    latent = categorical_latent(recipe.model.latents)
+    images, _, per_row = sample_images(
+        model, recipe.eval.samples, generator=generator, latent=latent if hasattr(model, "sample_per_category") else None
+    )
     return rundir.save_grid(images, path, nrow=per_row)

@@ -310,7 +310,8 @@ class ClusterErrorConfig:
     latent: str | None = option(None, "the categorical latent (default: the model's only one)")
 
 
-def _class_probs(model, latent: str, data, split: str, batch_size: int, max_examples: int | None, device) -> tuple[np.ndarray, np.ndarray]:
+def class_probs(model, latent: str, data, split: str, batch_size: int, max_examples: int | None, device) -> tuple[np.ndarray, np.ndarray]:
+    """q(y | x) of categorical `latent` (N, K) and the labels (N,) of `split`'s first `max_examples` images."""
     probs, labels = [], []
     for b in _batches(data, split, batch_size, max_examples, device):
         probs.append(torch.softmax(model.encoder(b.x)[latent]["logits"].double(), -1).cpu().numpy())
@@ -318,6 +319,15 @@ def _class_probs(model, latent: str, data, split: str, batch_size: int, max_exam
     if not probs:
         raise GentkError(f"the '{split}' split is empty: nothing to cluster.")
     return np.concatenate(probs), np.concatenate(labels)
+
+
+@torch.no_grad()
+def majority_labels(model, latent: str, data, *, batch_size: int, max_examples: int | None, device) -> np.ndarray:
+    """Each category of `latent`'s majority label, as the ``majority`` protocol of `ClusterError`
+    labels clusters on the validation split (at most `max_examples` images): (K,), -1 for a
+    category no validation image goes to."""
+    probs, labels = class_probs(model, latent, data, "validation", batch_size, max_examples, device)
+    return cluster_labels_majority(probs.argmax(axis=1), labels, model.latents[latent].size)
 
 
 class ClusterError:
@@ -339,8 +349,8 @@ class ClusterError:
         latent = _latent(model, self.latent, head="categorical", what="cluster_error")
         label_split = "validation" if split != "validation" and data.split_sizes.get("validation", 0) > 0 else "train"
         label_examples = max_examples or data.split_sizes[split]  # as many as are evaluated: the train split may be large
-        val_probs, val_labels = _class_probs(model, latent, data, label_split, batch_size, label_examples, device)
-        test_probs, test_labels = _class_probs(model, latent, data, split, batch_size, max_examples, device)
+        val_probs, val_labels = class_probs(model, latent, data, label_split, batch_size, label_examples, device)
+        test_probs, test_labels = class_probs(model, latent, data, split, batch_size, max_examples, device)
         errors = clustering_errors(val_probs, val_labels, test_probs, test_labels)
         out = {f"cluster_error_{protocol}": 100.0 * value for protocol, value in errors.items()}
         out["clusters_used"] = effective_clusters(test_probs)  # a collapse onto a few clusters shows here
@@ -357,7 +367,7 @@ class SemisupError:
 
     def __call__(self, *, model, data, device, split, batch_size, max_examples, **_) -> dict[str, float]:
         latent = _latent(model, self.latent, head="categorical", supervised=True, what="semisup_error")
-        probs, labels = _class_probs(model, latent, data, split, batch_size, max_examples, device)
+        probs, labels = class_probs(model, latent, data, split, batch_size, max_examples, device)
         return {"semisup_error": 100.0 * error_rate(probs.argmax(1), labels)}
 
 

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from gentk.contracts import Adversary, KLTerm, support_problem
+from gentk.contracts import Adversary, KLTerm, bernoulli_probs, support_problem
 from gentk.data import Batch, build_data, check_held_out
 from gentk.distributions import normal_log_prob, standard_normal
 from gentk.errors import GentkError
@@ -252,15 +252,25 @@ class Model(nn.Module):
         return self.decoder.sample(len(x), torch.cat([codes[name] for name in self.latents], -1), generator=generator, temperature=temperature)
 
     @torch.no_grad()
-    def sample(self, n: int, *, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
-        """n images: each latent from its prior, then the decoder (a PixelCNN uses its cached sampler)."""
+    def sample(self, n: int, *, generator: torch.Generator | None = None, temperature: float = 1.0, return_probs: bool = False):
+        """n images: each latent from its prior, then the decoder (a PixelCNN uses its cached sampler).
+
+        return_probs: also the mean images (Bernoulli decoders, `gentk.contracts.bernoulli_probs`).
+        """
+        self._check_probs(return_probs)
         codes = [self.priors[name].sample(n, generator) for name in self.latents]
-        return self.decoder.sample(n, torch.cat(codes, -1) if codes else None, generator=generator, temperature=temperature)
+        return self.decoder.sample(n, torch.cat(codes, -1) if codes else None, generator=generator, temperature=temperature, **_probs(return_probs))
 
     @torch.no_grad()
     def sample_per_category(
-        self, n_per_row: int, latent: str | None = None, *, generator: torch.Generator | None = None, temperature: float = 1.0
-    ) -> Tensor:
+        self,
+        n_per_row: int,
+        latent: str | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        temperature: float = 1.0,
+        return_probs: bool = False,
+    ):
         """K * n_per_row images, row k (n_per_row images) with categorical `latent` set to class k.
 
         The other latents come from their priors: rows show what the category holds and
@@ -276,12 +286,20 @@ class Model(nn.Module):
             latent = categorical[0]
         elif latent not in categorical:
             raise GentkError(f"'{latent}' is not a categorical latent of this model; categorical latents: {', '.join(categorical) or 'none'}.")
+        self._check_probs(return_probs)
         k = self.latents[latent].size
         n = k * n_per_row
         device = self.step.device
         one_hot = F.one_hot(torch.arange(k, device=device).repeat_interleave(n_per_row), k).float()
         codes = [one_hot if name == latent else self.priors[name].sample(n, generator) for name in self.latents]
-        return self.decoder.sample(n, torch.cat(codes, -1), generator=generator, temperature=temperature)
+        return self.decoder.sample(n, torch.cat(codes, -1), generator=generator, temperature=temperature, **_probs(return_probs))
+
+    def _check_probs(self, wanted: bool) -> None:
+        if wanted and not bernoulli_probs(self.decoder):
+            raise GentkError(
+                f"return_probs: this model's decoder ({type(self.decoder).__name__}) has no mean image of binary pixels (only a "
+                "Bernoulli decoder has); sample without return_probs."
+            )
 
     def log_prob(self, x: Tensor) -> Tensor:
         """Exact log p(x) per image (B,), in nats; defined for a model without latents (a PixelCNN)."""
@@ -346,6 +364,11 @@ class Model(nn.Module):
         k grows, and equals it for a model without latents.
         """
         return torch.logsumexp(self.log_importance_weights(x, samples, generator=generator), dim=0) - math.log(samples)
+
+
+def _probs(wanted: bool) -> dict[str, bool]:
+    """The decoder's sample keyword for mean images, passed only when asked: a plugin's decoder need not take it."""
+    return {"return_probs": True} if wanted else {}
 
 
 def _bind(method: Callable[..., Any], name: str) -> Callable[[Any], tuple[Tensor, dict[str, float | Tensor]]]:

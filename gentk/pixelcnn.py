@@ -575,9 +575,20 @@ class PixelCNNDecoder(nn.Module):
                     x[:, ch, i, j] = draws.draw(params, i, j, ch)
         return (x, used) if return_params else x
 
+    @property
+    def bernoulli_probs(self) -> bool:
+        return self.config.likelihood == "bernoulli"
+
     @torch.no_grad()
     def sample(
-        self, n: int, c: Tensor | None = None, *, generator: torch.Generator | None = None, temperature: float = 1.0, return_params: bool = False
+        self,
+        n: int,
+        c: Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        temperature: float = 1.0,
+        return_params: bool = False,
+        return_probs: bool = False,
     ):
         """Cached sampler (Ramachandran et al. 2017): exactly the naive sampler's samples, fast.
 
@@ -587,8 +598,18 @@ class PixelCNNDecoder(nn.Module):
         the head run once per sub-pixel of row i+1 on the cached columns it needs. It draws
         the same random numbers as `sample_naive` (`SubpixelDraws`).
         Returns (n, C, H, W) in the data range (and, with return_params, the parameters
-        (n, C, K, H, W) each sub-pixel was drawn from).
+        (n, C, K, H, W) each sub-pixel was drawn from; with return_probs, for a Bernoulli
+        likelihood, the probabilities p(x_i = 1 | x_<i, c) (n, C, H, W) each pixel was drawn
+        with: the mean image given the pixels drawn before).
         """
+        if return_probs:
+            if not self.bernoulli_probs or return_params:
+                raise GentkError(
+                    f"return_probs needs the bernoulli likelihood (this decoder's is {self.config.likelihood}) and no return_params; "
+                    "sample without it."
+                )
+            x, params = self.sample(n, c, generator=generator, temperature=temperature, return_params=True)
+            return x, torch.sigmoid(params[:, :, 0])
         self._check(None, c, n)
         ref = self.head2.weight
         draws = SubpixelDraws(self.config.likelihood, n, self.image_shape, generator, temperature, device=ref.device, dtype=ref.dtype)

@@ -172,7 +172,7 @@ def render_html(blocks: Sequence[Block], title: str) -> str:
         "table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}"
         "th{background:#f4f4f4}.images{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0}"
         ".plot img{max-width:100%;height:auto}"  # plots at the page's width, smoothly scaled
-        ".grid img{image-rendering:pixelated;width:560px;max-width:100%}"  # 28-pixel digits, about 2x, sharp
+        ".grid img{image-rendering:pixelated;max-width:100%;height:auto}"  # saved 3x enlarged: shown as saved, sharp when narrowed
         "figcaption{font-size:90%;text-align:center}"
     )
     return (
@@ -232,11 +232,77 @@ def on_minutes(metrics: dict[str, Any], series: Any) -> Any | None:
     return out
 
 
-def error_series(series: dict[str, list[dict[str, Any]]]) -> list[str]:
-    """The held-out error metrics (``eval/<split>/<..>error<..>``) that any run of `series` logged, sorted."""
-    return sorted(
-        {name for runs in series.values() for metrics in runs for name in metrics if name.startswith("eval/") and "error" in name.rsplit("/", 1)[-1]}
-    )
+# Held-out headline metrics in the order the report shows them (the evaluated split's
+# prefix, eval/<split>/, is left out): the paper's errors, then likelihoods or bounds, then
+# how well the discriminator is fooled. A run logs only those its recipe's metrics compute.
+HEADLINE = (
+    "semisup_error",
+    "cluster_error_aae",
+    "cluster_error_majority",
+    "cluster_error_hungarian",
+    "nll",
+    "iwae_nll",
+    "elbo_nll",
+    "recon_nll",
+    "d_fake",
+)
+
+
+def headline_series(series: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The held-out headline metrics (`HEADLINE`) that any run of `series` logged, in `HEADLINE`'s order.
+
+    ``d_fake`` is a discriminator's mean output on encoded codes, one per adversarial latent
+    (``eval/<split>/discriminator.<latent>/d_fake``); the others are metric keys.
+    """
+
+    def headline(name: str) -> bool:  # eval/<split>/<key>, or eval/<split>/discriminator.<latent>/d_fake (not a step's nll part)
+        parts = name.split("/")
+        return parts[0] == "eval" and (
+            (len(parts) == 3 and parts[2] in HEADLINE) or (len(parts) == 4 and parts[2].startswith("discriminator.") and parts[3] == "d_fake")
+        )
+
+    logged = {name for runs in series.values() for metrics in runs for name in metrics if headline(name)}
+    return sorted(logged, key=lambda n: (HEADLINE.index(n.rsplit("/", 1)[-1]), n))
+
+
+def seed_band(runs: Sequence[dict[str, Any]], name: str, x: str = "step") -> tuple[Any, Any, Any, Any, int] | None:
+    """One recipe's curve of `name` over its seeds: ``(x, mean, low, high, seeds)``, low and high the
+    smallest and largest seed's value, at the steps every seed that logged `name` logged.
+
+    x: "step", or "minutes": each step at the seeds' mean wall-clock minutes (`on_minutes`;
+    seeds that logged no clock are left out). None when no seed logged `name` (with a clock).
+    """
+    import numpy as np
+
+    logged = [metrics for metrics in runs if name in metrics and len(metrics[name])]
+    if x == "minutes":
+        logged = [metrics for metrics in logged if on_minutes(metrics, metrics[name]) is not None]
+    if not logged:
+        return None
+    common = sorted(set.intersection(*(set(metrics[name]["step"].tolist()) for metrics in logged)))
+    if not common:
+        return None
+    values, where = [], []
+    for metrics in logged:
+        curve = metrics[name][np.searchsorted(metrics[name]["step"], common)]  # a scalar is logged once per step
+        values.append(curve["value"])
+        where.append(curve["step"] if x == "step" else on_minutes(metrics, curve)["step"])
+    values = np.stack(values)  # (seeds, steps)
+    return np.mean(where, axis=0), values.mean(0), values.min(0), values.max(0), len(logged)
+
+
+def axis_label(name: str) -> str:
+    """The y-axis label of a logged scalar, with its unit."""
+    last = name.rsplit("/", 1)[-1]
+    if "error" in last:
+        return "error, %"
+    if last == "d_fake":
+        return "D(encoded code): probability (0.5: fooled)"
+    if last.endswith("_bpd"):
+        return "bits per dimension"
+    if last in ("nll", "iwae_nll", "elbo_nll", "recon_nll", "loss"):
+        return "nats per image"
+    return last
 
 
 def plot_learning_curves(
@@ -244,16 +310,18 @@ def plot_learning_curves(
     path: Path,
     names: Sequence[str] = ("train/reconstruction/loss", "eval/validation/reconstruction/loss"),
     *,
-    x: str = "step",
+    xs: Sequence[str] = ("step",),
 ) -> Path | None:
-    """Curves of `names` (one panel each), a colour per recipe and a line per seed; None without matplotlib
-    (or, against minutes, when no run logged its wall time).
+    """A grid of curves, a row per name in `names` and a column per x axis in `xs` (one x axis: the
+    names side by side): a colour per recipe, its mean over seeds as a line and the band between
+    its smallest and largest seed (`seed_band`).
+    None without matplotlib, or when no run logged any of `names` (against minutes: with a clock).
 
     series: recipe -> list over seeds of {scalar name: array of (step, value)} (`gentk.rundir.read_metrics`).
-    x: "step", or "minutes" of wall time (`on_minutes`), which compares recipes at equal budget.
+    xs: "step", and/or "minutes" of wall time (`on_minutes`), which compares recipes at equal budget.
     """
-    if x not in ("step", "minutes"):
-        raise ValueError(f"x must be 'step' or 'minutes', not {x!r}")
+    if any(x not in ("step", "minutes") for x in xs):
+        raise ValueError(f"xs holds 'step' and/or 'minutes', not {list(xs)!r}")
     try:
         import matplotlib
 
@@ -261,36 +329,33 @@ def plot_learning_curves(
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), squeeze=False)
+    panels = [(name, x) for name in names for x in xs]
+    columns = len(xs) if len(xs) > 1 else len(names)  # one x axis: the names side by side, as wide as the page
+    rows = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(6 * columns, 4 * rows), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     drawn = 0
-    for ax, name in zip(axes[0], names):
+    for ax, (name, x) in zip(axes.flat, panels):
         for i, (recipe, runs) in enumerate(series.items()):
-            for j, metrics in enumerate(runs):
-                data = metrics.get(name)
-                if data is None or not len(data):
-                    continue
-                if x == "minutes" and (data := on_minutes(metrics, data)) is None:
-                    continue
-                few = len(data) < 20  # a line through one or two points is invisible: mark them
-                ax.plot(
-                    data["step"],
-                    data["value"],
-                    color=colors[i % len(colors)],
-                    alpha=0.8,
-                    lw=1,
-                    marker="o" if few else None,
-                    ms=4,
-                    label=recipe if j == 0 else None,
-                )
-                drawn += 1
-        ax.set_title(name)
-        ax.set_xlabel("step" if x == "step" else "minutes of wall time")
-        ax.set_ylabel("error, %" if "error" in name.rsplit("/", 1)[-1] else "nats per image")
+            band = seed_band(runs, name, x)
+            if band is None:
+                continue
+            where, mean, low, high, seeds = band
+            color = colors[i % len(colors)]
+            few = len(where) < 20  # a line through one or two points is invisible: mark them
+            label = recipe + (f" (mean of {seeds} seeds, band: min to max)" if seeds > 1 else " (1 seed)")
+            ax.plot(where, mean, color=color, lw=1.5, marker="o" if few else None, ms=4, label=label)
+            if seeds > 1:
+                ax.fill_between(where, low, high, color=color, alpha=0.2, lw=0)
+            drawn += 1
+        ax.set_title(name + (" against wall time" if x == "minutes" else ""))
+        ax.set_xlabel("step" if x == "step" else "minutes of wall time (each run's own clock)")
+        ax.set_ylabel(axis_label(name))
+        ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    if x == "minutes" and not drawn:
+    if not drawn:
         plt.close(fig)
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -305,9 +370,9 @@ def study_blocks(
     recipes: Sequence[str],
     *,
     curves: str | None,
-    samples: list[tuple[str, str]],
+    samples: dict[str, list[tuple[str, str]]],
     code_plots: list[tuple[str, str]],
-    error_curves: str | None = None,
+    metric_curves: Sequence[tuple[str, str]] = (),
 ) -> list[Block]:
     """The report of a study as blocks (see `gentk.compare.compare` for `meta` and `results`)."""
     seeds = meta["seeds"]
@@ -347,15 +412,17 @@ def study_blocks(
         Heading("Learning curves"),
     ]
     if curves:
-        blocks.append(Images([("reconstruction loss (train, held-out)", curves)]))
-    if error_curves:
         blocks.append(
             Paragraph(
-                "Held-out error against minutes of wall time, the budget at which recipes of different speeds are compared fairly (each run's "
-                "own clock: runs that shared the cores ran slower than on an idle machine)."
+                "Each recipe's mean over its seeds as a line, and the band between its smallest and largest seed's value (one seed: "
+                "the line alone), at the steps every seed logged. Against wall time, each step sits at the seeds' mean minutes of "
+                "their own clocks, counted over resumes; runs that shared the cores ran slower than on an idle machine (the table "
+                "of runs gives each run's load). Click a plot to open it at full size."
             )
         )
-        blocks.append(Images([("held-out error against wall time", error_curves)]))
+        blocks.append(Images([("reconstruction loss (train, held-out) against steps", curves)]))
+        for caption, path in metric_curves:
+            blocks.append(Images([(f"{caption} against steps and against minutes of wall time", path)]))
     else:
         blocks.append(
             Paragraph(
@@ -364,7 +431,20 @@ def study_blocks(
             )
         )
     blocks.append(Heading("Samples"))
-    blocks.append(Images(samples, kind="grid") if samples else Paragraph("No sample grids: the runs were made with eval.samples = 0."))
+    if samples:
+        blocks.append(
+            Paragraph(
+                "Each seed's samples from its latest weights, with beside them the mean images (the probability of 1, white, "
+                "each pixel was drawn with, for a Bernoulli decoder), pixels enlarged 3 times. A model with a categorical latent "
+                "has a row per category, ordered and labelled by its cluster's majority label on the validation images "
+                "(the majority protocol of cluster_error), its category in parentheses; 'none': no validation image went to it. "
+                "Click a grid to open it alone."
+            )
+        )
+        for recipe, grids in samples.items():
+            blocks += [Heading(recipe, 3), Images(grids, kind="grid")]
+    else:
+        blocks.append(Paragraph("No sample grids: the runs were made with eval.samples = 0."))
     if code_plots:
         blocks += [
             Heading("Code space"),
@@ -373,8 +453,13 @@ def study_blocks(
         ]
     blocks += [
         Heading("Runs"),
+        Paragraph(
+            "Load: the machine's 1-minute load average (runnable processes) when the run started, and its mean and maximum over "
+            "the run's logged steps, against the number of CPUs. A load above the CPU count means other jobs shared the cores, "
+            "so that run's wall time and steps/s are slower than on an idle machine."
+        ),
         Table(
-            ["recipe", "seed", "run directory", "steps", "wall (s)", "steps/s", "reused"],
+            ["recipe", "seed", "run directory", "steps", "wall (s)", "steps/s", "load: start / mean / max (CPUs)", "reused"],
             [
                 [
                     r.recipe,
@@ -383,6 +468,7 @@ def study_blocks(
                     str(r.steps),
                     format_value(r.wall_s),
                     format_value(r.steps_per_s) if r.steps_per_s is not None else "—",
+                    load_text(r.load),
                     "yes" if r.reused else "no",
                 ]
                 for r in results
@@ -390,6 +476,15 @@ def study_blocks(
         ),
     ]
     return blocks
+
+
+def load_text(load: dict[str, Any] | None) -> str:
+    """'0.52 / 2.1 / 3.4 (2)': a run's load at its start, mean and max over its run, and the CPU count; '—' when unrecorded."""
+    if load is None:
+        return "—"
+    parts = [load.get(k) for k in ("start", "mean", "max")]
+    text = " / ".join("—" if v is None else f"{v:.2f}" for v in parts)
+    return text + (f" ({load['cpus']})" if load.get("cpus") else "")
 
 
 def write_report(study_dir: Path, blocks: Sequence[Block], title: str) -> tuple[Path, Path]:

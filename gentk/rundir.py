@@ -2,8 +2,9 @@
 
     runs/<recipe>-<YYYYmmdd-HHMMSS>/
       recipe.toml     the resolved recipe (extends merged, --set applied, defaults filled)
-      env.json        versions, git revision, device, world size, command line; the
-                      environments of earlier processes of the run under "history"
+      env.json        versions, git revision, device, world size, command line, CPU count
+                      and load at the start; the environments of earlier processes of the
+                      run under "history"
       run.lock        locked while a process trains the run (run.lock.pid: its pid)
       metrics.h5      every logged scalar: one dataset per name, rows (step, value)
       metrics.jsonl   the same, one JSON object per log event: {"step": .., "name": value, ..}
@@ -39,9 +40,9 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
-from einops import rearrange
 from PIL import Image
 
+from gentk import grid
 from gentk.errors import StorageError, TrainingError
 
 METRIC_DTYPE = np.dtype([("step", "<i8"), ("value", "<f8")])
@@ -100,11 +101,29 @@ def environment(device: torch.device, world_size: int) -> dict[str, Any]:
         "device": str(device),
         "world_size": world_size,
         "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "load_avg": machine_load(),  # 1, 5 and 15 minutes: was the machine busy when the run (re)started?
         "git": _git_revision(),
     }
     if device.type == "cuda":
         env["cuda"] = {"version": torch.version.cuda, "name": torch.cuda.get_device_name(device), "cudnn": torch.backends.cudnn.version()}
     return env
+
+
+def machine_load() -> list[float] | None:
+    """The load average over 1, 5 and 15 minutes (runnable processes; compare with the CPU count), None where the OS has none (Windows).
+
+    Logged with the run's times so that a reader can tell a slow run from a busy machine.
+    """
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+# Scalars that read the machine or its clock rather than the model: two runs of one recipe
+# differ in them, so comparisons of runs (a resume against an uninterrupted run) leave them out.
+MACHINE_PREFIXES = ("speed/", "time/", "machine/")
 
 
 def _git_revision() -> dict[str, Any] | None:
@@ -368,17 +387,12 @@ def read_metrics(run_dir: str | Path) -> dict[str, np.ndarray]:
 
 
 def save_grid(images: torch.Tensor, path: Path, *, nrow: int, pad: int = 2) -> Path:
-    """Write images (B, C, H, W) in [0, 1] as one PNG grid of `nrow` images per row."""
-    images = images.detach().float().clamp(0, 1).cpu()
-    b, c, h, w = images.shape
-    rows = math.ceil(b / nrow)
-    if rows * nrow > b:  # fill the last row with white
-        images = torch.cat([images, torch.ones(rows * nrow - b, c, h, w)])
-    images = torch.nn.functional.pad(images, (pad, 0, pad, 0), value=1.0)
-    grid = rearrange(images, "(r n) c h w -> (r h) (n w) c", n=nrow)
-    grid = torch.nn.functional.pad(grid, (0, 0, 0, pad, 0, pad), value=1.0)
-    array = (grid * 255).round().to(torch.uint8).numpy()
-    image = Image.fromarray(array[..., 0] if c == 1 else array)  # uint8 (H, W) -> "L", (H, W, 3) -> "RGB"
+    """Write images (B, C, H, W) in [0, 1] as one PNG grid of `nrow` images per row (`gentk.grid.tile`)."""
+    return save_png(grid.to_image(grid.tile(images, nrow=nrow, pad=pad)), path)
+
+
+def save_png(image: Image.Image, path: Path) -> Path:
+    """Write a PIL image as PNG in one step: a reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
     image.save(tmp, format="PNG")
     os.replace(tmp, path)

@@ -533,6 +533,7 @@ class Run:
         for name, schedule in self.schedules.items():
             scalars[f"lr/{name}"] = schedule.get_last_lr()[0]
         scalars["time/minutes"] = self.clock.seconds() / 60
+        scalars.update(machine_scalars())
         if self.info.is_main:
             self.log.write(self.step, scalars)
             self.plugins.pm.hook.gentk_log(run_dir=self.run_dir, step=self.step, scalars=scalars)
@@ -546,6 +547,7 @@ class Run:
         with self.sync.unwrapped(self.model):
             metrics = run_evaluation(self.model, self.ema, self.data, self.recipe, self.plugins, self.device, self.info, self.run_dir, self.step)
         metrics["time/minutes"] = self.clock.seconds() / 60  # curves against wall time as well as steps
+        metrics.update(machine_scalars())
         self.final.update(metrics)
         key = best_key(metrics, self.training_steps[0].name)
         if key is not None and (self.best is None or metrics[key] < self.best["value"]):
@@ -575,6 +577,14 @@ class Run:
             record.update(step=self.step, best=self.best, minutes=round(self.clock.seconds() / 60, 3), metrics=evaluated)
             rundir.write_json(path, record)
         return TrainResult(run_dir=self.run_dir if self.info.is_main else None, metrics=self.final, step=self.step)
+
+
+def machine_scalars() -> dict[str, float]:
+    """``machine/load_1min``: the machine's load average, logged beside ``time/minutes`` so that
+    a reader of the curves against minutes sees whether other jobs shared the cores (one read
+    of /proc/loadavg; nothing where the OS has no load average)."""
+    load = rundir.machine_load()
+    return {} if load is None else {"machine/load_1min": load[0]}
 
 
 def read_once(values: dict[str, Any]) -> dict[str, float]:

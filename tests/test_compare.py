@@ -6,7 +6,10 @@ import json
 import re
 import sys
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from gentk import report
 from gentk.cli import main
@@ -88,10 +91,18 @@ def test_a_tiny_compare_end_to_end_then_reused(tmp_path, capsys):
     assert next(line for line in md.splitlines() if line.startswith("| elbo_nll |")).count("±") == 1  # vae only
     for label in ("| wall time (s) |", "| steps/s |", "| steps | 3 ± 0 | 3 ± 0 |", "`train.steps=3`"):
         assert label in md
-    assert "samples/vae-seed0.png" in md and (study / "samples" / "aae_semisup-seed0.png").is_file()
+    for grid in ("vae-seed0", "vae-seed1", "aae_semisup-seed0", "aae_semisup-seed1"):  # every seed's grid, in the report
+        assert f"samples/{grid}.png" in md and (study / "samples" / f"{grid}.png").is_file(), grid
+    semi_grid = np.asarray(Image.open(study / "samples" / "aae_semisup-seed1.png").convert("L"))
+    assert semi_grid.shape[1] > 2 * 3 * (2 * 8 + 2)  # samples and mean images, 2 a row of 8-pixel images, enlarged 3 times
     assert (study / "curves.png").is_file() and "curves.png" in md
-    assert (study / "errors-minutes.png").is_file() and "errors-minutes.png" in md  # semisup_error against wall time
+    for metric in ("semisup_error", "elbo_nll", "discriminator.y-d_fake"):  # every headline metric against steps and minutes
+        assert (study / "curves" / f"{metric}.png").is_file() and f"curves/{metric}.png" in md, metric
+    assert not (study / "curves" / "cluster_error_aae.png").exists()  # no run computed it: no plot
     assert "code_space/vae-seed0-z.png" in md
+    # every run's row says how busy the machine was: load at the start / mean / max over the run (CPU count)
+    run_rows = [line for line in md.splitlines() if re.match(r"\| (vae|aae_semisup) \| [01] \| `", line)]
+    assert len(run_rows) == 4 and all(re.search(r"\| \d+\.\d\d / \d+\.\d\d / \d+\.\d\d \(\d+\) \|", row) for row in run_rows), run_rows
     page = (study / "report.html").read_text()
     assert "<table>" in page and 'src="samples/vae-seed0.png"' in page
     referenced = re.findall(r'(?:src|href)="([^"]+)"', page)
@@ -274,7 +285,7 @@ def test_the_report_warns_when_data_or_budgets_differ(tmp_path, plugins):
     studies = [[gentk.load_recipe(p, plugins=plugins)] for p in paths]
     meta = _meta("t", paths, studies, [], [0], [])
     assert meta["differences"] == ["steps: vae 2, aae_semisup 9"]
-    blocks = report.study_blocks(meta, [], ["vae", "aae_semisup"], curves=None, samples=[], code_plots=[])
+    blocks = report.study_blocks(meta, [], ["vae", "aae_semisup"], curves=None, samples={}, code_plots=[])
     md = report.render_markdown(blocks)
     assert "Warning: the recipes do not share the same data and budget: steps: vae 2, aae_semisup 9" in md
     assert "matplotlib is not installed" in md  # what the report says without learning curves
@@ -293,8 +304,117 @@ def test_a_series_on_minutes_takes_each_step_at_the_run_clock():
     assert moved["step"].tolist() == [1.0, 1.5, 2.0] and moved["value"].tolist() == [50.0, 40.0, 30.0]
     assert curve["step"].tolist() == [10, 15, 20]  # the input is left as it was
     assert report.on_minutes({}, curve) is None  # a run from before the clock was logged
+
+
+def test_headline_series_are_the_logged_headline_metrics_in_reading_order():
+    curve = object()
     series = {
-        "a": [{"eval/validation/semisup_error": curve, "eval/validation/reconstruction/loss": curve, "time/minutes": metrics["time/minutes"]}],
-        "b": [{"eval/test/cluster_error_aae": curve}],
+        "a": [
+            {
+                "eval/validation/recon_nll": curve,
+                "eval/validation/reconstruction/loss": curve,
+                "eval/validation/reconstruction/nll": curve,  # a training step's loss part, not the metric
+                "eval/validation/discriminator.y/d_fake": curve,
+            }
+        ],
+        "b": [{"eval/validation/cluster_error_aae": curve, "eval/validation/semisup_error": curve, "train/discriminator.y/d_fake": curve}],
     }
-    assert report.error_series(series) == ["eval/test/cluster_error_aae", "eval/validation/semisup_error"]
+    assert report.headline_series(series) == [
+        "eval/validation/semisup_error",
+        "eval/validation/cluster_error_aae",
+        "eval/validation/recon_nll",
+        "eval/validation/discriminator.y/d_fake",
+    ]
+
+
+def _series(*rows):
+    import numpy as np
+
+    return np.array(list(rows), dtype=[("step", "i8"), ("value", "f8")])
+
+
+def test_a_seed_band_is_the_mean_min_and_max_over_seeds_at_their_common_steps():
+    """Known answer: three seeds, one of which logged an extra step that the others lack."""
+    seeds = [
+        {"e": _series((2, 10.0), (4, 6.0), (6, 1.0)), "time/minutes": _series((2, 1.0), (6, 3.0))},
+        {"e": _series((2, 20.0), (4, 9.0)), "time/minutes": _series((2, 2.0), (4, 4.0))},
+        {"e": _series((2, 30.0), (4, 12.0)), "time/minutes": _series((2, 3.0), (4, 5.0))},
+    ]
+    steps, mean, low, high, n = report.seed_band(seeds, "e")
+    assert steps.tolist() == [2, 4] and mean.tolist() == [20.0, 9.0] and low.tolist() == [10.0, 6.0] and high.tolist() == [30.0, 12.0]
+    assert n == 3
+    minutes, mean, *_ = report.seed_band(seeds, "e", x="minutes")
+    # the seeds' minutes at step 2: 1, 2, 3; at step 4: 2 (seed 0's clock interpolated between steps 2 and 6), 4, 5
+    assert minutes.tolist() == pytest.approx([2.0, 11 / 3]) and mean.tolist() == [20.0, 9.0]
+    assert report.seed_band(seeds, "missing") is None
+    assert report.seed_band([{"e": seeds[0]["e"]}], "e", x="minutes") is None  # no clock, no curve against minutes
+
+
+def test_learning_curves_draw_a_band_over_seeds(tmp_path):
+    """The band between the seeds is filled: pixels of the first colour at 20 % over white appear only with two seeds."""
+    pytest.importorskip("matplotlib")
+    import numpy as np
+    from PIL import Image
+
+    low = {"e": _series(*((s, 0.0) for s in range(0, 100, 10)))}
+    high = {"e": _series(*((s, 10.0) for s in range(0, 100, 10)))}
+    band_colour = np.array([210, 228, 240])  # matplotlib's first colour (31, 119, 180) at alpha 0.2 over white
+
+    def band_pixels(runs):
+        path = report.plot_learning_curves({"r": runs}, tmp_path / f"{len(runs)}.png", ["e"])
+        pixels = np.asarray(Image.open(path).convert("RGB")).astype(int)
+        return int((np.abs(pixels - band_colour).max(-1) <= 3).sum())
+
+    assert band_pixels([low, high]) > 10000 and band_pixels([low]) == 0
+    assert report.plot_learning_curves({"r": [low]}, tmp_path / "none.png", ["e"], xs=("minutes",)) is None  # no clock logged
+
+
+BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome", "chrome-headless-shell")
+
+
+def test_the_report_reads_in_a_real_browser(tmp_path):
+    """A headless Chromium's screenshot of a report: a plot spans the page's width (a CSS rule once shrank plots
+    to 360 px) and a sample grid is shown as saved, 3x enlarged, with sharp pixels."""
+    import shutil
+    import subprocess
+
+    from PIL import Image
+
+    from gentk.grid import compose
+
+    browser = next((found for name in BROWSERS if (found := shutil.which(name))), None)
+    if browser is None:
+        pytest.skip(f"no headless browser on PATH (looked for {', '.join(BROWSERS)}); on Debian: apt-get install chromium-headless-shell")
+    pytest.importorskip("matplotlib")
+    import numpy as np
+
+    low, high = {"e": _series((0, 0.0), (10, 0.0))}, {"e": _series((0, 10.0), (10, 10.0))}
+    report.plot_learning_curves({"r": [low, high]}, tmp_path / "curves.png", ["e"], xs=("step", "minutes"))  # minutes: no clock, empty
+    red = torch.zeros(4, 3, 8, 8)
+    red[:, 0] = 1  # four red 8-pixel images: 24-pixel red squares at 3x, a colour nothing else on the page has
+    compose([("samples", red)], nrow=2, scale=3).save(tmp_path / "grid.png")
+    blocks = [report.Heading("T", 1), report.Images([("curves", "curves.png")]), report.Images([("grid", "grid.png")], kind="grid")]
+    (tmp_path / "report.html").write_text(report.render_html(blocks, "T"))
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1280,2000",
+            f"--screenshot={shot}",
+            (tmp_path / "report.html").as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    band = np.where((np.abs(pixels - np.array([210, 228, 240])).max(-1) <= 3).any(0))[0]  # columns with the band's colour
+    assert band.size and band.max() - band.min() > 400, "the plot is not shown at the page's width"
+    red_rows = (np.abs(pixels - np.array([255, 0, 0])).max(-1) <= 3).any(1)
+    runs = np.diff(np.flatnonzero(np.diff(np.r_[0, red_rows.astype(int), 0])))[::2]  # heights of the red stretches
+    assert runs.tolist() == [24, 24], f"the grid is not shown 3x enlarged and sharp: red stretches {runs.tolist()} pixels high"

@@ -11,6 +11,7 @@ from torch import distributions as D
 
 from gentk.decoders import bernoulli_decoder, gaussian_decoder, logistic_decoder
 from gentk.distributions import discretized_logistic_log_prob
+from gentk.errors import GentkError
 
 SHAPE = (2, 6, 5)  # odd sizes exercise the deconv body's crop
 BUILDERS = {"bernoulli": bernoulli_decoder, "gaussian": gaussian_decoder, "logistic": logistic_decoder}
@@ -90,6 +91,18 @@ def test_bernoulli_mode_thresholds_the_probabilities():
     assert dec.sample(1, temperature=0).flatten().tolist() == [1.0, 0.0, 1.0, 0.0]
     freq = dec.sample(20000, generator=torch.Generator().manual_seed(0)).mean(0).flatten()
     torch.testing.assert_close(freq, torch.sigmoid(dec.body.map.flatten()), atol=0.015, rtol=0)
+
+
+def test_a_bernoulli_decoder_gives_the_mean_images_of_its_samples():
+    dec = bernoulli_decoder(image_shape=SHAPE, cond_size=3, hidden=[8])
+    c = torch.randn(5, 3)
+    x, probs = dec.sample(5, c, generator=torch.Generator().manual_seed(0), return_probs=True)
+    assert torch.equal(x, dec.sample(5, c, generator=torch.Generator().manual_seed(0)))  # the same samples as without
+    with torch.no_grad():
+        torch.testing.assert_close(probs, torch.sigmoid(dec.body(c, 5)))
+    assert dec.bernoulli_probs and not gaussian_decoder(image_shape=SHAPE, cond_size=3, hidden=[8]).bernoulli_probs
+    with pytest.raises(GentkError, match="only a Bernoulli decoder has"):
+        logistic_decoder(image_shape=SHAPE, cond_size=3, hidden=[8]).sample(1, c[:1], return_probs=True)
 
 
 def test_logistic_samples_lie_on_the_bins():

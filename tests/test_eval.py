@@ -91,11 +91,49 @@ def test_eval_errors_say_what_to_do(run_dir, tmp_path, capsys):
     assert "supervised" in capsys.readouterr().err
 
 
-def test_sample_writes_a_grid_and_the_time(run_dir, tmp_path, capsys):
+def test_sample_writes_a_readable_grid_and_the_time(run_dir, tmp_path, capsys):
+    import numpy as np
+
+    from gentk.grid import GAP
+
     out = tmp_path / "grid.png"
     assert main(["sample", str(run_dir), "-n", "9", "--out", str(out)]) == 0
     assert "sampled 9 images in" in capsys.readouterr().out
-    assert Image.open(out).size == (3 * 10 + 2, 3 * 10 + 2)  # 3 x 3 grid of 8x8 images, 2-pixel gaps
+    grid = np.asarray(Image.open(out).convert("L"))
+    side = 3 * (3 * 10 + 2)  # 3 x 3 images of 8x8 with 2-pixel gaps, enlarged 3 times
+    assert grid.shape[1] >= 2 * side + GAP  # the samples, then their mean images (a panel is as wide as its title, at least)
+    panel = (grid.shape[1] - GAP) // 2
+    samples, means = grid[-side:, :side], grid[-side:, panel + GAP : panel + GAP + side]
+    assert set(np.unique(samples)) <= {0, 255}  # Bernoulli samples are black or white
+    assert len(np.unique(means)) > 2  # probabilities are shades of grey
+    assert main(["sample", str(run_dir), "-n", "9", "--out", str(out), "--scale", "1", "--no-means"]) == 0
+    assert Image.open(out).size[0] < 2 * (3 * 10 + 2) + GAP  # one panel, pixels not enlarged (as wide as its title, at least)
     assert main(["sample", str(run_dir), "-n", "10", "--out", str(out), "--per-category"]) == 0
-    assert "sampled 10 images in" in capsys.readouterr().out  # 5 categories x 2 per row
-    assert Image.open(out).size == (2 * 10 + 2, 5 * 10 + 2)
+    printed = capsys.readouterr().out
+    assert "sampled 10 images in" in printed  # 5 categories x 2 per row
+    assert "rows ordered and labelled by the majority label of all validation images in each category" in printed
+    width, height = Image.open(out).size
+    assert height > 5 * 3 * 10 and width > 2 * 3 * (2 * 10 + 2) + GAP  # 5 rows, a label column left of both panels
+    assert main(["sample", str(run_dir), "--scale", "0"]) == 2
+    assert "--scale 0" in capsys.readouterr().err
+
+
+def test_a_per_category_grid_orders_rows_by_majority_label(run_dir, monkeypatch):
+    """Rows follow their labels (categories no validation image went to last), each row its category's own samples."""
+    from gentk import evaluate
+
+    run = evaluate.load_run(run_dir)
+    seen = []
+    monkeypatch.setattr(evaluate, "compose", lambda panels, **kw: seen.append((panels, kw)) or Image.new("RGB", (1, 1)))
+
+    def draw(labels):
+        generator = torch.Generator().manual_seed(0)
+        evaluate.write_sample_grid(run.model, run_dir / "g.png", 10, generator=generator, latent="y", labels=labels)
+        return seen[-1]
+
+    (plain, kw) = draw(None)
+    assert kw["row_labels"] is None and [title for title, _ in plain] == ["samples", "mean images: P(pixel = 1)"]
+    (ordered, kw) = draw([3, -1, 0, 0, 1])
+    assert kw["row_labels"] == ["0 (category 2)", "0 (category 3)", "1 (category 4)", "3 (category 0)", "none (category 1)"]
+    for (_, before), (_, after) in zip(plain, ordered):  # 2 images a row: category c is images 2c, 2c + 1
+        assert torch.equal(after, before[[4, 5, 6, 7, 8, 9, 0, 1, 2, 3]])

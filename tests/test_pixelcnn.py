@@ -289,6 +289,18 @@ def test_cached_sampler_equals_naive_sampler(shape, conditioning, likelihood):
     assert torch.equal(levels, levels.round()) and levels.min() >= 0 and levels.max() <= (1 if likelihood == "bernoulli" else 255)
 
 
+def test_mean_images_are_the_probabilities_each_pixel_was_drawn_with():
+    """Known answer: p(x_i = 1 | x_<i, c) is sigmoid of a full pass's logit on the final sample (the mask hides x_>=i)."""
+    model, code = make((1, 4, 5), "adaptive_bias", "bernoulli", channels=6)
+    x, probs = model.sample(2, code, generator=torch.Generator().manual_seed(1), return_probs=True)
+    assert torch.equal(x, model.sample(2, code, generator=torch.Generator().manual_seed(1)))  # the same samples as without
+    with torch.no_grad():
+        torch.testing.assert_close(probs, torch.sigmoid(model.logits(x, code)[:, :, 0]), atol=1e-5, rtol=0)
+    assert model.bernoulli_probs and not make((1, 4, 5), "adaptive_bias", "categorical256", channels=6)[0].bernoulli_probs
+    with pytest.raises(GentkError, match="return_probs needs the bernoulli likelihood"):
+        make((1, 4, 5), "adaptive_bias", "categorical256", channels=6)[0].sample(2, code, return_probs=True)
+
+
 def test_sampling_seeds_temperature_and_conditioning_computed_once():
     model, code = make((1, 6, 6), "location_dependent")
     calls = {"map": 0}

@@ -444,7 +444,7 @@ class DiesDuringEvaluation:
 
 def without_clock(run):
     return [
-        {k: v for k, v in json.loads(line).items() if not k.startswith(("speed/", "time/"))}
+        {k: v for k, v in json.loads(line).items() if not k.startswith(rundir.MACHINE_PREFIXES)}
         for line in (run / "metrics.jsonl").read_text().splitlines()
     ]
 
@@ -508,7 +508,7 @@ def test_an_evaluation_killed_between_its_two_metrics_files_is_complete_in_both(
     series, expected = rundir.read_metrics(part), rundir.read_metrics(whole)
     assert sorted(series) == sorted(expected)
     for name in expected:
-        if not name.startswith(("speed/", "time/")):
+        if not name.startswith(rundir.MACHINE_PREFIXES):
             assert series[name].tolist() == expected[name].tolist(), name
 
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import gentk
-from gentk import checkpoint
+from gentk import checkpoint, rundir
 
 RECIPE = """
 name = "tiny_bits"
@@ -107,7 +107,7 @@ def test_same_recipe_and_seed_give_the_same_bits(tmp_path):
         assert a[section].keys() == b[section].keys()
         for key in a[section]:
             assert torch.equal(a[section][key], b[section][key]), f"{section}.{key} differs between two runs"
-    clockless = lambda metrics: {k: v for k, v in metrics.items() if not k.startswith(("speed/", "time/"))}  # noqa: E731  (wall-clock readings differ)
+    clockless = lambda metrics: {k: v for k, v in metrics.items() if not k.startswith(rundir.MACHINE_PREFIXES)}  # noqa: E731  (wall-clock readings differ)
     assert clockless(first.metrics) == clockless(second.metrics)
     found = fingerprint(losses_a, a)
     assert found.keys() == PINNED.keys()

@@ -189,7 +189,7 @@ def test_resume_after_sigint_equals_uninterrupted_training(tmp_path, plugins, re
     # the logged scalars agree step for step (the resumed run's log was cut at step 5 and continued)
     def logged(run):
         # wall-clock readings (speed, minutes) differ between any two runs; everything else must not
-        return [{k: v for k, v in e.items() if not k.startswith(("speed/", "time/"))} for e in losses(run)]
+        return [{k: v for k, v in e.items() if not k.startswith(rundir.MACHINE_PREFIXES)} for e in losses(run)]
 
     assert logged(whole) == logged(part)
 
@@ -250,7 +250,7 @@ def test_checkpoints_of_earlier_versions_still_resume(tmp_path, plugins, recipe_
     for key, value in unbroken["model"].items():
         assert torch.equal(value, again["model"][key]), key
     if "interval" not in dropped:  # the log interval's sums were kept: the same means
-        clockless = lambda rows: [{k: v for k, v in e.items() if not k.startswith(("speed/", "time/"))} for e in rows]  # noqa: E731
+        clockless = lambda rows: [{k: v for k, v in e.items() if not k.startswith(rundir.MACHINE_PREFIXES)} for e in rows]  # noqa: E731
         assert clockless(losses(run)) == clockless(unbroken_log)
 
 
@@ -515,6 +515,10 @@ def test_a_time_budget_stops_saves_evaluates_and_can_be_raised(tmp_path, plugins
     assert rows[-1]["step"] == stopped and "eval/validation/reconstruction/loss" in rows[-1]
     logged = [r["time/minutes"] for r in rows if "train/reconstruction/loss" in r]
     assert logged == sorted(logged) and logged[-1] >= 0.01  # wall time beside every logged scalar
+    # and the machine's load beside it, so a slow run can be told from a busy machine
+    assert all(r["machine/load_1min"] >= 0 for r in rows if "train/reconstruction/loss" in r or "eval/validation/reconstruction/loss" in r)
+    env = json.loads((run / "env.json").read_text())
+    assert env["cpus"] == os.cpu_count() and len(env["load_avg"]) == 3
     assert "time budget of 0.01 minutes reached at step" in capsys.readouterr().out
 
     # resuming a spent budget trains nothing and says how to continue
