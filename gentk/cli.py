@@ -218,7 +218,7 @@ def _say_results(result, recipe, args: argparse.Namespace, plugins: Plugins) -> 
     grids = sorted((run_dir / "samples").glob("step-*.png"))
     if grids:
         latent = categorical_latent(recipe.model.latents)
-        layout = f"one row per category of latent '{latent}'" if latent else "a square of samples"
+        layout = f"one row per category of latent '{latent}', labelled by its majority label" if latent else "a square of samples"
         print(f"samples: {grids[-1]} ({layout})")
     print(f"run directory: {run_dir}")
 

@@ -265,7 +265,7 @@ def metrics_and_samples(model, data, split: str, recipe: Recipe, plugins, device
         progress=True,
     )
     if recipe.eval.samples > 0:
-        log_image("samples", write_samples(model, recipe, device, run_dir / "samples" / f"step-{step:08d}.png"))
+        log_image("samples", write_samples(model, data, recipe, device, run_dir / "samples" / f"step-{step:08d}.png"))
     return {f"eval/{split}/{k}": v for k, v in found.items()}
 
 
@@ -461,11 +461,17 @@ def write_run_grid(
     return RunGrid(path, images, time.perf_counter() - started, rows)
 
 
-def write_samples(model, recipe: Recipe, device, path: Path) -> Path:
-    """A PNG grid of ``eval.samples`` images: one row per category for a categorical latent (the paper's Figure 6), else a square."""
+def write_samples(model, data, recipe: Recipe, device, path: Path) -> Path:
+    """The engine's grid of ``eval.samples`` images, drawn to be read (`write_sample_grid`).
+
+    For a categorical latent, one row per category (the paper's Figure 6), ordered and
+    labelled by each category's majority label on the first ``eval.max_examples``
+    validation images, when the data have a validation split; else a square.
+    """
     generator = torch.Generator(device=device).manual_seed(recipe.seed)
-    latent = categorical_latent(recipe.model.latents)
-    images, _, per_row = sample_images(
-        model, recipe.eval.samples, generator=generator, latent=latent if hasattr(model, "sample_per_category") else None
-    )
-    return rundir.save_grid(images, path, nrow=per_row)
+    latent = categorical_latent(recipe.model.latents) if hasattr(model, "sample_per_category") else None
+    labels = None
+    if latent is not None and data.split_sizes.get("validation", 0) > 0:
+        batch_size = recipe.data.common.batch_size
+        labels = majority_labels(model, latent, data, batch_size=batch_size, max_examples=recipe.eval.max_examples, device=device)
+    return write_sample_grid(model, path, recipe.eval.samples, generator=generator, latent=latent, labels=labels)[0]

@@ -138,9 +138,11 @@ def test_run_fills_the_run_directory(tmp_path, recipe_file):
     best = weights(run, "best.pt")
     assert best["best"]["name"] == "eval/validation/reconstruction/loss" and best["step"] in (6, 12)
 
-    # samples: one PNG per evaluation, one row per category (4 categories x 2 per row)
+    # samples: one PNG per evaluation, one row per category (4 categories x 2 per row of 8x8 images), drawn to be read:
+    # enlarged 3x, the mean images beside the samples, a label left of each row and a title above each panel
     grid = Image.open(run / "samples" / "step-00000012.png")
-    assert grid.mode == "L" and grid.size == (2 * (8 + 2) + 2, 4 * (8 + 2) + 2)
+    panel = (3 * (2 * (8 + 2) + 2), 3 * (4 * (8 + 2) + 2))
+    assert grid.mode == "RGB" and grid.size[0] > 2 * panel[0] and grid.size[1] > panel[1]
     assert (run / "samples" / "step-00000006.png").exists()
     assert (run / "data.json").exists()
 
@@ -631,6 +633,6 @@ def test_gentk_run_ends_with_the_test_metrics_and_the_sample_grid(tmp_path, reci
     assert "test metrics of tiny_semisup at step 3 (the first 40 test examples):" in out
     table = out.split("test metrics of", 1)[1]
     assert "reconstruction/loss" in table and "supervised.y/accuracy" in table
-    assert f"samples: {run}/samples/step-00000003.png (one row per category of latent 'y')" in out
+    assert f"samples: {run}/samples/step-00000003.png (one row per category of latent 'y', labelled by its majority label)" in out
     assert out.rstrip().endswith(f"run directory: {run}")
     assert json.loads((run / "eval.json").read_text())["evaluations"]["latest/test"]["step"] == 3
