@@ -92,7 +92,7 @@ def build(recipe, data):
     return gentk.build_model(recipe, image_shape=data.image_shape)
 
 
-def run_gentk(recipe, data, initial: dict, steps: int) -> dict:
+def run_gentk(recipe, data, initial: dict) -> dict:
     model = build(recipe, data)
     model.load_state_dict(initial)
     with tempfile.TemporaryDirectory() as out:
@@ -187,7 +187,7 @@ def main() -> None:
     for side in sides:
         started = time.perf_counter()
         if side == "gentk":
-            result = run_gentk(recipe, data, initial, steps)
+            result = run_gentk(recipe, data, initial)
         else:
             result = run_pythae(recipe, data, initial, int(args.epochs), args.seed)
         row = {
