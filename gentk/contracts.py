@@ -22,7 +22,9 @@ How each component is built (the context of each kind) is in `gentk.hookspecs`.
 Optional capabilities have Protocols of their own, which the Model and the metrics test
 with ``isinstance`` (they are runtime-checkable): `Density`, `DiagonalNormal` and
 `Categorical` for priors, `KLTerm` for regularizers. A prior's ``support`` and a
-regularizer's ``heads`` are optional class attributes, read by `support` and `heads`.
+regularizer's ``heads`` are optional class attributes, read by `support` and `heads`; an
+adversary's ``joint_weight`` (its generator loss joins the reconstruction loss with that
+weight, instead of an update of its own) is an optional attribute, read by `joint_weight`.
 
 Axis legend of the signatures: B batch, n samples, D a latent's size, C, H, W an image.
 """
@@ -182,6 +184,11 @@ def bernoulli_probs(decoder: Any) -> bool:
 def heads(regularizer: Any) -> tuple[str, ...] | None:
     """The head kinds a regularizer (class or instance) accepts; None: any."""
     return getattr(regularizer, "heads", None)
+
+
+def joint_weight(regularizer: Any) -> float | None:
+    """For an `Adversary` whose generator loss joins the reconstruction loss: its weight there; None (the default): a separate update."""
+    return getattr(regularizer, "joint_weight", None)
 
 
 def support_problem(head: str, prior: Any, what: str = "its prior") -> str | None:

@@ -15,7 +15,9 @@ looks inside it:
 2. for each adversarially regularized latent NAME, ``discriminator.NAME`` (prior samples
    vs detached codes; it updates the regularizer's parts, ``KEY.NAME`` for each KEY of its
    ``parts()``, e.g. ``discriminator.NAME`` or a plugin's ``critic.NAME``) then
-   ``generator.NAME`` (the encoder fools it), phase regularization;
+   ``generator.NAME`` (the encoder fools it), phase regularization; an adversary with a
+   ``joint_weight`` has no generator step: its generator loss, times that weight, joins the
+   reconstruction loss (one update of encoder and decoder, as in Pythae's AAE);
 3. for each supervised latent NAME, ``supervised.NAME``: cross-entropy of its head's logits
    on the labeled batch (phase supervised), updating the encoder.
 
@@ -38,7 +40,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from gentk.contracts import Adversary, KLTerm, bernoulli_probs, support_problem
+from gentk.contracts import Adversary, KLTerm, bernoulli_probs, joint_weight, support_problem
 from gentk.data import Batch, build_data, check_held_out
 from gentk.distributions import normal_log_prob, standard_normal
 from gentk.errors import GentkError
@@ -182,7 +184,9 @@ class Model(nn.Module):
             if reg.phase == "regularization":
                 critic = {f"{key}.{name}": params(f"{key}.{name}") for key in reg.parts()}  # the regularizer's own part names
                 steps.append(TrainingStep(f"discriminator.{name}", "regularization", critic, _bind(self.discriminator_loss, name)))
-                steps.append(TrainingStep(f"generator.{name}", "regularization", {"encoder": params("encoder")}, _bind(self.generator_loss, name)))
+                if joint_weight(reg) is None:  # else its generator loss is part of the reconstruction loss
+                    fool = _bind(self.generator_loss, name)
+                    steps.append(TrainingStep(f"generator.{name}", "regularization", {"encoder": params("encoder")}, fool))
         for name, spec in self.latents.items():
             if spec.supervised:
                 steps.append(TrainingStep(f"supervised.{name}", "supervised", {"encoder": params("encoder")}, _bind(self.supervised_loss, name)))
@@ -194,7 +198,8 @@ class Model(nn.Module):
         return torch.cat([heads[name]["code"] for name in self.latents], dim=-1) if self.latents else None
 
     def reconstruction_loss(self, batch) -> tuple[Tensor, dict[str, float | Tensor]]:
-        """-log p(x|c) (nats per image) plus the KL penalties; counts a training step when training."""
+        """-log p(x|c) (nats per image) plus the KL penalties and the weighted generator losses
+        of joint adversaries (on the same codes); counts a training step when training."""
         heads = self.encoder(batch.x) if self.encoder is not None else {}
         nll = -self.decoder(batch.x, self._condition(heads)).mean()
         loss, logs = nll, {"nll": nll.detach()}
@@ -204,6 +209,12 @@ class Model(nn.Module):
             penalty, reg_logs = self.regularizers[name].penalty(heads[name], step)
             loss = loss + penalty
             logs.update({f"{key}.{name}": value for key, value in reg_logs.items()})
+        for name, reg in self.regularizers.items():
+            weight = joint_weight(reg) if reg.phase == "regularization" else None
+            if weight is not None:
+                fool, reg_logs = reg.generator_loss(heads[name]["code"])
+                loss = loss + weight * fool
+                logs.update({f"{key}.{name}": value for key, value in reg_logs.items()})
         if self.training and torch.is_grad_enabled():
             self.step += 1
         logs["loss"] = loss.detach()

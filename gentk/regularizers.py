@@ -176,6 +176,14 @@ class AdversarialRegularizer(nn.Module):
     The discriminator learns to tell prior samples ("real") from codes ("fake"); the encoder
     then learns to fool it with the non-saturating loss. An optional R1 gradient penalty on
     real samples (Mescheder et al. 2018) steadies the discriminator.
+
+    The encoder's update comes in one of two forms (``generator``): "separate", the AAE
+    paper's, an update of its own after the reconstruction (its optimizer normalizes the
+    adversarial gradient, so it moves the encoder as far as a reconstruction update does);
+    or "joint", where the generator loss times ``generator_weight`` is added to the
+    reconstruction loss and encoder and decoder take one update of the sum, the adversarial
+    gradient weighed against the reconstruction's (``joint_weight``: that weight, None
+    when separate).
     """
 
     phase = "regularization"
@@ -190,6 +198,14 @@ class AdversarialRegularizer(nn.Module):
             "the discriminator also sees the batch mean of the codes (a minibatch feature), so it can tell codes that crowd a few categories "
             "from prior samples",
         )
+        generator: Literal["separate", "joint"] = option(
+            "separate",
+            "separate: the encoder fools the discriminator in an update of its own, in the regularization phase (the AAE paper); joint: the "
+            "generator loss, times generator_weight, joins the reconstruction loss in one update of encoder and decoder",
+        )
+        generator_weight: float | None = option(
+            None, 'weight of the generator loss in the reconstruction loss (generator = "joint" only; default 1)', gt=0
+        )
 
     def __init__(self, config: Config | None = None, *, size: int, prior: nn.Module, head: str, **options) -> None:
         super().__init__()
@@ -200,6 +216,9 @@ class AdversarialRegularizer(nn.Module):
         self.batch_features = cfg.batch_features
         self.discriminator = Discriminator(2 * size if cfg.batch_features else size, list(cfg.discriminator), cfg.activation)
         self.gradient_penalty = cfg.gradient_penalty
+        if cfg.generator_weight is not None and cfg.generator != "joint":
+            raise ValueError('generator_weight weighs the generator loss in a joint update: it needs generator = "joint"')
+        self.joint_weight = (1.0 if cfg.generator_weight is None else cfg.generator_weight) if cfg.generator == "joint" else None
 
     def features(self, z: Tensor, batches: int = 1) -> Tensor:
         """What the discriminator sees of codes z (B, D): z itself, or with ``batch_features``

@@ -875,7 +875,8 @@ def best_key(metrics: dict[str, float], first_step: str) -> str | None:
     """The scalar that decides best.pt: the held-out loss of the first training step.
 
     That is the reconstruction step of every model: the negative ELBO of a (Pixel)VAE,
-    the NLL of a PixelCNN, the reconstruction NLL of an (PixelGAN) adversarial autoencoder.
+    the NLL of a PixelCNN, the reconstruction NLL of an (PixelGAN) adversarial autoencoder
+    (plus its weighted generator loss when the generator update is joint).
     """
     for split in ("validation", "test"):
         key = f"eval/{split}/{first_step}/loss"

@@ -218,15 +218,14 @@ def test_docs_document_every_option_and_their_examples_run(plugins):
         exec(compile(code.replace('"recipes/', f'"{Path(__file__).resolve().parents[1]}/recipes/'), "docs/models.md", "exec"), {})
 
 
-def test_the_model_s_regularization_phase_pulls_far_codes_to_the_prior(plugins):
-    """A linear encoder of 2-D points whose codes start at mean (4, -3), covariance diag(0.09, 2.25):
-    400 steps of the model's own regularization-phase steps bring them close to N(0, I)."""
+def far_codes(plugins, regularizer: dict) -> Model:
+    """A linear encoder of 2-D points whose codes start at mean (4, -3), covariance diag(0.09, 2.25)."""
     tree = {
         "name": "toy",
         "data": {"name": "synthetic"},
         "model": {
             "encoder": {"name": "mlp", "hidden": []},
-            "latents": {"z": {"size": 2, "head": "deterministic", "regularizer": {"name": "adversarial", "discriminator": [64, 64]}}},
+            "latents": {"z": {"size": 2, "head": "deterministic", "regularizer": regularizer}},
             "decoder": {"name": "gaussian", "hidden": [4]},
         },
     }
@@ -235,18 +234,71 @@ def test_the_model_s_regularization_phase_pulls_far_codes_to_the_prior(plugins):
     with torch.no_grad():
         model.encoder.heads["z"].linear.weight.copy_(torch.diag(torch.tensor([0.3, 1.5])))
         model.encoder.heads["z"].linear.bias.copy_(torch.tensor([4.0, -3.0]))
-    steps = [s for s in model.training_steps() if s.phase == "regularization"]
-    assert [s.name for s in steps] == ["discriminator.z", "generator.z"]
-    optimizers = [torch.optim.Adam(s.parameters(), lr=lr, betas=(0.5, 0.999)) for s, lr in zip(steps, (1e-3, 2e-2))]
-    for _ in range(400):
+    return model
+
+
+def train_on_points(steps, lrs, n: int = 400) -> None:
+    """`n` rounds of `steps` (each with its Adam at its rate in `lrs`) on batches of N(0, I) points."""
+    optimizers = [torch.optim.Adam(s.parameters(), lr=lr, betas=(0.5, 0.999)) for s, lr in zip(steps, lrs)]
+    for _ in range(n):
         b = Batch(torch.randn(256, 2, 1, 1), torch.zeros(256, dtype=torch.long))
         for step, opt in zip(steps, optimizers):
             opt.zero_grad()
             step.loss(b)[0].backward()
             opt.step()
+
+
+def test_the_model_s_regularization_phase_pulls_far_codes_to_the_prior(plugins):
+    """`far_codes`: 400 steps of the model's own regularization-phase steps bring them close to N(0, I)."""
+    model = far_codes(plugins, {"name": "adversarial", "discriminator": [64, 64]})
+    steps = [s for s in model.training_steps() if s.phase == "regularization"]
+    assert [s.name for s in steps] == ["discriminator.z", "generator.z"]
+    train_on_points(steps, (1e-3, 2e-2))
     z = model.encode(torch.randn(20000, 2, 1, 1))["z"].detach()
     assert z.mean(0).abs().max() < 0.25, z.mean(0)
     assert (torch.cov(z.T) - torch.eye(2)).abs().max() < 0.3, torch.cov(z.T)
+
+
+def test_a_joint_adversary_s_generator_loss_joins_the_reconstruction_step_with_its_weight(plugins):
+    """generator = "joint": no generator step, and the reconstruction step's gradient is the NLL's
+    plus the weight times the generator loss's, for every encoder and decoder parameter."""
+    joint = {**GAUSS_ADV, "regularizer": {**GAUSS_ADV["regularizer"], "generator": "joint", "generator_weight": 0.3}}
+    model = make(plugins, {"z": joint})
+    steps = model.training_steps()
+    assert [s.name for s in steps] == ["reconstruction", "discriminator.z"]
+    assert set(steps[0].parts) == {"encoder", "decoder"}
+    b = batch()
+    params = steps[0].parameters()
+
+    def grads(loss):
+        return torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
+
+    loss, logs = steps[0].loss(b)
+    code = model.encoder(b.x)["z"]["code"]
+    nll = -model.decoder(b.x, code).mean()
+    fool, _ = model.regularizers["z"].generator_loss(code)
+    assert torch.allclose(loss, nll + 0.3 * fool) and torch.allclose(logs["g_loss.z"], fool)
+    for got, from_nll, from_fool in zip(grads(loss), grads(nll), grads(fool)):
+        expected = from_nll + 0.3 * (from_fool if from_fool is not None else 0.0)  # the decoder gets nothing from the generator loss
+        assert torch.allclose(got, expected, atol=1e-6)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads(fool))  # the generator loss does reach the encoder
+    separate = make(plugins, {"z": GAUSS_ADV})
+    assert [s.name for s in separate.training_steps()] == ["reconstruction", "discriminator.z", "generator.z"]
+
+
+def test_joint_training_pulls_far_codes_to_the_prior(plugins):
+    """`far_codes` reach N(0, I) through the joint reconstruction step and the discriminator step
+    (the reconstruction alone would leave them where they are: the decoder undoes any shift)."""
+    model = far_codes(plugins, {"name": "adversarial", "discriminator": [64, 64], "generator": "joint"})
+    steps = model.training_steps()
+    points = torch.randn(20000, 2, 1, 1)
+    before = gentk.metrics.mmd_rbf(model.encode(points[:2000])["z"].detach(), torch.randn(2000, 2))
+    train_on_points(steps, (2e-2, 1e-3))
+    z = model.encode(points)["z"].detach()
+    after = gentk.metrics.mmd_rbf(z[:2000], torch.randn(2000, 2))
+    assert after < 0.05 * before, (before, after)
+    assert z.mean(0).abs().max() < 0.5, z.mean(0)
+    assert (torch.cov(z.T) - torch.eye(2)).abs().max() < 0.5, torch.cov(z.T)
 
 
 def test_a_head_that_cannot_suit_its_prior_or_regularizer_is_a_recipe_error(plugins):

@@ -203,3 +203,13 @@ def test_batch_features_let_the_discriminator_see_a_batch_that_crowds_one_catego
     assert codes.grad is not None and torch.isfinite(codes.grad).all()
     with pytest.raises(ValueError, match="as many prior samples as codes"):
         reg.discriminator_loss(prior.sample(3), crowded)
+
+
+def test_a_generator_weight_needs_the_joint_update():
+    prior = StandardNormalPrior(size=2)
+    assert AdversarialRegularizer(size=2, prior=prior, head="deterministic", discriminator=[4]).joint_weight is None
+    assert AdversarialRegularizer(size=2, prior=prior, head="deterministic", discriminator=[4], generator="joint").joint_weight == 1.0
+    joint = AdversarialRegularizer(size=2, prior=prior, head="deterministic", discriminator=[4], generator="joint", generator_weight=0.5)
+    assert joint.joint_weight == 0.5
+    with pytest.raises(ValueError, match='generator = "joint"'):
+        AdversarialRegularizer(size=2, prior=prior, head="deterministic", discriminator=[4], generator_weight=0.5)
