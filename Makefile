@@ -4,7 +4,7 @@ PYTHON     ?= python3
 VENV       ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 RECIPE     ?= recipes/pixelgan_semisup.toml
-# `make run` trains the recipe's `cpu` profile on a machine without a GPU (at most 25 minutes of
+# `make run` trains the recipe's `cpu` profile on a machine without a GPU (at most 22 minutes of
 # training, under 30 in all on 2 cores) and the recipe as written, at the paper's scale, on a GPU.
 # PROFILE= runs the recipe as written anywhere; PROFILE=small its 200-step profile.
 PROFILE    ?= $(shell $(VENV)/bin/python -c "import torch; print('' if torch.cuda.is_available() else 'cpu')")

@@ -1,5 +1,5 @@
 """`python -m gentk` (and `torchrun -m gentk`) runs the command line."""
 
-from gentk.cli import main
+from gentk.process import main
 
 raise SystemExit(main())

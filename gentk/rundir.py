@@ -101,6 +101,7 @@ def environment(device: torch.device, world_size: int) -> dict[str, Any]:
         "device": str(device),
         "world_size": world_size,
         "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),  # the command line sets PASSIVE (gentk.process)
         "cpus": os.cpu_count(),
         "load_avg": machine_load(),  # 1, 5 and 15 minutes: was the machine busy when the run (re)started?
         "git": _git_revision(),

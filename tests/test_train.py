@@ -438,6 +438,19 @@ def test_a_sigint_the_process_ignores_stays_ignored(request):
     assert stop.requested is None and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
+@pytest.mark.parametrize("policy", [None, "ACTIVE"], ids=["unset", "set"])
+def test_the_command_line_lets_waiting_openmp_threads_sleep_unless_told_otherwise(tmp_path, recipe_file, policy):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | ({"OMP_WAIT_POLICY": policy} if policy else {})
+    command = [sys.executable, "-m", "gentk", "run", str(recipe_file), "--set", "train.steps=1", "--set", "eval.every=100", "--out", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env | {"OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    (run,) = tmp_path.glob("tiny_semisup-*")
+    assert json.loads((run / "env.json").read_text())["omp_wait_policy"] == (policy or "PASSIVE")
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_to_the_command_line_saves_and_says_how_to_resume(tmp_path, recipe_file, signum):
     import subprocess
