@@ -14,8 +14,9 @@ fresh process (OpenMP reads its environment once, when torch loads):
     .venv/bin/python bench/shared_cpu.py --busy 1 --steps 200 --settings default passive
 
 Settings: ``default`` (torch's own thread count, OpenMP's default wait policy), ``passive``
-(the same threads with OMP_WAIT_POLICY=PASSIVE: waiting threads sleep) and ``one`` (one
-thread). The load average is printed with each measurement: the "idle" rows are only idle
+(the same threads with OMP_WAIT_POLICY=PASSIVE: waiting threads sleep), ``spin10k`` (GNU
+OpenMP's spinning cut to 10 000 turns before a thread sleeps, ``GOMP_SPINCOUNT``) and ``one``
+(one thread). The load average is printed with each measurement: the "idle" rows are only idle
 if nothing else runs.
 """
 
@@ -34,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 SETTINGS = {
     "default": ({}, None),
     "passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, None),
+    "spin10k": ({"GOMP_SPINCOUNT": "10000"}, None),
     "one": ({}, 1),
 }
 
