@@ -438,17 +438,29 @@ def test_a_sigint_the_process_ignores_stays_ignored(request):
     assert stop.requested is None and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
-@pytest.mark.parametrize("policy", [None, "ACTIVE"], ids=["unset", "set"])
-def test_the_command_line_lets_waiting_openmp_threads_sleep_unless_told_otherwise(tmp_path, recipe_file, policy):
+@pytest.mark.parametrize(("load", "preset", "policy"), [(1.2, None, "PASSIVE"), (0.1, None, None), (1.2, "ACTIVE", "ACTIVE")])
+def test_the_command_line_lets_waiting_threads_sleep_on_a_busy_machine_unless_told_otherwise(monkeypatch, load, preset, policy):
+    import sys
+
+    from gentk import process
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    if preset:
+        monkeypatch.setenv("OMP_WAIT_POLICY", preset)
+    monkeypatch.delitem(sys.modules, "torch")  # as in a fresh process, before torch loads
+    process.prepare(load=lambda: (load, load, load))
+    assert os.environ.get("OMP_WAIT_POLICY") == policy
+
+
+def test_a_run_records_its_openmp_wait_policy(tmp_path, recipe_file):
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | ({"OMP_WAIT_POLICY": policy} if policy else {})
     command = [sys.executable, "-m", "gentk", "run", str(recipe_file), "--set", "train.steps=1", "--set", "eval.every=100", "--out", str(tmp_path)]
-    done = subprocess.run(command, capture_output=True, text=True, env=env | {"OMP_NUM_THREADS": "1"})
+    done = subprocess.run(command, capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "ACTIVE"})
     assert done.returncode == 0, done.stderr
     (run,) = tmp_path.glob("tiny_semisup-*")
-    assert json.loads((run / "env.json").read_text())["omp_wait_policy"] == (policy or "PASSIVE")
+    assert json.loads((run / "env.json").read_text())["omp_wait_policy"] == "ACTIVE"
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
