@@ -24,15 +24,16 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import functools
 import hashlib
 import json
 import os
 import platform
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -152,7 +153,7 @@ def compare(
     progress = _StudyProgress(bar)
     results: list[RunResult] = []
     plugins.pm.register(progress, name="gentk.compare.progress")
-    finish = functools.partial(_evaluate, device=device, offline=offline, metrics=metrics, options=options, plugins=plugins)
+    finish = _Finish(device=device, offline=offline, metrics=metrics, options=options, plugins=plugins)
     try:
         if jobs > 1:
             flat = [recipe for runs in studies for recipe in runs]
@@ -190,29 +191,11 @@ def _run_root(study_dir: Path, recipe: Recipe) -> Path:
     return study_dir / "runs" / f"{recipe.name}-seed{recipe.seed}-{recipe_hash(recipe)}"
 
 
-def _finished(recipe: Recipe, root: Path, wanted: list[str], options) -> tuple[RunResult | None, float]:
-    """The result of a run an earlier call finished with the same metrics, or None and the seconds earlier attempts spent."""
-    result_path = root / "result.json"
-    record = json.loads(result_path.read_text()) if result_path.is_file() else {}
-    if (
-        record.get("finished")
-        and record.get("metric_names") == wanted
-        and record.get("options") == (options or {})
-        and Path(record["run_dir"]).is_dir()
-    ):
-        return _result(recipe, record, reused=True), 0.0
-    return None, record.get("wall_s", 0.0)
-
-
-def _wanted(recipe: Recipe, metrics: Sequence[str] | None) -> list[str]:
-    return list(recipe.eval.metrics if metrics is None else metrics)
-
-
-def _run_one(recipe: Recipe, study_dir: Path, plugins, finish, *, device, offline) -> RunResult:
+def _run_one(recipe: Recipe, study_dir: Path, plugins, finish: _Finish, *, device, offline) -> RunResult:
     """Train (or reuse, or resume) one recipe at one seed in this process, then evaluate it on the test split."""
     root = _run_root(study_dir, recipe)
     root.mkdir(parents=True, exist_ok=True)
-    reused, earlier = _finished(recipe, root, _wanted(recipe, finish.keywords["metrics"]), finish.keywords["options"])
+    reused, earlier = finish.reusable(recipe, root)
     if reused is not None:
         return reused
     started = time.perf_counter()
@@ -225,34 +208,60 @@ def _run_one(recipe: Recipe, study_dir: Path, plugins, finish, *, device, offlin
     return finish(recipe, root, trained.run_dir, earlier + time.perf_counter() - started)
 
 
-def _evaluate(recipe: Recipe, root: Path, run_dir: Path, wall: float, *, device, offline, metrics, options, plugins) -> RunResult:
-    """Evaluate a trained run's final weights on the test split and write its result.json."""
-    wanted = _wanted(recipe, metrics)
-    evaluation = evaluate_run(
-        run_dir,
-        names=wanted,
-        which="latest",
-        split="test",
-        max_examples=recipe.eval.max_examples,
-        options=options,
-        device=device,
-        plugins=plugins,
-        offline=offline,
-    )
-    speeds = rundir.read_metrics(run_dir).get("speed/steps_per_s")
-    record = {
-        "finished": True,
-        "run_dir": str(run_dir),
-        "steps": evaluation["step"],
-        "wall_s": wall,
-        "steps_per_s": float(np.mean(speeds["value"])) if speeds is not None and len(speeds) else None,
-        "metric_names": wanted,
-        "options": options or {},
-        "test_examples": recipe.eval.max_examples,
-        "metrics": {k.removeprefix("eval/test/"): v for k, v in evaluation["metrics"].items()},
-    }
-    rundir.write_json(root / "result.json", record)
-    return _result(recipe, record, reused=False)
+@attrs.frozen
+class _Finish:
+    """What a study does with each run: reuse it if an earlier call finished it, or evaluate it on the test split."""
+
+    device: str | None
+    offline: bool
+    metrics: Sequence[str] | None  # None: each recipe's own eval.metrics
+    options: dict[str, dict[str, Any]] | None
+    plugins: Any
+
+    def wanted(self, recipe: Recipe) -> list[str]:
+        return list(recipe.eval.metrics if self.metrics is None else self.metrics)
+
+    def reusable(self, recipe: Recipe, root: Path) -> tuple[RunResult | None, float]:
+        """The result of a run an earlier call finished with the same metrics, or None and the seconds earlier attempts spent."""
+        result_path = root / "result.json"
+        record = json.loads(result_path.read_text()) if result_path.is_file() else {}
+        if (
+            record.get("finished")
+            and record.get("metric_names") == self.wanted(recipe)
+            and record.get("options") == (self.options or {})
+            and Path(record["run_dir"]).is_dir()
+        ):
+            return _result(recipe, record, reused=True), 0.0
+        return None, record.get("wall_s", 0.0)
+
+    def __call__(self, recipe: Recipe, root: Path, run_dir: Path, wall: float) -> RunResult:
+        """Evaluate a trained run's final weights on the test split and write its result.json."""
+        wanted = self.wanted(recipe)
+        evaluation = evaluate_run(
+            run_dir,
+            names=wanted,
+            which="latest",
+            split="test",
+            max_examples=recipe.eval.max_examples,
+            options=self.options,
+            device=self.device,
+            plugins=self.plugins,
+            offline=self.offline,
+        )
+        speeds = rundir.read_metrics(run_dir).get("speed/steps_per_s")
+        record = {
+            "finished": True,
+            "run_dir": str(run_dir),
+            "steps": evaluation["step"],
+            "wall_s": wall,
+            "steps_per_s": float(np.mean(speeds["value"])) if speeds is not None and len(speeds) else None,
+            "metric_names": wanted,
+            "options": self.options or {},
+            "test_examples": recipe.eval.max_examples,
+            "metrics": {k.removeprefix("eval/test/"): v for k, v in evaluation["metrics"].items()},
+        }
+        rundir.write_json(root / "result.json", record)
+        return _result(recipe, record, reused=False)
 
 
 @attrs.define
@@ -281,19 +290,21 @@ class _Job:
         return 0
 
 
-def _train_in_processes(recipes: list[Recipe], study_dir: Path, bar: tqdm, finish, *, jobs, device, offline, plugin_args) -> list[RunResult]:
+def _train_in_processes(recipes: list[Recipe], study_dir: Path, bar: tqdm, finish: _Finish, *, jobs, device, offline, plugin_args) -> list[RunResult]:
     """Train `recipes` with at most `jobs` `gentk run` processes at once; evaluate each in this process as it ends.
 
     Each process trains the resolved recipe written to its run folder (``recipe.toml``) with
     ``--resume auto``, so an interrupted study resumes every run where its checkpoint stopped.
-    A Ctrl-C reaches every process: each saves its checkpoint and stops, then this says so.
+    A stop stops the whole study, and every run that was training saves a checkpoint: a Ctrl-C
+    reaches every process at once; a SIGTERM to this process is passed on to each run; a run
+    stopped on its own (a SIGTERM to its process) stops the others, and no queued run starts.
     """
     results: dict[int, RunResult] = {}
     queue: list[tuple[int, Recipe, Path, float]] = []
     for index, recipe in enumerate(recipes):
         root = _run_root(study_dir, recipe)
         root.mkdir(parents=True, exist_ok=True)
-        reused, earlier = _finished(recipe, root, _wanted(recipe, finish.keywords["metrics"]), finish.keywords["options"])
+        reused, earlier = finish.reusable(recipe, root)
         if reused is not None:
             results[index] = reused
             bar.update(recipe.train.steps)
@@ -303,6 +314,7 @@ def _train_in_processes(recipes: list[Recipe], study_dir: Path, bar: tqdm, finis
     threads = str(max(1, (os.cpu_count() or 1) // jobs))
     running: list[_Job] = []
     failures: list[str] = []
+    stopped: list[str] = []  # why the study stops, first reason first
     done_steps = sum(r.train.steps for i, r in enumerate(recipes) if i in results)
 
     def launch() -> None:
@@ -319,30 +331,44 @@ def _train_in_processes(recipes: list[Recipe], study_dir: Path, bar: tqdm, finis
     def wall(job: _Job) -> float:
         return job.earlier + time.perf_counter() - job.started
 
+    def stop(reason: str) -> None:
+        if not stopped:
+            stopped.append(reason)
+            for job in running:  # each saves its checkpoint and exits
+                job.process.send_signal(signal.SIGTERM)
+
     try:
-        while queue or running:
-            while queue and len(running) < jobs:
-                launch()
-            time.sleep(0.5)
-            bar.set_postfix_str(", ".join(f"{j.recipe.name} seed {j.recipe.seed}" for j in running))
-            bar.update(max(0, done_steps + sum(j.step() for j in running) - bar.n))
-            for job in [j for j in running if j.process.poll() is not None]:
-                running.remove(job)
-                if queue:  # the next run starts before this one's evaluation
+        with _on_sigterm(lambda: stop("SIGTERM")):
+            while (queue and not stopped) or running:
+                while queue and not stopped and len(running) < jobs:
                     launch()
-                if job.process.returncode != 0:
-                    rundir.write_json(job.root / "result.json", {"finished": False, "wall_s": wall(job)})
-                    failures.append(f"{job.recipe.name} seed {job.recipe.seed} (exit {job.process.returncode}; its output: {job.root / 'train.log'})")
-                    continue
-                done_steps += job.recipe.train.steps
-                results[job.index] = finish(job.recipe, job.root, checkpoint.latest_run(job.root, job.recipe.name), wall(job))
+                time.sleep(0.5)
+                bar.set_postfix_str(", ".join(f"{j.recipe.name} seed {j.recipe.seed}" for j in running))
+                bar.update(max(0, done_steps + sum(j.step() for j in running) - bar.n))
+                for job in [j for j in running if j.process.poll() is not None]:
+                    running.remove(job)
+                    code = job.process.returncode
+                    if code != 0:
+                        rundir.write_json(job.root / "result.json", {"finished": False, "wall_s": wall(job)})
+                    if code == TrainingInterrupted.exit_code:  # the run was asked to stop (SIGTERM or SIGINT) and saved a checkpoint
+                        stop(f"{job.recipe.name} seed {job.recipe.seed} was stopped by a signal")
+                        continue
+                    if queue and not stopped:  # the next run starts before this one's evaluation
+                        launch()
+                    if code != 0:
+                        failures.append(f"{job.recipe.name} seed {job.recipe.seed} (exit {code}; its output: {job.root / 'train.log'})")
+                        continue
+                    done_steps += job.recipe.train.steps
+                    results[job.index] = finish(job.recipe, job.root, checkpoint.latest_run(job.root, job.recipe.name), wall(job))
     except KeyboardInterrupt:
         for job in running:  # each process got the Ctrl-C too: it saves its checkpoint and stops
             job.process.wait()
             rundir.write_json(job.root / "result.json", {"finished": False, "wall_s": wall(job)})
+        stopped[:] = ["Ctrl-C"]
+    if stopped:
         raise TrainingInterrupted(
-            f"compare stopped; every run that was training saved a checkpoint. The same gentk compare command resumes the study: finished runs "
-            f"are reused, the others continue from their checkpoints ({study_dir / 'runs'})."
+            f"compare stopped ({stopped[0]}); every run that was training saved a checkpoint. The same gentk compare command resumes the study: "
+            f"finished runs are reused, the others continue from their checkpoints ({study_dir / 'runs'})."
         ) from None
     if failures:
         raise GentkError(
@@ -350,6 +376,19 @@ def _train_in_processes(recipes: list[Recipe], study_dir: Path, bar: tqdm, finis
             "finished runs are reused."
         )
     return [results[i] for i in range(len(recipes))]
+
+
+@contextlib.contextmanager
+def _on_sigterm(callback):
+    """Call `callback` on SIGTERM while the block runs (main thread only; a SIGTERM the process ignores stays ignored)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: callback())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _result(recipe: Recipe, record: dict[str, Any], *, reused: bool) -> RunResult:

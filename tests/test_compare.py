@@ -153,11 +153,47 @@ def test_a_ctrl_c_stops_every_job_with_a_checkpoint_and_the_same_command_resumes
     # its own process group, as a terminal's foreground job: Ctrl-C reaches compare and both runs
     study = subprocess.Popen([sys.executable, "-m", "gentk", *args], stderr=subprocess.PIPE, text=True, start_new_session=True)
     _, err = signal_group_when(study, lambda: len(list((tmp_path / "studies" / "s" / "runs").glob("*/*/checkpoints/latest.pt"))) == 2, signal.SIGINT)
-    assert study.returncode == 130 and "gentk: stopped: compare stopped; every run that was training saved a checkpoint" in err, err[-2000:]
+    assert study.returncode == 130 and "gentk: stopped: compare stopped (Ctrl-C); every run that was training saved a checkpoint" in err, err[-2000:]
     logs = sorted((tmp_path / "studies" / "s" / "runs").glob("*/train.log"))
     assert len(logs) == 2 and all("gentk: stopped: SIGINT at step" in log.read_text() for log in logs)
     results = [json.loads(log.with_name("result.json").read_text()) for log in logs]
     assert all(not r["finished"] and r["wall_s"] > 0 for r in results)
+
+
+@pytest.mark.parametrize("target", ["compare", "one run"])
+def test_a_sigterm_to_compare_or_to_one_of_its_runs_stops_the_study_and_starts_no_queued_run(tmp_path, target):
+    """A SIGTERM (a scheduler's stop, `kill PID`) reaches only the process it is sent to. Sent to
+    compare, it is passed on to every run; sent to one run, that run's stop stops the others. In
+    both cases each running run saves a checkpoint, the queued run never starts, and the study
+    says it stopped (exit 130) instead of counting a failure and training on."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    (tmp_path / "vae.toml").write_text(VAE + COMMON.replace("steps = 2", "steps = 100000") + 'metrics = ["elbo"]\n')
+    args = ["compare", str(tmp_path / "vae.toml"), "--seeds", "0,1,2", "--jobs", "2", "--out", str(tmp_path / "studies"), "--name", "s"]
+    runs = tmp_path / "studies" / "s" / "runs"
+    study = subprocess.Popen([sys.executable, "-m", "gentk", *args], stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(runs.glob("*/*/checkpoints/latest.pt"))) < 2:
+            assert time.monotonic() < deadline and study.poll() is None, study.communicate()
+            time.sleep(0.05)
+        seed0 = next(runs.glob("vae-seed0-*/vae-*"))
+        os.kill(study.pid if target == "compare" else int((seed0 / "run.lock.pid").read_text()), signal.SIGTERM)
+        _, err = study.communicate(timeout=120)
+    finally:
+        if study.poll() is None:
+            os.killpg(study.pid, signal.SIGKILL)
+    reason = "SIGTERM" if target == "compare" else "vae seed 0 was stopped by a signal"
+    expected = f"gentk: stopped: compare stopped ({reason}); every run that was training saved a checkpoint"
+    assert study.returncode == 130 and expected in err, err[-2000:]
+    logs = {log.parent.name.split("-")[1]: log.read_text() for log in runs.glob("*/train.log")}
+    assert sorted(logs) == ["seed0", "seed1"], sorted(logs)  # seed 2 was queued: it never started
+    assert all("gentk: stopped: SIGTERM at step" in text for text in logs.values()), logs
+    results = [json.loads(p.read_text()) for p in runs.glob("*/result.json")]
+    assert len(results) == 2 and all(not r["finished"] and r["wall_s"] > 0 for r in results)
 
 
 def test_a_profile_shrinks_different_models_in_one_compare_and_set_for_reaches_one_recipe(tmp_path, capsys):
