@@ -202,7 +202,7 @@ def _say_results(result, recipe, args: argparse.Namespace, plugins: Plugins) -> 
     if split is None:
         try:
             record = evaluate_run(
-                run_dir, split="test", max_examples=recipe.eval.max_examples, device=args.device, plugins=plugins, offline=args.offline
+                run_dir, split="test", max_examples=recipe.eval.test_examples, device=args.device, plugins=plugins, offline=args.offline
             )
             final, split = record["metrics"], "test"
         except ResultsNotSaved as exc:
@@ -211,7 +211,7 @@ def _say_results(result, recipe, args: argparse.Namespace, plugins: Plugins) -> 
         except GentkError as exc:  # no test split: the last evaluation's own split
             split = next(iter(final), "eval/validation/").split("/")[1]
             print(f"gentk: no test metrics ({exc}); the final evaluation's, on the {split} split:")
-    examples = "all" if recipe.eval.max_examples is None else f"the first {recipe.eval.max_examples}"
+    examples = "all" if recipe.eval.test_examples is None else f"the first {recipe.eval.test_examples}"
     print(f"\n{split} metrics of {recipe.name} at step {result.step} ({examples} {split} examples):")
     prefix = f"eval/{split}/"
     print(format_table(["metric", "value"], [[k.removeprefix(prefix), f"{v:.6g}"] for k, v in final.items() if k.startswith(prefix)]))

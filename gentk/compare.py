@@ -15,9 +15,10 @@ Layout of a study directory::
         train.log                        what the engine printed
         result.json                      wall time, speed and the test evaluation
 
-Test metrics use the whole test split unless the recipe's ``eval.max_examples`` caps it
-(the report says how many). The hash is of the resolved recipe, so a finished run is reused exactly when its recipe is
-the same, and an interrupted one is resumed (``--resume auto``) by the next call.
+Test metrics use the whole test split unless the recipe's ``eval.test_examples`` caps it
+(the report says how many; ``eval.max_examples`` caps only the evaluations during
+training). The hash is of the resolved recipe, so a finished run is reused exactly when its
+recipe is the same, and an interrupted one is resumed (``--resume auto``) by the next call.
 """
 
 from __future__ import annotations
@@ -229,6 +230,7 @@ class _Finish:
             record.get("finished")
             and record.get("metric_names") == self.wanted(recipe)
             and record.get("options") == (self.options or {})
+            and record.get("test_examples") == recipe.eval.test_examples  # evaluated on as many test examples as asked
             and Path(record["run_dir"]).is_dir()
         ):
             return _result(recipe, record, reused=True), 0.0
@@ -242,7 +244,7 @@ class _Finish:
             names=wanted,
             which="latest",
             split="test",
-            max_examples=recipe.eval.max_examples,
+            max_examples=recipe.eval.test_examples,
             options=self.options,
             device=self.device,
             plugins=self.plugins,
@@ -257,7 +259,7 @@ class _Finish:
             "steps_per_s": float(np.mean(speeds["value"])) if speeds is not None and len(speeds) else None,
             "metric_names": wanted,
             "options": self.options or {},
-            "test_examples": recipe.eval.max_examples,
+            "test_examples": recipe.eval.test_examples,
             "metrics": {k.removeprefix("eval/test/"): v for k, v in evaluation["metrics"].items()},
         }
         rundir.write_json(root / "result.json", record)
@@ -428,7 +430,7 @@ def _meta(name: str, paths, studies, overrides, seeds, results: list[RunResult],
                 "data": data_text,
                 "steps": r.train.steps,
                 "batch_size": r.data.common.batch_size,
-                "test_examples": "all" if r.eval.max_examples is None else str(r.eval.max_examples),
+                "test_examples": "all" if r.eval.test_examples is None else str(r.eval.test_examples),
                 "runs": f"{len(runs)} ({reused} reused)",
             }
         )

@@ -155,7 +155,10 @@ class EvalSpec:
     every: int = option(1000, "steps between evaluations", ge=1)
     metrics: list[str] = registered_names("metrics", "metrics computed at each evaluation")
     samples: int = option(64, "images in each sample grid (0: none)", ge=0)
-    max_examples: int | None = option(None, "evaluate on at most this many test examples (default: all)", ge=1)
+    max_examples: int | None = option(None, "examples of each evaluation during training (default: all)", ge=1)
+    test_examples: int | None = option(
+        None, "test examples of the final test metrics (gentk run's closing table, gentk compare's results; default: all)", ge=1
+    )
 
 
 def _one_path_component(instance, attribute, value) -> None:

@@ -120,6 +120,15 @@ def test_a_tiny_compare_end_to_end_then_reused(tmp_path, capsys):
     assert md_again.count("2 (2 reused)") == 2
     assert len(list((study / "runs").glob("vae-seed0-*/vae-*"))) == 1
 
+    # a result evaluated on fewer test examples than the recipe asks (all, here) is evaluated again, not reused
+    result = next((study / "runs").glob("vae-seed0-*/result.json"))
+    record = json.loads(result.read_text())
+    result.write_text(json.dumps({**record, "test_examples": 7}))
+    assert main(args) == 0
+    assert "2 (1 reused)" in (study / "report.md").read_text()
+    assert json.loads(result.read_text())["test_examples"] is None
+    assert len(list((study / "runs").glob("vae-seed0-*/vae-*"))) == 1  # the same run, not trained anew
+
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="the failing run needs a machine without MPS")
 def test_jobs_train_runs_in_processes_of_their_own_with_the_same_results(tmp_path, capsys):
@@ -166,6 +175,7 @@ def test_a_sigterm_to_compare_or_to_one_of_its_runs_stops_the_study_and_starts_n
     compare, it is passed on to every run; sent to one run, that run's stop stops the others. In
     both cases each running run saves a checkpoint, the queued run never starts, and the study
     says it stopped (exit 130) instead of counting a failure and training on."""
+    import contextlib
     import os
     import signal
     import subprocess
@@ -183,8 +193,8 @@ def test_a_sigterm_to_compare_or_to_one_of_its_runs_stops_the_study_and_starts_n
         seed0 = next(runs.glob("vae-seed0-*/vae-*"))
         os.kill(study.pid if target == "compare" else int((seed0 / "run.lock.pid").read_text()), signal.SIGTERM)
         _, err = study.communicate(timeout=120)
-    finally:
-        if study.poll() is None:
+    finally:  # nothing of the study outlives the test, whatever failed (its runs share its process group)
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(study.pid, signal.SIGKILL)
     reason = "SIGTERM" if target == "compare" else "vae seed 0 was stopped by a signal"
     expected = f"gentk: stopped: compare stopped ({reason}); every run that was training saved a checkpoint"

@@ -652,12 +652,25 @@ def test_resuming_a_finished_run_says_so(tmp_path, plugins, recipe_file, capsys)
 def test_gentk_run_ends_with_the_test_metrics_and_the_sample_grid(tmp_path, recipe_file, capsys):
     from gentk.cli import main
 
-    assert main(["run", str(recipe_file), "--set", "train.steps=3", "--out", str(tmp_path)]) == 0
+    assert main(["run", str(recipe_file), "--set", "train.steps=3", "--set", "eval.test_examples=30", "--out", str(tmp_path)]) == 0
     (run,) = tmp_path.glob("tiny_semisup-*")
     out = capsys.readouterr().out
-    assert "test metrics of tiny_semisup at step 3 (the first 40 test examples):" in out
+    assert "test metrics of tiny_semisup at step 3 (the first 30 test examples):" in out
     table = out.split("test metrics of", 1)[1]
     assert "reconstruction/loss" in table and "supervised.y/accuracy" in table
     assert f"samples: {run}/samples/step-00000003.png (one row per category of latent 'y', labelled by its majority label)" in out
     assert out.rstrip().endswith(f"run directory: {run}")
     assert json.loads((run / "eval.json").read_text())["evaluations"]["latest/test"]["step"] == 3
+    assert json.loads((run / "eval.json").read_text())["evaluations"]["latest/test"]["max_examples"] == 30
+
+
+def test_the_closing_test_metrics_use_every_test_example_whatever_the_evaluations_during_training_use(tmp_path, recipe_file, capsys):
+    """eval.max_examples keeps the evaluations during training cheap; the numbers a run ends
+    with are the test split's, all of it, unless eval.test_examples says otherwise."""
+    from gentk.cli import main
+
+    assert main(["run", str(recipe_file), "--set", "train.steps=2", "--set", "eval.max_examples=20", "--out", str(tmp_path)]) == 0
+    (run,) = tmp_path.glob("tiny_semisup-*")
+    assert "test metrics of tiny_semisup at step 2 (all test examples):" in capsys.readouterr().out
+    record = json.loads((run / "eval.json").read_text())["evaluations"]["latest/test"]
+    assert record["max_examples"] is None
