@@ -34,7 +34,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,7 +50,7 @@ from gentk.evaluate import categorical_latent, evaluate_run, load_run, write_run
 from gentk.plugins import plugins_or_default
 from gentk.recipe import Recipe, load_recipe
 from gentk.report import headline_series, plot_learning_curves, study_blocks, write_report
-from gentk.train import train
+from gentk.train import signals_handled, train
 
 
 @attrs.frozen
@@ -333,6 +332,9 @@ def _train_in_processes(recipes: list[Recipe], study_dir: Path, bar: tqdm, finis
     def wall(job: _Job) -> float:
         return job.earlier + time.perf_counter() - job.started
 
+    def unfinished(job: _Job) -> None:
+        rundir.write_json(job.root / "result.json", {"finished": False, "wall_s": wall(job)})
+
     def stop(reason: str) -> None:
         if not stopped:
             stopped.append(reason)
@@ -340,7 +342,7 @@ def _train_in_processes(recipes: list[Recipe], study_dir: Path, bar: tqdm, finis
                 job.process.send_signal(signal.SIGTERM)
 
     try:
-        with _on_sigterm(lambda: stop("SIGTERM")):
+        with signals_handled(lambda signum, frame: stop("SIGTERM"), (signal.SIGTERM,)):
             while (queue and not stopped) or running:
                 while queue and not stopped and len(running) < jobs:
                     launch()
@@ -350,14 +352,14 @@ def _train_in_processes(recipes: list[Recipe], study_dir: Path, bar: tqdm, finis
                 for job in [j for j in running if j.process.poll() is not None]:
                     running.remove(job)
                     code = job.process.returncode
-                    if code != 0:
-                        rundir.write_json(job.root / "result.json", {"finished": False, "wall_s": wall(job)})
                     if code == TrainingInterrupted.exit_code:  # the run was asked to stop (SIGTERM or SIGINT) and saved a checkpoint
+                        unfinished(job)
                         stop(f"{job.recipe.name} seed {job.recipe.seed} was stopped by a signal")
                         continue
                     if queue and not stopped:  # the next run starts before this one's evaluation
                         launch()
                     if code != 0:
+                        unfinished(job)
                         failures.append(f"{job.recipe.name} seed {job.recipe.seed} (exit {code}; its output: {job.root / 'train.log'})")
                         continue
                     done_steps += job.recipe.train.steps
@@ -365,7 +367,7 @@ def _train_in_processes(recipes: list[Recipe], study_dir: Path, bar: tqdm, finis
     except KeyboardInterrupt:
         for job in running:  # each process got the Ctrl-C too: it saves its checkpoint and stops
             job.process.wait()
-            rundir.write_json(job.root / "result.json", {"finished": False, "wall_s": wall(job)})
+            unfinished(job)
         stopped[:] = ["Ctrl-C"]
     if stopped:
         raise TrainingInterrupted(
@@ -378,19 +380,6 @@ def _train_in_processes(recipes: list[Recipe], study_dir: Path, bar: tqdm, finis
             "finished runs are reused."
         )
     return [results[i] for i in range(len(recipes))]
-
-
-@contextlib.contextmanager
-def _on_sigterm(callback):
-    """Call `callback` on SIGTERM while the block runs (main thread only; a SIGTERM the process ignores stays ignored)."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: callback())
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _result(recipe: Recipe, record: dict[str, Any], *, reused: bool) -> RunResult:

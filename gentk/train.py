@@ -910,20 +910,25 @@ class StopRequest:
         elif signum == signal.SIGINT and now - self.at > self.same_press_s:
             raise KeyboardInterrupt
 
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield  # signals reach only the main thread; nothing to install elsewhere
-            return
-        # a signal the process was started ignoring (SIGINT of a shell script's background job)
-        # stays ignored, as Python itself leaves it
-        watched = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
-        previous = {s: signal.signal(s, self.handle) for s in watched}
-        try:
-            yield
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+    def installed(self) -> contextlib.AbstractContextManager[None]:
+        return signals_handled(self.handle, (signal.SIGINT, signal.SIGTERM))
+
+
+@contextlib.contextmanager
+def signals_handled(handler, signums) -> Iterator[None]:
+    """`handler` for each of `signums` while the block runs, the previous handlers after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach only the main thread; nothing to install elsewhere
+        return
+    # a signal the process was started ignoring (SIGINT of a shell script's background job)
+    # stays ignored, as Python itself leaves it
+    watched = [s for s in signums if signal.getsignal(s) is not signal.SIG_IGN]
+    previous = {s: signal.signal(s, handler) for s in watched}
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
 
 
 def interrupt_message(signame: str | None, step: int, total: int, run_dir: Path, recipe: Recipe) -> str:
