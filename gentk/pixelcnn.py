@@ -389,9 +389,14 @@ class SpatialMap(nn.Module):
 # --------------------------------------------------------------------------- the decoder
 
 
-@functools.cache
+@torch.compiler.assume_constant_result  # torch.compile takes the answer as a constant instead of tracing a file read
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bfloat16 dot products natively (Linux /proc/cpuinfo flags)."""
+    return _cpuinfo_has_bf16()
+
+
+@functools.cache
+def _cpuinfo_has_bf16() -> bool:
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()

@@ -216,6 +216,9 @@ class AdversarialRegularizer(nn.Module):
         self.batch_features = cfg.batch_features
         self.discriminator = Discriminator(2 * size if cfg.batch_features else size, list(cfg.discriminator), cfg.activation)
         self.gradient_penalty = cfg.gradient_penalty
+        # the R1 penalty differentiates the discriminator's own gradient, which torch.compile
+        # cannot (no double backward): `train.compile` leaves such a part eager
+        self.discriminator.double_backward = cfg.gradient_penalty > 0
         if cfg.generator_weight is not None and cfg.generator != "joint":
             raise ValueError('generator_weight weighs the generator loss in a joint update: it needs generator = "joint"')
         self.joint_weight = (1.0 if cfg.generator_weight is None else cfg.generator_weight) if cfg.generator == "joint" else None

@@ -402,6 +402,9 @@ class Run:
             if self.device.type == "cpu":  # a PixelCNN's own CPU bfloat16 option (`bf16`)
                 autocast = [name for name, part in self.model.named_children() if hasattr(part, "cpu_bf16") and part.cpu_bf16()]
                 self.device_line += "".join(f", {name} trains under bfloat16 autocast" for name in autocast)
+            if self.recipe.train.compile:
+                eager = [name for name, part in self.model.named_modules() if getattr(part, "double_backward", False)]
+                self.device_line += ", compiled" + "".join(f", {name} eager (double backward)" for name in eager)
         return console.banner(self.recipe, self.run_dir, self.device_line, counts, [ts.name for ts in self.training_steps], self.step)
 
     def say_eta(self, seconds_per_step: float, measured: tuple[int, int]) -> None:
@@ -745,13 +748,22 @@ def mixed_precision(amp: str, device: torch.device, training_steps) -> tuple[Cal
     return (lambda: torch.autocast(device_type="cuda", dtype=dtype)), scalers
 
 
-def compile_parts(model: torch.nn.Module) -> None:
-    """torch.compile each sub-network's forward in place (state_dict names unchanged)."""
-    for module in model.children():
-        if type(module).forward is not torch.nn.Module.forward:
+def compile_parts(model: torch.nn.Module) -> list[str]:
+    """torch.compile each sub-network's forward in place (state_dict names unchanged).
+
+    A part whose loss differentiates its own gradients (an R1 penalty) sets
+    ``double_backward = True`` and stays eager: torch.compile has no double backward.
+    Returns the names of the parts left eager.
+    """
+    eager = []
+    for name, module in model.named_children():
+        if getattr(module, "double_backward", False):
+            eager.append(name)
+        elif type(module).forward is not torch.nn.Module.forward:
             module.compile()
         else:  # a container such as ModuleDict: compile what it holds
-            compile_parts(module)
+            eager += [f"{name}.{inner}" for inner in compile_parts(module)]
+    return eager
 
 
 class RunClock:

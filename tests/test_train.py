@@ -528,6 +528,17 @@ def test_evaluating_more_often_does_not_change_training(tmp_path, plugins, recip
         assert torch.equal(a["model"][key], b["model"][key]), key
 
 
+def test_compiled_parts_train_beside_an_r1_penalty_whose_discriminator_stays_eager(tmp_path, plugins, recipe_file, capsys, monkeypatch):
+    # AOTAutograd without code generation: the part of torch.compile that has no double backward
+    original = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **options: original(self, backend="aot_eager", **options))
+    overrides = ["train.steps=3", "train.log_every=1", "train.compile=true", "model.latents.y.regularizer.gradient_penalty=1"]
+    result = train(load(recipe_file, plugins, *overrides), plugins=plugins, out=tmp_path)
+    assert "compiled, regularizers.y.discriminator eager (double backward)" in capsys.readouterr().out
+    r1 = [line["train/discriminator.y/r1"] for line in losses(result.run_dir) if "train/discriminator.y/r1" in line]
+    assert result.step == 3 and len(r1) == 3 and all(map(math.isfinite, r1))
+
+
 def test_a_time_budget_stops_saves_evaluates_and_can_be_raised(tmp_path, plugins, recipe_file, capsys):
     # 0.6 s of wall time for a budget of 100000 steps: the run stops at the budget, not the steps
     recipe = load(recipe_file, plugins, "train.minutes=0.01", "train.steps=100000", "eval.every=100000", "train.log_every=5")
