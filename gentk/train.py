@@ -748,22 +748,19 @@ def mixed_precision(amp: str, device: torch.device, training_steps) -> tuple[Cal
     return (lambda: torch.autocast(device_type="cuda", dtype=dtype)), scalers
 
 
-def compile_parts(model: torch.nn.Module) -> list[str]:
+def compile_parts(model: torch.nn.Module) -> None:
     """torch.compile each sub-network's forward in place (state_dict names unchanged).
 
     A part whose loss differentiates its own gradients (an R1 penalty) sets
     ``double_backward = True`` and stays eager: torch.compile has no double backward.
-    Returns the names of the parts left eager.
     """
-    eager = []
-    for name, module in model.named_children():
+    for module in model.children():
         if getattr(module, "double_backward", False):
-            eager.append(name)
-        elif type(module).forward is not torch.nn.Module.forward:
+            continue
+        if type(module).forward is not torch.nn.Module.forward:
             module.compile()
         else:  # a container such as ModuleDict: compile what it holds
-            eager += [f"{name}.{inner}" for inner in compile_parts(module)]
-    return eager
+            compile_parts(module)
 
 
 class RunClock:
