@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import json
 import math
 import os
@@ -250,6 +251,7 @@ class Run:
     ema: EMA | None
     batches: Any
     labeled_batches: Any  # None without a supervised phase
+    compiled: bool = False  # train.compile, where torch.compile can build code on this machine (`can_compile`)
     sync: dist.PartSync | None = None
     log: rundir.MetricsLog | None = None  # rank 0 only
     progress: Progress | None = None
@@ -286,7 +288,8 @@ class Run:
         check_part_lr(recipe, training_steps)
         autocast, scalers = mixed_precision(cfg.amp, device, training_steps)
         ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
-        if cfg.compile:
+        compiled = cfg.compile and can_compile(device, quiet=not info.is_main)
+        if compiled:
             compile_parts(model)
         # the global batch size; each rank gets its slice
         common = recipe.data.common
@@ -315,6 +318,7 @@ class Run:
             ema=ema,
             batches=batches,
             labeled_batches=labeled_batches,
+            compiled=compiled,
         )
 
     # -- checkpoints
@@ -402,9 +406,11 @@ class Run:
             if self.device.type == "cpu":  # a PixelCNN's own CPU bfloat16 option (`bf16`)
                 autocast = [name for name, part in self.model.named_children() if hasattr(part, "cpu_bf16") and part.cpu_bf16()]
                 self.device_line += "".join(f", {name} trains under bfloat16 autocast" for name in autocast)
-            if self.recipe.train.compile:
+            if self.compiled:
                 eager = [name for name, part in self.model.named_modules() if getattr(part, "double_backward", False)]
                 self.device_line += ", compiled" + "".join(f", {name} eager (double backward)" for name in eager)
+            elif self.recipe.train.compile:
+                self.device_line += ", not compiled (torch.compile cannot build code here)"
         return console.banner(self.recipe, self.run_dir, self.device_line, counts, [ts.name for ts in self.training_steps], self.step)
 
     def say_eta(self, seconds_per_step: float, measured: tuple[int, int]) -> None:
@@ -746,6 +752,41 @@ def mixed_precision(amp: str, device: torch.device, training_steps) -> tuple[Cal
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     scalers = {s.name: torch.amp.GradScaler("cuda") for s in training_steps} if amp == "fp16" else {}
     return (lambda: torch.autocast(device_type="cuda", dtype=dtype)), scalers
+
+
+def can_compile(device: torch.device, *, quiet: bool = False) -> bool:
+    """Whether torch.compile can build code for `device` here; if not, say why and how to fix it.
+
+    Inductor writes C++ on a CPU (and Triton on a GPU) and builds it with the machine's
+    tools: a C++ compiler, Python's headers and OpenMP. Without them the first compiled
+    forward fails deep inside torch. A one-line function compiled up front finds this
+    before training starts, and the parts then run eager: the same training (a recipe's
+    result is its step count), only slower.
+    """
+    problem = compile_problem(device.type)
+    if problem is not None and not quiet:
+        print(
+            f"gentk: warning: train.compile = true, but torch.compile cannot build code for {device.type} on this machine "
+            f"({problem}). The parts run eager: the same training, slower (the PixelGAN CPU recipes train about 1.4x "
+            "faster compiled). To compile, install a C++ compiler with OpenMP and Python's headers (Debian/Ubuntu: "
+            "apt install g++ python3-dev) or point the CXX variable at one; to silence this, --set train.compile=false."
+        )
+    return problem is None
+
+
+@functools.cache
+def compile_problem(device_type: str) -> str | None:
+    """The first line of torch.compile's error for a one-line function on `device_type`, or None when it builds."""
+    try:
+        torch.compile(_compile_probe, fullgraph=True, dynamic=False)(torch.ones(8, device=device_type))
+    except Exception as exc:  # any failure to build means: run eager (InductorError, BackendCompilerFailed, OSError ...)
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        return (lines[0] if lines else type(exc).__name__)[:300]
+    return None
+
+
+def _compile_probe(x: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(x) * x + 1  # one fused pointwise kernel: code generation, a compiler run and a load
 
 
 def compile_parts(model: torch.nn.Module) -> None:

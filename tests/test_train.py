@@ -11,6 +11,8 @@ import json
 import math
 import os
 import signal
+import subprocess
+import sys
 
 import attrs
 import h5py
@@ -532,11 +534,34 @@ def test_compiled_parts_train_beside_an_r1_penalty_whose_discriminator_stays_eag
     # AOTAutograd without code generation: the part of torch.compile that has no double backward
     original = torch.nn.Module.compile
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **options: original(self, backend="aot_eager", **options))
+    monkeypatch.setattr(importlib.import_module("gentk.train"), "compile_problem", lambda device_type: None)  # aot_eager builds no code
     overrides = ["train.steps=3", "train.log_every=1", "train.compile=true", "model.latents.y.regularizer.gradient_penalty=1"]
     result = train(load(recipe_file, plugins, *overrides), plugins=plugins, out=tmp_path)
     assert "compiled, regularizers.y.discriminator eager (double backward)" in capsys.readouterr().out
     r1 = [line["train/discriminator.y/r1"] for line in losses(result.run_dir) if "train/discriminator.y/r1" in line]
     assert result.step == 3 and len(r1) == 3 and all(map(math.isfinite, r1))
+
+
+def test_compile_where_torch_cannot_build_code_warns_and_trains_the_parts_eager(tmp_path, plugins, recipe_file, capsys, monkeypatch):
+    problem = "InvalidCxxCompiler: No working C++ compiler found in torch._inductor.config.cpp.cxx: (None, 'g++')"
+    monkeypatch.setattr(importlib.import_module("gentk.train"), "compile_problem", lambda device_type: problem)
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **options: compiled.append(self))
+    result = train(load(recipe_file, plugins, "train.steps=2", "train.compile=true"), plugins=plugins, out=tmp_path)
+    out = capsys.readouterr().out
+    assert result.step == 2 and compiled == []
+    assert "torch.compile cannot build code for cpu on this machine (InvalidCxxCompiler" in out
+    assert "apt install g++ python3-dev" in out and "--set train.compile=false" in out
+    assert "not compiled (torch.compile cannot build code here)" in out
+
+
+def test_a_machine_without_a_cpp_compiler_is_found_before_training(tmp_path):
+    # a real torch.compile in a fresh process, pointed at a compiler that does not exist, with an empty code cache
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-g++"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), "OMP_NUM_THREADS": "1"}
+    probe = "from gentk.train import compile_problem; print(compile_problem('cpu'))"
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "No working C++ compiler" in done.stdout
 
 
 def test_a_time_budget_stops_saves_evaluates_and_can_be_raised(tmp_path, plugins, recipe_file, capsys):
