@@ -295,6 +295,13 @@ def test_one_paper_recipe_per_table1_column(column, plugins):
     assert recipe.data.common.labeled == (int(labels.group(1)) if labels else 0) and latent.supervised == bool(labels)
 
 
+def says_its_speed(path) -> bool:
+    """The recipe's header, or that of the recipe it extends, gives the measured steps/s its step count comes from."""
+    text = path.read_text()
+    parent = re.search(r'^extends = "(.+)"', text, re.MULTILINE)
+    return "steps/s" in text or (parent is not None and says_its_speed(path.parent / parent.group(1)))
+
+
 @pytest.mark.parametrize("name", ["pixelgan_mnist_unsup", "pixelgan_mnist_20", "pixelgan_mnist_50", "pixelgan_mnist_100"])
 def test_each_mnist_recipe_has_a_cpu_variant_that_builds(name, plugins, one_thread):
     from gentk.model import check_model
@@ -303,7 +310,7 @@ def test_each_mnist_recipe_has_a_cpu_variant_that_builds(name, plugins, one_thre
     cpu = gentk.load_recipe(PAPER_DIR / f"{name}_cpu.toml", plugins=plugins)
     assert cpu.name == f"{name}_cpu" and cpu.data == full.data and cpu.model.latents["y"].size == full.model.latents["y"].size
     assert cpu.train.steps < full.train.steps and cpu.eval.metrics == full.eval.metrics
-    assert "steps/s" in (PAPER_DIR / f"{name}_cpu.toml").read_text()  # the budget says what it was measured from
+    assert says_its_speed(PAPER_DIR / f"{name}_cpu.toml")  # the budget says what it was measured from
     assert "steps: reconstruction, discriminator.y, generator.y" in check_model(cpu, plugins, image_shape=(1, 28, 28))
 
 
