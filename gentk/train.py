@@ -329,8 +329,10 @@ class Run:
         try:
             self.model.load_state_dict(state.model)
             for name, optimizer in self.optimizers.items():
+                rates = [group["initial_lr"] for group in optimizer.param_groups]  # this recipe's, before the checkpoint's replace them
                 optimizer.load_state_dict(state.optimizers[name])
                 self.schedules[name].load_state_dict(state.schedules[name])
+                follow_recipe_rates(optimizer, self.schedules[name], rates)
                 if name in self.scalers:
                     self.scalers[name].load_state_dict(state.scalers[name])
             if self.ema is not None and state.ema is not None:
@@ -724,6 +726,26 @@ def build_optimizer(ts, spec: PhaseSpec, plugins) -> torch.optim.Optimizer:
     if not groups:
         raise TrainingError(f"training step '{ts.name}' ({ts.phase} phase) has no trainable parameters.")
     return plugins.get("optimizers", spec.optimizer.name).build(spec.optimizer.config, params=groups)
+
+
+def follow_recipe_rates(optimizer: torch.optim.Optimizer, schedule, rates: list[float]) -> None:
+    """After a checkpoint's optimizer and schedule states are loaded: the learning rates of the recipe being run.
+
+    Both states hold the rates of the recipe that wrote them, so a run resumed with ``--force``
+    and a changed rate would go on at the old one, and one with a changed schedule would take
+    its first step at the old schedule's rate. The schedule's base rates become `rates` (this
+    recipe's) and each group's rate is the schedule's value at the restored step: a changed
+    recipe continues exactly as a run of it from the start would (with constant rates before
+    the change), and an unchanged one gets the very floats it saved. Every built-in schedule
+    is a LambdaLR; another plugin schedule keeps the checkpoint's rates.
+    """
+    if not isinstance(schedule, torch.optim.lr_scheduler.LambdaLR):
+        return
+    schedule.base_lrs = list(rates)
+    for group, rate, factor in zip(optimizer.param_groups, rates, schedule.lr_lambdas):
+        group["initial_lr"] = rate
+        group["lr"] = rate * factor(schedule.last_epoch)  # as LambdaLR.get_lr computes it
+    schedule._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def build_schedule(optimizer, spec: PhaseSpec, total_steps: int, plugins):

@@ -10,6 +10,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -216,6 +217,34 @@ def test_a_run_with_the_training_split_on_the_device_is_the_same_run(tmp_path, p
     assert a["step"] == b["step"] == 8
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
+
+
+def test_a_fork_with_a_learning_rate_drop_is_the_run_of_the_recipe_with_that_drop(tmp_path, plugins, recipe_file):
+    # a step checkpoint copied out of its run and resumed with a schedule that drops the rates at that step
+    # (--force) continues exactly as the recipe with the drop trains from the start: both are constant before it
+    constant = ["train.steps=8", 'train.phases.reconstruction.schedule={ name = "constant" }']
+    drop = ["train.steps=8", *(f'train.phases.{p}.schedule={{ name = "step", every = 4, factor = 0.1 }}' for p in ("reconstruction", "supervised"))]
+    original = train(load(recipe_file, plugins, *constant), plugins=plugins, out=tmp_path / "original").run_dir
+    fork_point = tmp_path / "step-4.pt"
+    shutil.copy(original / "checkpoints" / "step-00000004.pt", fork_point)
+    fork = train(load(recipe_file, plugins, *drop), plugins=plugins, out=tmp_path / "forks", resume=fork_point, force=True)
+    whole = train(load(recipe_file, plugins, *drop), plugins=plugins, out=tmp_path / "whole").run_dir
+    assert fork.step == 8 and fork.run_dir.parent == tmp_path / "forks" and weights(original)["step"] == 8  # the original run is untouched
+    a, b = weights(whole), weights(fork.run_dir)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    rates = [{k: v for k, v in row.items() if k.startswith("lr/")} for row in losses(whole) if row["step"] > 4 and "lr/reconstruction" in row]
+    assert rates == [{k: v for k, v in row.items() if k.startswith("lr/")} for row in losses(fork.run_dir) if "lr/reconstruction" in row]
+    assert rates[0]["lr/reconstruction"] == pytest.approx(3e-5)  # the encoder's 3e-4, dropped from the first step after the fork point
+
+
+def test_a_run_resumed_with_a_changed_learning_rate_trains_at_it(tmp_path, plugins, recipe_file):
+    run = train(load(recipe_file, plugins, "train.steps=4"), plugins=plugins, out=tmp_path).run_dir
+    slower = load(recipe_file, plugins, "train.steps=6", "train.phases.regularization.optimizer.lr=5e-5")
+    train(slower, plugins=plugins, out=tmp_path, resume=run, force=True)
+    after = [row for row in losses(run) if row["step"] > 4 and "lr/discriminator.y" in row]
+    assert [row["step"] for row in after] == [5, 6]
+    assert all(row["lr/discriminator.y"] == row["lr/generator.y"] == 5e-5 for row in after)
 
 
 def test_resume_auto_and_changed_recipe(tmp_path, plugins, recipe_file):
