@@ -8,6 +8,7 @@ conditioning on a 10-dimensional code, Adam.
     .venv/bin/python bench/pixelcnn.py --skip-naive    # without the naive sampler (about 2.5 minutes)
     .venv/bin/python bench/pixelcnn.py --profile       # where the training step spends its time
     .venv/bin/python bench/pixelcnn.py --bf16 --skip-sampling   # training under CPU bf16 autocast
+    .venv/bin/python bench/pixelcnn.py --bf16 --compile --profile --skip-sampling   # compiled: inductor's kernels by name
     .venv/bin/python bench/pixelcnn.py --roofline      # the convolutions alone: an upper bound on training speed
     .venv/bin/python bench/pixelcnn.py --roofline --peak   # GFLOP/s of sgemm and of each convolution
 
@@ -46,6 +47,11 @@ def build(args) -> PixelCNNDecoder:
 
 def bench_training(args) -> float:
     model = build(args)
+    if args.compile:
+        import torch._inductor.config as inductor
+
+        inductor.cpp.enable_kernel_profile = True  # each generated kernel is a row of --profile's table
+        model.compile()  # what train.compile does to each part
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(0)
     x = (torch.rand(args.batch, 1, 28, 28, generator=g) < 0.3).float()
@@ -57,7 +63,7 @@ def bench_training(args) -> float:
         loss.backward()
         opt.step()
 
-    for _ in range(2):  # warm-up: oneDNN primitive creation, allocator
+    for _ in range(3 if args.compile else 2):  # warm-up: oneDNN primitive creation, allocator; compiling
         step()
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
@@ -198,6 +204,7 @@ def main() -> None:
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--bf16", action="store_true", help="train with the decoder's bf16 option (CPU bfloat16 autocast)")
+    parser.add_argument("--compile", action="store_true", help="train the decoder compiled (torch.compile, as train.compile does)")
     parser.add_argument(
         "--roofline",
         action="store_true",
