@@ -62,11 +62,13 @@ class TrainState:
         interval     [per rank: {"sums": {scalar: running sum}, "counted": steps}] of the log
                      interval in progress, so that a resumed run logs the same means; None
                      in format 1
+        cpu_elapsed  CPU seconds this process and the earlier ones of the run used (rank 0's
+                     ``time/cpu_minutes``); 0.0 when a file has none
         checksum     SHA-256 of everything above (see `content_digest`), added by
                      `atomic_save` and checked by `load` (format 2; not a field)
 
-    The keys up to ``world_size`` are required (`RUN_KEYS`); ``elapsed`` and ``interval``
-    may be missing from older files.
+    The keys up to ``world_size`` are required (`RUN_KEYS`); ``elapsed``, ``interval`` and
+    ``cpu_elapsed`` may be missing from older files.
     """
 
     step: int
@@ -83,6 +85,7 @@ class TrainState:
     world_size: int
     elapsed: float = 0.0
     interval: list[dict[str, Any]] | None = None
+    cpu_elapsed: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """The checkpoint file's content, keys in the order above (without the checksum)."""

@@ -484,10 +484,12 @@ def _write(study_dir: Path, meta: dict[str, Any], results: list[RunResult], name
             shutil.copyfile(plot, target)
             code_plots.append((f"{r.recipe}: {plot.name.split('-step-')[0]}", str(target.relative_to(study_dir))))
     curves = plot_learning_curves(series, study_dir / "curves.png")
+    # CPU minutes where the runs logged them: runs that shared the cores with other jobs compare on them, not on wall minutes
+    clocks = ("step", "minutes", "cpu_minutes") if any("time/cpu_minutes" in m for runs in series.values() for m in runs) else ("step", "minutes")
     metric_curves = []
     for metric in headline_series(series) if curves else []:  # without matplotlib, none
         caption = metric.split("/", 2)[-1]  # without eval/<split>/
-        plot = plot_learning_curves(series, study_dir / "curves" / f"{caption.replace('/', '-')}.png", [metric], xs=("step", "minutes"))
+        plot = plot_learning_curves(series, study_dir / "curves" / f"{caption.replace('/', '-')}.png", [metric], xs=clocks)
         if plot is not None:
             metric_curves.append((f"held-out {caption}", str(plot.relative_to(study_dir))))
     blocks = study_blocks(

@@ -214,20 +214,30 @@ def metric_rows(results: Sequence[Any], recipes: Sequence[str]) -> list[list[str
     return rows
 
 
-def on_minutes(metrics: dict[str, Any], series: Any) -> Any | None:
-    """A series (step, value) with its steps replaced by the run's wall-clock minutes at those steps.
+# The clocks a curve can be drawn against besides the step: the x axis's name -> the logged
+# series of each run that gives it (`gentk.train.RunClock`) and the axis label.
+CLOCKS = {
+    "minutes": ("time/minutes", "minutes of wall time (each run's own clock)"),
+    "cpu_minutes": ("time/cpu_minutes", "CPU minutes (each run's training process, all its threads)"),
+}
 
-    Minutes come from the run's ``time/minutes`` series (logged with every scalar row and
-    evaluation, counted over resumes), interpolated between logged steps; None for a run
-    that logged none (made before the time budget existed).
+
+def on_minutes(metrics: dict[str, Any], series: Any, clock: str = "minutes") -> Any | None:
+    """A series (step, value) with its steps replaced by the run's minutes at those steps.
+
+    clock: "minutes" of wall time or "cpu_minutes" of the training process's CPU time
+    (`CLOCKS`), both logged with every scalar row and evaluation and counted over resumes,
+    interpolated between logged steps; None for a run that logged no such clock (made before
+    it existed). CPU minutes compare runs that shared the cores with other jobs, which wall
+    minutes do not.
     """
     import numpy as np
 
-    clock = metrics.get("time/minutes")
-    if clock is None or not len(clock):
+    logged = metrics.get(CLOCKS[clock][0])
+    if logged is None or not len(logged):
         return None
     out = np.empty(len(series), dtype=[("step", "f8"), ("value", "f8")])  # minutes are fractional
-    out["step"] = np.interp(series["step"], clock["step"], clock["value"])
+    out["step"] = np.interp(series["step"], logged["step"], logged["value"])
     out["value"] = series["value"]
     return out
 
@@ -269,14 +279,15 @@ def seed_band(runs: Sequence[dict[str, Any]], name: str, x: str = "step") -> tup
     """One recipe's curve of `name` over its seeds: ``(x, mean, low, high, seeds)``, low and high the
     smallest and largest seed's value, at the steps every seed that logged `name` logged.
 
-    x: "step", or "minutes": each step at the seeds' mean wall-clock minutes (`on_minutes`;
-    seeds that logged no clock are left out). None when no seed logged `name` (with a clock).
+    x: "step", or a clock of `CLOCKS` ("minutes", "cpu_minutes"): each step at the seeds' mean
+    minutes on that clock (`on_minutes`; seeds that logged no such clock are left out). None
+    when no seed logged `name` (with the clock).
     """
     import numpy as np
 
     logged = [metrics for metrics in runs if name in metrics and len(metrics[name])]
-    if x == "minutes":
-        logged = [metrics for metrics in logged if on_minutes(metrics, metrics[name]) is not None]
+    if x != "step":
+        logged = [metrics for metrics in logged if on_minutes(metrics, metrics[name], x) is not None]
     if not logged:
         return None
     common = sorted(set.intersection(*(set(metrics[name]["step"].tolist()) for metrics in logged)))
@@ -286,7 +297,7 @@ def seed_band(runs: Sequence[dict[str, Any]], name: str, x: str = "step") -> tup
     for metrics in logged:
         curve = metrics[name][np.searchsorted(metrics[name]["step"], common)]  # a scalar is logged once per step
         values.append(curve["value"])
-        where.append(curve["step"] if x == "step" else on_minutes(metrics, curve)["step"])
+        where.append(curve["step"] if x == "step" else on_minutes(metrics, curve, x)["step"])
     values = np.stack(values)  # (seeds, steps)
     return np.mean(where, axis=0), values.mean(0), values.min(0), values.max(0), len(logged)
 
@@ -318,10 +329,11 @@ def plot_learning_curves(
     None without matplotlib, or when no run logged any of `names` (against minutes: with a clock).
 
     series: recipe -> list over seeds of {scalar name: array of (step, value)} (`gentk.rundir.read_metrics`).
-    xs: "step", and/or "minutes" of wall time (`on_minutes`), which compares recipes at equal budget.
+    xs: "step", and/or clocks of `CLOCKS`: "minutes" of wall time, "cpu_minutes" of CPU time
+    (`on_minutes`), which compare recipes at equal budget.
     """
-    if any(x not in ("step", "minutes") for x in xs):
-        raise ValueError(f"xs holds 'step' and/or 'minutes', not {list(xs)!r}")
+    if any(x != "step" and x not in CLOCKS for x in xs):
+        raise ValueError(f"xs holds 'step' and/or {' and/or '.join(map(repr, CLOCKS))}, not {list(xs)!r}")
     try:
         import matplotlib
 
@@ -348,8 +360,8 @@ def plot_learning_curves(
             if seeds > 1:
                 ax.fill_between(where, low, high, color=color, alpha=0.2, lw=0)
             drawn += 1
-        ax.set_title(name + (" against wall time" if x == "minutes" else ""))
-        ax.set_xlabel("step" if x == "step" else "minutes of wall time (each run's own clock)")
+        ax.set_title(name + {"step": "", "minutes": " against wall time", "cpu_minutes": " against CPU time"}[x])
+        ax.set_xlabel("step" if x == "step" else CLOCKS[x][1])
         ax.set_ylabel(axis_label(name))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -417,12 +429,14 @@ def study_blocks(
                 "Each recipe's mean over its seeds as a line, and the band between its smallest and largest seed's value (one seed: "
                 "the line alone), at the steps every seed logged. Against wall time, each step sits at the seeds' mean minutes of "
                 "their own clocks, counted over resumes; runs that shared the cores ran slower than on an idle machine (the table "
-                "of runs gives each run's load). Click a plot to open it at full size."
+                "of runs gives each run's load). Against CPU time (where the runs logged it), each step sits at the CPU minutes "
+                "its training process had used, which the load of other jobs does not stretch: runs of one thread each compare "
+                "there at equal compute. Click a plot to open it at full size."
             )
         )
         blocks.append(Images([("reconstruction loss (train, held-out) against steps", curves)]))
         for caption, path in metric_curves:
-            blocks.append(Images([(f"{caption} against steps and against minutes of wall time", path)]))
+            blocks.append(Images([(f"{caption} against steps, minutes of wall time and (where logged) CPU minutes", path)]))
     else:
         blocks.append(
             Paragraph(

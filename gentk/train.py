@@ -125,7 +125,7 @@ def _train(recipe, plugins, out, device, info, resume, force, offline, model, da
 
     # -- the loop
     run.stop = StopRequest()
-    run.clock = RunClock(state.elapsed if state is not None else 0.0, cfg.minutes)
+    run.clock = RunClock(state.elapsed, cfg.minutes, state.cpu_elapsed) if state is not None else RunClock(0.0, cfg.minutes)
     say(run.banner())
     run.progress = Progress(cfg.steps, run.step, enabled=info.is_main, on_measured=run.say_eta if info.is_main else None)
     run.speed = Speed(run.step)
@@ -376,6 +376,7 @@ class Run:
                 best=self.best,
                 world_size=info.world_size,
                 elapsed=self.clock.seconds(),
+                cpu_elapsed=self.clock.cpu_seconds(),
                 interval=interval,
             )
             checkpoint.save(state.to_dict(), self.run_dir / "checkpoints", keep_last=self.recipe.train.keep_last, best=is_best)
@@ -543,7 +544,7 @@ class Run:
         scalars["speed/images_per_s"] = scalars["speed/steps_per_s"] * self.recipe.data.common.batch_size
         for name, schedule in self.schedules.items():
             scalars[f"lr/{name}"] = schedule.get_last_lr()[0]
-        scalars["time/minutes"] = self.clock.seconds() / 60
+        scalars.update(self.clock.scalars())
         scalars.update(machine_scalars())
         if self.info.is_main:
             self.log.write(self.step, scalars)
@@ -557,7 +558,7 @@ class Run:
         """Evaluate the current step; the best evaluation so far is checkpointed at once (as best.pt), then logged."""
         with self.sync.unwrapped(self.model):
             metrics = run_evaluation(self.model, self.ema, self.data, self.recipe, self.plugins, self.device, self.info, self.run_dir, self.step)
-        metrics["time/minutes"] = self.clock.seconds() / 60  # curves against wall time as well as steps
+        metrics.update(self.clock.scalars())  # curves against wall and CPU time as well as steps
         metrics.update(machine_scalars())
         self.final.update(metrics)
         key = best_key(metrics, self.training_steps[0].name)
@@ -585,7 +586,13 @@ class Run:
             path = self.run_dir / "eval.json"
             record = json.loads(path.read_text()) if path.is_file() else {}
             evaluated = {k: v for k, v in self.final.items() if k.startswith("eval/")}
-            record.update(step=self.step, best=self.best, minutes=round(self.clock.seconds() / 60, 3), metrics=evaluated)
+            record.update(
+                step=self.step,
+                best=self.best,
+                minutes=round(self.clock.seconds() / 60, 3),
+                cpu_minutes=round(self.clock.cpu_seconds() / 60, 3),
+                metrics=evaluated,
+            )
             rundir.write_json(path, record)
         return TrainResult(run_dir=self.run_dir if self.info.is_main else None, metrics=self.final, step=self.step)
 
@@ -827,19 +834,32 @@ def compile_parts(model: torch.nn.Module) -> None:
 
 
 class RunClock:
-    """Wall-clock time of a run, counted over resumes, and its optional budget (train.minutes).
+    """Wall-clock time of a run, counted over resumes, and its optional budget (train.minutes);
+    beside it the CPU time of this process.
 
     It counts everything the training processes spend after building the run, evaluations
-    included (the final evaluation comes after the budget); the checkpoint keeps the total.
+    included (the final evaluation comes after the budget); the checkpoint keeps the totals.
+    CPU time (all threads of the process, `time.process_time`) is what a run costs when other
+    jobs share the cores: their load stretches its wall time but not its CPU time, so runs of
+    one thread count each compare at equal CPU time however the machine was shared.
     """
 
-    def __init__(self, before: float, minutes: float | None) -> None:
+    def __init__(self, before: float, minutes: float | None, cpu_before: float = 0.0) -> None:
         self.before = before  # seconds spent by earlier processes of this run
+        self.cpu_before = cpu_before  # and the CPU seconds they used
         self.budget = None if minutes is None else 60.0 * minutes
         self.start = time.perf_counter()
+        self.cpu_start = time.process_time()
 
     def seconds(self) -> float:
         return self.before + time.perf_counter() - self.start
+
+    def cpu_seconds(self) -> float:
+        return self.cpu_before + time.process_time() - self.cpu_start
+
+    def scalars(self) -> dict[str, float]:
+        """``time/minutes`` and ``time/cpu_minutes``, logged with every scalar row and evaluation."""
+        return {"time/minutes": self.seconds() / 60, "time/cpu_minutes": self.cpu_seconds() / 60}
 
     def spent(self) -> bool:
         return self.budget is not None and self.seconds() >= self.budget

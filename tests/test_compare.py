@@ -99,6 +99,8 @@ def test_a_tiny_compare_end_to_end_then_reused(tmp_path, capsys):
     for metric in ("semisup_error", "elbo_nll", "discriminator.y-d_fake"):  # every headline metric against steps and minutes
         assert (study / "curves" / f"{metric}.png").is_file() and f"curves/{metric}.png" in md, metric
     assert not (study / "curves" / "cluster_error_aae.png").exists()  # no run computed it: no plot
+    # three columns (steps, wall minutes, CPU minutes) where curves.png has two names side by side
+    assert Image.open(study / "curves" / "semisup_error.png").size[0] > 1.4 * Image.open(study / "curves.png").size[0]
     assert "code_space/vae-seed0-z.png" in md
     # every run's row says how busy the machine was: load at the start / mean / max over the run (CPU count)
     run_rows = [line for line in md.splitlines() if re.match(r"\| (vae|aae_semisup) \| [01] \| `", line)]
@@ -357,6 +359,10 @@ def test_a_series_on_minutes_takes_each_step_at_the_run_clock():
     assert moved["step"].tolist() == [1.0, 1.5, 2.0] and moved["value"].tolist() == [50.0, 40.0, 30.0]
     assert curve["step"].tolist() == [10, 15, 20]  # the input is left as it was
     assert report.on_minutes({}, curve) is None  # a run from before the clock was logged
+    # the CPU clock is its own series: a run that logged wall minutes only has no curve against CPU minutes
+    assert report.on_minutes(metrics, curve, "cpu_minutes") is None
+    both = {**metrics, "time/cpu_minutes": np.array([(10, 0.5), (20, 0.7)], dtype=pair)}
+    assert report.on_minutes(both, curve, "cpu_minutes")["step"].tolist() == pytest.approx([0.5, 0.6, 0.7])
 
 
 def test_headline_series_are_the_logged_headline_metrics_in_reading_order():
@@ -420,6 +426,8 @@ def test_learning_curves_draw_a_band_over_seeds(tmp_path):
 
     assert band_pixels([low, high]) > 10000 and band_pixels([low]) == 0
     assert report.plot_learning_curves({"r": [low]}, tmp_path / "none.png", ["e"], xs=("minutes",)) is None  # no clock logged
+    with pytest.raises(ValueError, match="cpu_minutes"):
+        report.plot_learning_curves({"r": [low]}, tmp_path / "bad.png", ["e"], xs=("hours",))
 
 
 BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome", "chrome-headless-shell")

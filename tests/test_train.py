@@ -607,6 +607,10 @@ def test_a_time_budget_stops_saves_evaluates_and_can_be_raised(tmp_path, plugins
     assert rows[-1]["step"] == stopped and "eval/validation/reconstruction/loss" in rows[-1]
     logged = [r["time/minutes"] for r in rows if "train/reconstruction/loss" in r]
     assert logged == sorted(logged) and logged[-1] >= 0.01  # wall time beside every logged scalar
+    # and the CPU time of the training process: it grows with the work done, and stays below what the threads could use
+    cpu = [r["time/cpu_minutes"] for r in rows if "train/reconstruction/loss" in r]
+    assert cpu == sorted(cpu) and 0 < cpu[-1] <= logged[-1] * torch.get_num_threads() * 1.05 + 0.01
+    assert record["cpu_minutes"] > 0 and weights(run)["cpu_elapsed"] > 0
     # and the machine's load beside it, so a slow run can be told from a busy machine
     assert all(r["machine/load_1min"] >= 0 for r in rows if "train/reconstruction/loss" in r or "eval/validation/reconstruction/loss" in r)
     env = json.loads((run / "env.json").read_text())
@@ -619,6 +623,7 @@ def test_a_time_budget_stops_saves_evaluates_and_can_be_raised(tmp_path, plugins
     assert "time budget (train.minutes = 0.01) is spent" in capsys.readouterr().out
     # a larger budget continues the same run without --force (the budget is not the model)
     raised = (weights(run)["elapsed"] + 3.0) / 60
+    cpu_before = weights(run)["cpu_elapsed"]
     more = train(
         load(recipe_file, plugins, f"train.minutes={raised}", "train.steps=100000", "eval.every=100000", "train.log_every=5"),
         plugins=plugins,
@@ -626,6 +631,9 @@ def test_a_time_budget_stops_saves_evaluates_and_can_be_raised(tmp_path, plugins
         resume="auto",
     )
     assert more.run_dir == run and more.step > stopped and weights(run)["elapsed"] >= raised * 60
+    assert weights(run)["cpu_elapsed"] > cpu_before  # CPU time, too, is counted over resumes
+    cpu = [r["time/cpu_minutes"] for r in losses(run) if "train/reconstruction/loss" in r]
+    assert cpu == sorted(cpu)
 
 
 def test_the_minutes_flag_is_the_budget_key(tmp_path, recipe_file):
