@@ -215,10 +215,10 @@ def metric_rows(results: Sequence[Any], recipes: Sequence[str]) -> list[list[str
 
 
 # The clocks a curve can be drawn against besides the step: the x axis's name -> the logged
-# series of each run that gives it (`gentk.train.RunClock`) and the axis label.
+# series of each run that gives it (`gentk.train.RunClock`), the axis label and the title's ending.
 CLOCKS = {
-    "minutes": ("time/minutes", "minutes of wall time (each run's own clock)"),
-    "cpu_minutes": ("time/cpu_minutes", "CPU minutes (each run's training process, all its threads)"),
+    "minutes": ("time/minutes", "minutes of wall time (each run's own clock)", " against wall time"),
+    "cpu_minutes": ("time/cpu_minutes", "CPU minutes (each run's training process, all its threads)", " against CPU time"),
 }
 
 
@@ -360,7 +360,7 @@ def plot_learning_curves(
             if seeds > 1:
                 ax.fill_between(where, low, high, color=color, alpha=0.2, lw=0)
             drawn += 1
-        ax.set_title(name + {"step": "", "minutes": " against wall time", "cpu_minutes": " against CPU time"}[x])
+        ax.set_title(name if x == "step" else name + CLOCKS[x][2])
         ax.set_xlabel("step" if x == "step" else CLOCKS[x][1])
         ax.set_ylabel(axis_label(name))
         ax.grid(alpha=0.3)

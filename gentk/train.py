@@ -841,7 +841,7 @@ class RunClock:
     included (the final evaluation comes after the budget); the checkpoint keeps the totals.
     CPU time (all threads of the process, `time.process_time`) is what a run costs when other
     jobs share the cores: their load stretches its wall time but not its CPU time, so runs of
-    one thread count each compare at equal CPU time however the machine was shared.
+    one thread each compare at equal CPU time however the machine was shared.
     """
 
     def __init__(self, before: float, minutes: float | None, cpu_before: float = 0.0) -> None:
