@@ -469,8 +469,19 @@ def test_a_sigint_the_process_ignores_stays_ignored(request):
     assert stop.requested is None and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
-@pytest.mark.parametrize(("load", "preset", "policy"), [(1.2, None, "PASSIVE"), (0.1, None, None), (1.2, "ACTIVE", "ACTIVE")])
-def test_the_command_line_lets_waiting_threads_sleep_on_a_busy_machine_unless_told_otherwise(monkeypatch, load, preset, policy):
+@pytest.mark.parametrize(
+    ("command", "busy", "load", "preset", "policy"),
+    [
+        ("run", 1.2, 1.2, None, "PASSIVE"),
+        ("compare", 0.9, 0.0, None, "PASSIVE"),  # busy now, though the last minute was quiet
+        ("run", 0.0, 1.9, None, None),  # a run started just after another ends: the load average still counts the last one
+        ("run", None, 1.2, None, "PASSIVE"),  # no CPU counters (not Linux): the load average stands in
+        ("run", None, 0.1, None, None),
+        ("run", 1.2, 1.2, "ACTIVE", "ACTIVE"),
+        ("show", 1.2, 1.2, None, None),  # computes nothing
+    ],
+)
+def test_the_command_line_lets_waiting_threads_sleep_on_a_busy_machine_unless_told_otherwise(monkeypatch, command, busy, load, preset, policy):
     import sys
 
     from gentk import process
@@ -479,8 +490,37 @@ def test_the_command_line_lets_waiting_threads_sleep_on_a_busy_machine_unless_to
     if preset:
         monkeypatch.setenv("OMP_WAIT_POLICY", preset)
     monkeypatch.delitem(sys.modules, "torch")  # as in a fresh process, before torch loads
-    process.prepare(load=lambda: (load, load, load))
+    process.prepare([command, "recipe.toml"], busy=lambda: busy, load=lambda: load)
     assert os.environ.get("OMP_WAIT_POLICY") == policy
+
+
+def test_busy_cores_are_the_busy_share_of_the_kernels_cpu_ticks(tmp_path):
+    from gentk import process
+
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  10 2 3 100 5 1 1 0 0 0\ncpu0 5 1 2 50 2 1 0 0 0 0\n")
+    assert process.cpu_ticks(stat) == (17, 122)  # idle and iowait are not busy
+    assert process.cpu_ticks(tmp_path / "absent") is None
+    readings = iter([(100, 1000), (150, 1100)])  # half of all ticks busy over the sample
+    assert process.busy_cores(0.25, ticks=lambda: next(readings), cpus=2, sleep=lambda s: None) == pytest.approx(1.0)
+    assert process.busy_cores(0.25, ticks=lambda: None, cpus=2, sleep=lambda s: None) is None
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="CPU tick counters are Linux's /proc/stat")
+def test_busy_cores_sees_another_process_spinning():
+    import subprocess
+    import sys
+    import time
+
+    from gentk import process
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)  # past its start-up
+        assert process.busy_cores(0.5) >= 0.5  # one core held (more if the machine has other work)
+    finally:
+        spinner.kill()
+        spinner.wait()
 
 
 def test_a_run_records_its_openmp_wait_policy(tmp_path, recipe_file):
