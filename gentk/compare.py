@@ -149,7 +149,9 @@ def compare(
     study_dir.mkdir(parents=True, exist_ok=True)
 
     total = sum(r.train.steps for runs in studies for r in runs)
-    bar = tqdm(total=total, unit="step", desc=f"compare {name}", dynamic_ncols=True, file=sys.stderr)
+    # Written to a file (a nohup'd or CI study), each refresh is another line: one a minute, not ten a second.
+    interval = 0.1 if sys.stderr.isatty() else 60.0
+    bar = tqdm(total=total, unit="step", desc=f"compare {name}", dynamic_ncols=True, file=sys.stderr, mininterval=interval)
     progress = _StudyProgress(bar)
     results: list[RunResult] = []
     plugins.pm.register(progress, name="gentk.compare.progress")
@@ -347,7 +349,9 @@ def _train_in_processes(recipes: list[Recipe], study_dir: Path, bar: tqdm, finis
                 while queue and not stopped and len(running) < jobs:
                     launch()
                 time.sleep(0.5)
-                bar.set_postfix_str(", ".join(f"{j.recipe.name} seed {j.recipe.seed}" for j in running))
+                training = ", ".join(f"{j.recipe.name} seed {j.recipe.seed}" for j in running)
+                if training != bar.postfix:  # forces a refresh: only when the set of runs changes
+                    bar.set_postfix_str(training)
                 bar.update(max(0, done_steps + sum(j.step() for j in running) - bar.n))
                 for job in [j for j in running if j.process.poll() is not None]:
                     running.remove(job)

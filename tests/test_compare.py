@@ -138,7 +138,11 @@ def test_jobs_train_runs_in_processes_of_their_own_with_the_same_results(tmp_pat
     (tmp_path / "semi.toml").write_text(SEMISUP + COMMON + 'metrics = ["semisup_error"]\n')
     common = [str(tmp_path / "vae.toml"), str(tmp_path / "semi.toml"), "--seeds", "1", "--out", str(tmp_path / "studies")]
     assert main(["compare", *common, "--name", "one"]) == 0
+    capsys.readouterr()
     assert main(["compare", *common, "--name", "two", "--jobs", "2"]) == 0
+    # stderr is not a terminal here: the study's bar is drawn when a run starts or ends, not at every poll
+    bar = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.startswith("compare two")]
+    assert 1 <= len(bar) <= 6, bar
     one, two = (json.loads((tmp_path / "studies" / n / "study.json").read_text())["results"] for n in ("one", "two"))
     assert [(r["recipe"], r["seed"], r["steps"], r["metrics"]) for r in one] == [(r["recipe"], r["seed"], r["steps"], r["metrics"]) for r in two]
     logs = list((tmp_path / "studies" / "two" / "runs").glob("*/train.log"))
