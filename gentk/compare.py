@@ -149,7 +149,7 @@ def compare(
     study_dir.mkdir(parents=True, exist_ok=True)
 
     total = sum(r.train.steps for runs in studies for r in runs)
-    # Written to a file (a nohup'd or CI study), each refresh is another line: one a minute, not ten a second.
+    # Written to a file (a nohup'd or CI study), every refresh stays in it: drawn when a run starts or ends, else once a minute at most.
     interval = 0.1 if sys.stderr.isatty() else 60.0
     bar = tqdm(total=total, unit="step", desc=f"compare {name}", dynamic_ncols=True, file=sys.stderr, mininterval=interval)
     progress = _StudyProgress(bar)
