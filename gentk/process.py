@@ -40,8 +40,7 @@ def cpu_ticks(stat: Path = Path("/proc/stat")) -> tuple[int, int] | None:
     if name != "cpu" or len(fields) < 4:
         return None
     ticks = [int(x) for x in fields[:8]]  # user nice system idle iowait irq softirq steal (guest time is inside user)
-    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
-    return sum(ticks) - idle, sum(ticks)
+    return sum(ticks) - sum(ticks[3:5]), sum(ticks)  # idle and iowait are not busy
 
 
 def busy_cores(
