@@ -335,8 +335,11 @@ class Run:
                 follow_recipe_rates(optimizer, self.schedules[name], rates)
                 if name in self.scalers:
                     self.scalers[name].load_state_dict(state.scalers[name])
-            if self.ema is not None and state.ema is not None:
-                self.ema.load_state_dict(state.ema)
+            if self.ema is not None:
+                if state.ema is not None:
+                    self.ema.load_state_dict(state.ema)
+                else:  # a fork that turns the average on: it starts from the checkpoint's weights, not the initial ones
+                    self.ema.restart()
         except (KeyError, RuntimeError, ValueError) as exc:
             raise TrainingError(
                 f"the checkpoint does not fit this model ({type(exc).__name__}: {' '.join(str(exc).split())}). Was the model changed? Resume "
@@ -888,6 +891,10 @@ class EMA:
         weight = 1.0 - self.decay_at(updates)
         for k, v in self.live.items():
             self.shadow[k].lerp_(v, weight)
+
+    def restart(self) -> None:
+        """The average becomes the live weights as they are now (a resume that turns the average on)."""
+        self.shadow = {k: v.detach().clone() for k, v in self.live.items()}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.shadow

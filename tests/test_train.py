@@ -238,6 +238,22 @@ def test_a_fork_with_a_learning_rate_drop_is_the_run_of_the_recipe_with_that_dro
     assert rates[0]["lr/reconstruction"] == pytest.approx(3e-5)  # the encoder's 3e-4, dropped from the first step after the fork point
 
 
+def test_a_fork_that_turns_on_the_weight_average_starts_it_from_the_fork_point(tmp_path, plugins, recipe_file):
+    # the original kept no average; its step-4 checkpoint resumed with train.ema averages from those weights:
+    # the first update (4 before it) keeps decay_at(4) = 5/14 of them and takes the rest from step 5's live weights
+    plain = load(recipe_file, plugins, "train.steps=5", "train.ema=0", "train.checkpoint_every=1", "train.keep_last=5")
+    original = train(plain, plugins=plugins, out=tmp_path / "original").run_dir
+    fork_point = tmp_path / "step-4.pt"
+    shutil.copy(original / "checkpoints" / "step-00000004.pt", fork_point)
+    fork = train(load(recipe_file, plugins, "train.steps=5", "train.ema=0.5"), plugins=plugins, out=tmp_path / "forks", resume=fork_point, force=True)
+    w4, w5 = weights(original, "step-00000004.pt")["model"], weights(original)["model"]
+    average = weights(fork.run_dir)["ema"]
+    assert average and weights(original)["ema"] is None
+    for key, value in average.items():
+        expected = (5 / 14) * w4[key] + (9 / 14) * w5[key]  # training does not read the average: step 5 is the original's
+        assert torch.allclose(value, expected, atol=1e-6), key
+
+
 def test_a_run_resumed_with_a_changed_learning_rate_trains_at_it(tmp_path, plugins, recipe_file):
     run = train(load(recipe_file, plugins, "train.steps=4"), plugins=plugins, out=tmp_path).run_dir
     slower = load(recipe_file, plugins, "train.steps=6", "train.phases.regularization.optimizer.lr=5e-5")
