@@ -880,7 +880,7 @@ class EMA:
         self.decay = decay
         # the live tensors (state_dict shares their storage), so wrapping parts later changes nothing
         self.live = {k: v for k, v in model.state_dict().items() if v.dtype.is_floating_point}
-        self.shadow = {k: v.detach().clone() for k, v in self.live.items()}
+        self.restart()
 
     def decay_at(self, updates: int | None) -> float:
         return self.decay if updates is None else min(self.decay, (1.0 + updates) / (10.0 + updates))
@@ -893,7 +893,7 @@ class EMA:
             self.shadow[k].lerp_(v, weight)
 
     def restart(self) -> None:
-        """The average becomes the live weights as they are now (a resume that turns the average on)."""
+        """The average becomes the live weights as they are now (at the start, and a resume that turns the average on)."""
         self.shadow = {k: v.detach().clone() for k, v in self.live.items()}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
